@@ -1,0 +1,105 @@
+"""Atomic writes of files, HF model folders and resumable training checkpoints.
+
+Everything is written to a temporary sibling and renamed into place, so a run killed at any moment
+leaves either the previous artefact or the new one, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from r1kit.errors import UserError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_dir(path: Path):
+    """Yield a temporary folder that replaces `path` only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_hf_folder(model, tokenizer, out: Path, extra: dict[str, str] | None = None) -> None:
+    """`save_pretrained` of model and tokenizer, atomically, plus extra text files."""
+    with atomic_dir(Path(out)) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name, text in (extra or {}).items():
+            (tmp / name).write_text(text)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, keep: int = 2):
+    """Write `checkpoints/step-N/` (HF model + `trainer_state.pt`), then point `latest` at it."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    target = ckpt_root / f"step-{step:06d}"
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+    atomic_write_text(ckpt_root / "latest", target.name)
+    done = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
+    for stale in done[:-keep]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return target
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.is_file():
+        raise UserError(f"{run_dir}: no checkpoint to resume from (missing {pointer})")
+    target = pointer.parent / pointer.read_text().strip()
+    if not (target / "trainer_state.pt").is_file():
+        raise UserError(f"{target}: checkpoint is incomplete (no trainer_state.pt)")
+    return target
+
+
+def load_trainer_state(ckpt: Path) -> dict:
+    return torch.load(Path(ckpt) / "trainer_state.pt", weights_only=False)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON ({e})") from None

@@ -1,0 +1,84 @@
+"""The one entry point: `r1kit base | zero | eval`.
+
+Every stage takes `--config FILE.yaml` (overrides only) and any number of `--set key=value`;
+`r1kit STAGE --help` lists every key with its default and meaning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from r1kit.config import BaseConfig, EvalStageConfig, ZeroConfig, describe, load_config
+from r1kit.errors import UserError
+
+STAGES = {
+    "base": (BaseConfig, "build the built-in tiny base model (deterministic; cached)"),
+    "zero": (ZeroConfig, "R1-Zero: GRPO with rule-based rewards straight from a base model"),
+    "eval": (EvalStageConfig, "pass@1 / pass@k / cons@k of a model on held-out problems"),
+}
+
+
+def _config_help(cls) -> str:
+    rows = describe(cls)
+    width = max(len(k) for k, _, _ in rows)
+    lines = ["config keys (set with --set KEY=VALUE, or in a --config YAML file):"]
+    lines += [f"  {k:<{width}}  {help}  [default: {d}]" for k, d, help in rows]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="r1kit", description="The DeepSeek-R1 training system (R1-Zero, R1, distillation)."
+    )
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, (cls, help) in STAGES.items():
+        p = sub.add_parser(name, help=help, description=help, epilog=_config_help(cls),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--config", help="YAML file of overrides (e.g. recipes/tiny/zero.yaml)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config key, e.g. --set rl.beta=0.001 (repeatable)")
+        if name == "zero":
+            p.add_argument("--resume", metavar="RUN_DIR",
+                           help="continue a killed run from its last checkpoint")
+        if name == "eval":
+            p.add_argument("--model", help="model folder or hub name (same as --set model.path=)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    cls = STAGES[args.stage][0]
+    overrides = list(args.set)
+    if getattr(args, "model", None):
+        overrides.append(f"model.path={args.model}")
+    try:
+        cfg = load_config(cls, args.config, overrides)
+        if args.stage == "base":
+            from r1kit.stages import base
+
+            base.main(cfg)
+        elif args.stage == "zero":
+            from r1kit.stages import zero
+
+            summary = zero.main(cfg, resume=args.resume)
+            if "stopped" in summary:
+                return 1
+        elif args.stage == "eval":
+            from r1kit.stages import evaluate
+
+            evaluate.main(cfg)
+    except UserError as e:
+        print(f"r1kit {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"r1kit {args.stage}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Typed, frozen configs: the only home of defaults.
+
+Each stage has one small dataclass made of sections. A config is built from the defaults, then a
+YAML file (holding only overrides), then `--set section.key=value` overrides, in that order.
+Every field carries a help string; `r1kit <stage> --help` prints them all. Unknown keys and values
+of the wrong type are `UserError`s that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from r1kit.errors import UserError
+from r1kit.tasks.arithmetic import CorpusStyle
+
+
+def opt(default, help: str, **kw):
+    """A config field with its help string."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def section(cls, help: str):
+    return field(default_factory=cls, metadata={"help": help})
+
+
+# ----------------------------------------------------------------------------- base model
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """`r1kit base`: build and pretrain the built-in tiny base model."""
+
+    out: str = opt("", "output folder; empty = the cache folder (R1KIT_CACHE or ~/.cache/r1kit)")
+    seed: int = opt(0, "seed for corpus, initialisation and batches (the build is deterministic)")
+    hidden_size: int = opt(128, "model width")
+    intermediate_size: int = opt(384, "MLP width")
+    num_layers: int = opt(3, "transformer layers")
+    num_heads: int = opt(4, "attention heads")
+    vocab_size: int = opt(1024, "BPE vocabulary size before the tag tokens")
+    corpus_docs: int = opt(200_000, "number of worked solutions in the pretraining corpus")
+    steps: int = opt(3000, "pretraining optimizer steps")
+    batch_size: int = opt(64, "documents per pretraining step")
+    lr: float = opt(3e-3, "peak learning rate (AdamW, cosine decay to 10%)")
+    warmup_steps: int = opt(100, "linear warm-up steps")
+    corpus: CorpusStyle = section(CorpusStyle, "how sloppy the worked solutions are")
+
+
+# ----------------------------------------------------------------------------- R1-Zero
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = opt("", "run folder name under out_dir; empty = <stage>-<timestamp>")
+    out_dir: str = opt("runs", "where run folders are created")
+    seed: int = opt(0, "seed for sampling, data order and initialisation")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    threads: int = opt(0, "torch intra-op threads on CPU; 0 = torch's default")
+    checkpoint_every: int = opt(25, "write a resumable checkpoint every N steps (0 = only at end)")
+    log_completions: int = opt(4, "completions per step written to completions.jsonl")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = opt("builtin", "HF model name or folder; 'builtin' = the built-in tiny base model")
+    dtype: str = opt("float32", "float32 | bfloat16 | float16")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = opt(
+        "builtin",
+        "'builtin' (arithmetic chains), a .jsonl file of {prompt, answer}, or hf:NAME_OR_PATH",
+    )
+    split: str = opt("train", "split for hf: sources")
+    eval_source: str = opt("", "held-out problems; empty = builtin held-out split, or the same file")
+    eval_split: str = opt("test", "split for an hf: eval source")
+    prompt_key: str = opt("prompt", "field holding the question")
+    answer_key: str = opt("answer", "field holding the reference answer")
+    template: str = opt("r1_zero", "r1_zero (R1-SPEC §2.1) | plain | chat (tokenizer's template)")
+    train_size: int = opt(20_000, "built-in train problems to draw")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    engine: str = opt("hf", "hf (transformers, CPU/GPU); vllm is a later extra")
+    temperature: float = opt(1.0, "sampling temperature for RL rollouts (R1-Zero: 1.0)")
+    top_p: float = opt(1.0, "nucleus sampling for rollouts")
+    max_new_tokens: int = opt(64, "completion budget; longer completions are truncated")
+    stop: list = opt(["</answer>"], "strings that end a completion (besides EOS)")
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    steps: int = opt(300, "rollout steps (one rollout = B*G completions)")
+    prompts_per_step: int = opt(16, "B: prompts per rollout step")
+    group_size: int = opt(8, "G: completions per prompt")
+    updates_per_rollout: int = opt(1, "mu: minibatch updates against the same pi_old (R1-Zero: 16)")
+    micro_batch_size: int = opt(64, "completions per forward/backward; gradients are accumulated")
+    lr: float = opt(1e-4, "peak learning rate (AdamW)")
+    warmup_steps: int = opt(5, "linear warm-up steps, then constant")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    grad_clip: float = opt(1.0, "max global gradient norm")
+    beta: float = opt(0.0, "KL coefficient to the reference (k3); R1-Zero used 0.001")
+    ref_reset_every: int = opt(0, "copy the policy into the reference every N steps (R1: 400)")
+    eps_low: float = opt(0.2, "lower clip range")
+    eps_high: float = opt(0.28, "upper clip range (DAPO clip-higher)")
+    aggregation: str = opt("token_mean", "token_mean | seq_mean_token_mean | constant")
+    scale_by_std: bool = opt(True, "divide advantages by the group std (False = Dr. GRPO)")
+    ratio_level: str = opt("token", "token | sequence (GSPO)")
+    dynamic_sampling: bool = opt(True, "drop groups whose rewards are all equal (DAPO)")
+    overlong_filter: bool = opt(False, "mask the loss of truncated completions (DAPO)")
+    max_bad_steps: int = opt(3, "stop after this many consecutive non-finite steps")
+    stuck_steps: int = opt(5, "warn when every group has had equal rewards this many steps")
+
+
+@dataclass(frozen=True)
+class RewardsConfig:
+    weights: dict = opt(
+        {"accuracy": 1.0, "format": 0.1},
+        "reward name -> weight; the total is the weighted sum (R1-SPEC §2.2)",
+    )
+    timeout_s: float = opt(5.0, "per-call time limit; a reward over it scores as a failure")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = opt(50, "evaluate every N steps (0 = only before and after)")
+    num_problems: int = opt(200, "held-out problems")
+    k: int = opt(4, "samples per problem for pass@1 and cons@k (R1-SPEC §4.4)")
+    temperature: float = opt(0.6, "sampling temperature (R1-SPEC §4.4: 0.6)")
+    top_p: float = opt(0.95, "nucleus sampling (R1-SPEC §4.4: 0.95)")
+    max_new_tokens: int = opt(64, "completion budget at evaluation")
+    batch_size: int = opt(256, "completions generated at once")
+
+
+@dataclass(frozen=True)
+class ZeroConfig:
+    """`r1kit zero`: GRPO on verifiable rewards straight from the base model (R1-SPEC §1-§3.1)."""
+
+    run: RunConfig = section(RunConfig, "run folder, seed, device")
+    model: ModelConfig = section(ModelConfig, "policy (and reference) model")
+    data: DataConfig = section(DataConfig, "problems")
+    rollout: RolloutConfig = section(RolloutConfig, "sampling during RL")
+    rl: RLConfig = section(RLConfig, "GRPO")
+    rewards: RewardsConfig = section(RewardsConfig, "reward functions and weights")
+    eval: EvalConfig = section(EvalConfig, "held-out evaluation")
+
+
+@dataclass(frozen=True)
+class EvalStageConfig:
+    """`r1kit eval`: pass@1, pass@k and cons@k of any model folder on a problem set."""
+
+    run: RunConfig = section(RunConfig, "run folder, seed, device")
+    model: ModelConfig = section(ModelConfig, "model to evaluate")
+    data: DataConfig = section(DataConfig, "problems (eval_source, or the builtin held-out split)")
+    rollout: RolloutConfig = section(RolloutConfig, "stop strings")
+    eval: EvalConfig = section(EvalConfig, "sampling and sizes")
+
+
+# ----------------------------------------------------------------------------- machinery
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{key}' is a section; give a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"config key '{key}' must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"config key '{key}' must be a string, got {value!r}")
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is list or origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise UserError(f"config key '{key}' must be a list, got {value!r}")
+        return list(value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in values:
+        if k not in names:
+            raise UserError(
+                f"unknown config key '{prefix}{k}'; known keys here: {', '.join(sorted(names))}"
+            )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            kwargs[f.name] = _coerce(values[f.name], hints[f.name], prefix + f.name)
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise UserError(f"config key '{dotted}': '{k}' is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
+    """Defaults <- YAML file <- `key.sub=value` overrides; returns a frozen `cls`."""
+    tree: dict = to_dict(cls())
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{p}: no such config file")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{p}: invalid YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{p}: the top level must be a mapping of sections")
+        _merge(tree, loaded, str(p))
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' must look like section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return _build(cls, tree)
+
+
+def _merge(base: dict, new: dict, where: str, prefix: str = "") -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict) and k != "weights":
+            _merge(base[k], v, where, prefix + k + ".")
+        else:
+            base[k] = v
+
+
+def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every leaf field, for --help."""
+    rows = []
+    default = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(default, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe(type(value), prefix + f.name + ".")
+        else:
+            rows.append((prefix + f.name, repr(value), f.metadata.get("help", "")))
+    return rows

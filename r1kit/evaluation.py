@@ -1,0 +1,94 @@
+"""Held-out evaluation as in R1-SPEC.md §4.4: k samples per problem at T=0.6, top-p 0.95.
+
+pass@1 is the mean accuracy over the k samples of each problem, averaged over problems; pass@k
+uses the unbiased estimator; cons@k is the majority vote over the extracted answers. Each comes
+with a 95% bootstrap confidence interval over problems.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from r1kit.config import EvalConfig
+from r1kit.metrics import bootstrap_ci, majority_vote, pass_at_k, reflection_rate
+from r1kit.rewards import get_reward
+from r1kit.rewards.extract import extract_answer
+from r1kit.rollout.hf import sample
+from r1kit.tasks.base import Problem
+from r1kit.templates import render_prompt
+
+
+@dataclass
+class EvalResult:
+    pass1: float
+    pass1_ci: tuple[float, float]
+    pass_k: float
+    cons_k: float
+    cons_k_ci: tuple[float, float]
+    format_rate: float
+    mean_tokens: float
+    truncated: float
+    reflection: float
+    k: int
+    num_problems: int
+    samples: list[dict] = field(default_factory=list, repr=False)
+
+    def metrics(self, prefix: str = "eval/") -> dict[str, float]:
+        return {
+            f"{prefix}pass@1": self.pass1,
+            f"{prefix}pass@1_lo": self.pass1_ci[0],
+            f"{prefix}pass@1_hi": self.pass1_ci[1],
+            f"{prefix}pass@{self.k}": self.pass_k,
+            f"{prefix}cons@{self.k}": self.cons_k,
+            f"{prefix}format": self.format_rate,
+            f"{prefix}tokens": self.mean_tokens,
+            f"{prefix}truncated": self.truncated,
+            f"{prefix}reflection": self.reflection,
+        }
+
+
+def evaluate(
+    model, tokenizer, problems: list[Problem], cfg: EvalConfig, *, template: str = "r1_zero",
+    stop: list[str] = ("</answer>",), seed: int = 0,
+) -> EvalResult:
+    accuracy, fmt = get_reward("accuracy"), get_reward("format")
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    per_batch = max(1, cfg.batch_size // cfg.k)
+    correct, voted, formats, tokens, truncs, texts, samples = [], [], [], [], [], [], []
+    model.eval()
+    for start in range(0, len(problems), per_batch):
+        chunk = problems[start : start + per_batch]
+        prompts = [render_prompt(p.prompt, template, tokenizer) for p in chunk]
+        ro = sample(model, tokenizer, prompts, cfg.k, max_new_tokens=cfg.max_new_tokens,
+                    temperature=cfg.temperature, top_p=cfg.top_p, stop=list(stop), generator=gen)
+        for i, p in enumerate(chunk):
+            rows = range(i * cfg.k, (i + 1) * cfg.k)
+            hits = [accuracy(ro.texts[r], p) == 1.0 for r in rows]
+            correct.append(sum(hits))
+            vote = majority_vote([extract_answer(ro.texts[r]) for r in rows])
+            voted.append(vote is not None and accuracy(f"<answer>{vote}</answer>", p) == 1.0)
+            for r in rows:
+                formats.append(fmt(ro.texts[r], p) == 1.0)
+                tokens.append(ro.num_tokens[r])
+                truncs.append(ro.truncated[r])
+                texts.append(ro.texts[r])
+            samples.append({"id": p.id, "answer": p.answer, "completion": ro.texts[i * cfg.k],
+                            "correct": hits[0]})
+    k = cfg.k
+    per_problem = [c / k for c in correct]
+    return EvalResult(
+        pass1=sum(per_problem) / len(per_problem),
+        pass1_ci=bootstrap_ci(per_problem),
+        pass_k=sum(pass_at_k(k, c, k) for c in correct) / len(correct),
+        cons_k=sum(voted) / len(voted),
+        cons_k_ci=bootstrap_ci([float(v) for v in voted]),
+        format_rate=sum(formats) / len(formats),
+        mean_tokens=sum(tokens) / len(tokens),
+        truncated=sum(truncs) / len(truncs),
+        reflection=reflection_rate(texts),
+        k=k,
+        num_problems=len(problems),
+        samples=samples,
+    )

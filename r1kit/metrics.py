@@ -1,0 +1,129 @@
+r"""Evaluation statistics: pass@k, majority vote (cons@k), bootstrap intervals, reflection and
+language-mixing rates [R1-SPEC.md §4.4, §5, §6].
+
+R1 reports pass@1 as the mean correctness over k samples per question (T = 0.6, top-p 0.95) and
+cons@64 as the majority vote over 64 samples [R1-SPEC.md §4.4]. For pass@k with k > 1 we use the
+unbiased estimator of the Codex paper (Chen et al. 2021), which at k = 1 is that same mean c/n.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+
+REFLECTION_WORDS = (
+    "wait",
+    "mistake",
+    "however",
+    "but",
+    "retry",
+    "error",
+    "verify",
+    "wrong",
+    "evaluate",
+    "check",
+    "подожди",
+)
+"""The reflective words whose frequency R1 tracks [R1-SPEC.md §6], plus Russian "wait"."""
+
+_REFLECTION_RE = re.compile(r"\b(?:" + "|".join(REFLECTION_WORDS) + r")\b", re.IGNORECASE)
+_WORD_RE = re.compile(r"[^\W\d_]+")  # runs of letters, any script
+_CYRILLIC_RE = re.compile(r"[\u0400-\u04FF]")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Probability that at least one of k samples drawn without replacement from n, of which c
+    are correct, is correct: 1 - C(n-c, k) / C(n, k), computed as a product to stay stable.
+
+    >>> pass_at_k(n=4, c=1, k=1)
+    0.25
+    >>> round(pass_at_k(n=4, c=1, k=2), 4)
+    0.5
+    >>> pass_at_k(n=4, c=3, k=2)
+    1.0
+    """
+    if not 0 <= c <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n, got n={n}, c={c}")
+    if not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 1 <= k <= n, got n={n}, k={k}")
+    if n - c < k:
+        return 1.0
+    # C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i)
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def normalize_answer(answer: str | None) -> str | None:
+    r"""A light normal form for voting: no whitespace, no `$` around, no trailing full stop,
+    `\dfrac`/`\tfrac` as `\frac`; None for a missing or empty answer. Not an equivalence
+    check (`0.5` and `\frac{1}{2}` stay different); it still parses with math_verify.
+
+    >>> normalize_answer(" $\\dfrac{1}{2}$. ")
+    '\\frac{1}{2}'
+    """
+    if answer is None:
+        return None
+    text = "".join(answer.split()).rstrip(".").strip("$").rstrip(".")
+    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    return text or None
+
+
+def majority_vote(answers: list[str | None]) -> str | None:
+    """The most common normalised answer, ignoring None; ties go to the one seen first.
+
+    >>> majority_vote(["3", None, " 4", "4 ", "3", None, None])
+    '3'
+    >>> majority_vote([None, None]) is None
+    True
+    """
+    normalized = [a for a in map(normalize_answer, answers) if a is not None]
+    if not normalized:
+        return None
+    counts = Counter(normalized)  # keeps first-occurrence order among equal counts
+    return max(counts, key=counts.__getitem__)
+
+
+def bootstrap_ci(
+    per_problem_values: list[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) interval of the mean, resampling problems with
+    replacement. Deterministic for a given seed.
+
+    >>> bootstrap_ci([1.0, 1.0, 1.0])
+    (1.0, 1.0)
+    """
+    values = np.asarray(per_problem_values, dtype=float)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError("bootstrap_ci needs a non-empty list of per-problem values")
+    if n_boot < 1 or not 0 < alpha < 1:
+        raise ValueError(f"bootstrap_ci needs n_boot >= 1 and 0 < alpha < 1, got {n_boot}, {alpha}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.size, size=(n_boot, values.size))
+    means = values[idx].mean(axis=1)
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def reflection_rate(texts: list[str]) -> float:
+    """Share of texts with at least one reflective word (whole word, any case); 0.0 for none.
+
+    >>> reflection_rate(["Wait, 7+5=12.", "7+5=12.", "but then", "no waiting, no checking"])
+    0.5
+    """
+    if not texts:
+        return 0.0
+    return sum(1 for t in texts if _REFLECTION_RE.search(t)) / len(texts)
+
+
+def non_ascii_word_share(text: str) -> float:
+    """Share of words (runs of letters) that contain a Cyrillic letter; 0.0 for no words.
+    A language-mixing statistic for the second language of the built-in corpus [R1-SPEC.md §5].
+
+    >>> non_ascii_word_share("47 плюс 8 равно 55, so 55")
+    0.6666666666666666
+    """
+    words = _WORD_RE.findall(text)
+    if not words:
+        return 0.0
+    return sum(1 for w in words if _CYRILLIC_RE.search(w)) / len(words)

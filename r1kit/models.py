@@ -1,0 +1,49 @@
+"""Loading policies: any Hugging Face causal LM by name or folder, or the built-in base model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from r1kit.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_model_path(path: str) -> str:
+    """'builtin' -> the built-in base model folder (built on first use); anything else as given."""
+    if path == "builtin":
+        from r1kit.stages.base import ensure_builtin_base
+
+        return str(ensure_builtin_base())
+    return path
+
+
+def load_model(path: str, dtype: str = "float32", device: torch.device | str = "cpu"):
+    """(model, tokenizer) from a hub name or a local folder, ready for sampling and training."""
+    path = resolve_model_path(path)
+    if dtype not in DTYPES:
+        raise UserError(f"model.dtype: unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    local = Path(path)
+    if (path.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
+        raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    except OSError as e:
+        raise UserError(f"{path}: could not load model ({e})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device), tokenizer

@@ -1,0 +1,59 @@
+"""Rule-based rewards, registered by name (R1-SPEC.md §2.2).
+
+The contract: a reward is a pure, deterministic function `(completion, problem) -> float | None`.
+`completion` is the generated text only (not the prompt); `problem` is the `Problem` it answers.
+`None` means "cannot be scored" (e.g. the reference answer does not parse): it is skipped in means,
+and counts as 0 in the weighted total. A reward never runs or `eval`s model output and never prints.
+
+Length-aware rewards set the attribute `fn.needs_length = True`; they are then called as
+`fn(completion, problem, num_tokens=int, max_tokens=int)` (see `length.overlong`).
+
+Rewards are combined with weights by `scoring.score`, which also bounds each call in time and
+counts failures. R1-Zero sums accuracy and format with equal weight [R1-SPEC.md §2.2].
+
+>>> {"accuracy", "format", "think_format", "overlong"} <= set(available_rewards())
+True
+>>> from r1kit.tasks.base import Problem
+>>> get_reward("accuracy")("<think>6*7</think> <answer>42</answer>", Problem("p", "6*7?", "42"))
+1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from r1kit.errors import UserError
+
+RewardFn = Callable[..., "float | None"]
+
+_REGISTRY: dict[str, RewardFn] = {}
+
+
+def register(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: make `fn` available as `get_reward(name)`. Names are unique."""
+
+    def decorator(fn: RewardFn) -> RewardFn:
+        if name in _REGISTRY and _REGISTRY[name] is not fn:
+            raise ValueError(f"a reward named {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def get_reward(name: str) -> RewardFn:
+    """The reward registered as `name`; a `UserError` listing the known names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise UserError(f"unknown reward {name!r}; known rewards: {known}") from None
+
+
+def available_rewards() -> list[str]:
+    """The registered reward names, sorted."""
+    return sorted(_REGISTRY)
+
+
+# Importing the reward modules registers them; they import `register` from above.
+from r1kit.rewards import accuracy, format, length  # noqa: F401

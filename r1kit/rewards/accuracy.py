@@ -1,0 +1,101 @@
+r"""The accuracy reward: 1 if the final answer matches the reference, else 0 [R1-SPEC.md §2.2].
+
+The paper grades math by parsing the final answer and comparing with SymPy; we use `math_verify`
+(the open-r1 choice), which does exactly that and knows the equivalences that matter (`0.5`,
+`1/2`, `\frac{1}{2}`; `x=3` vs `3`; sets in any order; `2^{10}` vs `1024`).
+
+Departures and details:
+- The answer is what `extract_answer` finds (last `<answer>` block, else last `\boxed{}`); a
+  completion with neither scores 0. open-r1 parses the whole completion instead, which rewards a
+  right number anywhere in the text.
+- A reference that `math_verify` cannot turn into a SymPy object gives `None` (not scorable,
+  skipped in means), as in open-r1.
+- Plain integers on both sides are compared exactly without SymPy: the built-in task's answers
+  are integers and this reward runs on every completion of every RL step.
+- A bare answer is wrapped in `$…$` before parsing unless it reads as prose (a run of 3+ letters
+  outside LaTeX commands), because `math_verify` parses bare LaTeX badly (`2\sqrt{3}` → 2,
+  `2^{10}` → 2) and `$…$` well; prose is parsed as is, so `math_verify` picks the math out of it.
+- `math_verify`'s own time limits use `signal.alarm`, which would cancel the limit that
+  `scoring.score` sets and fails outside the main thread; they are turned off
+  (`parsing_timeout=None`, `timeout_seconds=None`) and `scoring.score` bounds the whole call.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from functools import lru_cache
+
+from math_verify import parse, verify
+from sympy import Basic, MatrixBase
+
+from r1kit.rewards import register
+from r1kit.rewards.extract import extract_answer, last_boxed
+from r1kit.tasks.base import Problem
+
+# Up to 18 digits: int() refuses very long digit strings, and such answers go through SymPy anyway.
+_INT_RE = re.compile(r"[+-]?\d{1,18}")
+_LATEX_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+_PROSE_RE = re.compile(r"[A-Za-z]{3,}")
+
+
+class _DropDisabledTimeoutWarning(logging.Filter):
+    """math_verify warns once that its timeout is off; here that is on purpose (see above)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_DropDisabledTimeoutWarning())
+
+
+@register("accuracy")
+def accuracy(completion: str, problem: Problem) -> float | None:
+    r"""1.0 if the extracted answer equals `problem.answer` mathematically, 0.0 if not, None if
+    the reference cannot be parsed.
+
+    >>> p = Problem("p1", "What is 1/2 as a decimal?", r"\frac{1}{2}")
+    >>> accuracy("<think>half</think><answer>0.5</answer>", p)
+    1.0
+    >>> accuracy(r"... so the answer is \boxed{1/3}", p)
+    0.0
+    >>> accuracy("<answer>1</answer>", Problem("p2", "?", r"\frac{1}{")) is None
+    True
+    """
+    gold_text = problem.answer.strip()
+    pred_text = extract_answer(completion)
+    if pred_text is not None:
+        pred_text = last_boxed(pred_text) or pred_text  # "<answer>\boxed{4}</answer>"
+    if _INT_RE.fullmatch(gold_text):
+        if pred_text is None:
+            return 0.0
+        if _INT_RE.fullmatch(pred_text):
+            return 1.0 if int(pred_text) == int(gold_text) else 0.0
+    gold = _parse(gold_text)
+    if not any(isinstance(g, (Basic, MatrixBase)) for g in gold):
+        return None
+    if not pred_text:
+        return 0.0
+    pred = _parse(pred_text)
+    if not pred:
+        return 0.0
+    return 1.0 if verify(list(gold), list(pred), timeout_seconds=None) else 0.0
+
+
+@lru_cache(maxsize=2048)
+def _parse(text: str) -> tuple:
+    """`math_verify.parse` of a bare answer (cached: the G answers of a group often repeat)."""
+    if "$" in text or "\\boxed" in text or "\\(" in text or "\\[" in text:
+        candidates = [text]
+    elif _PROSE_RE.search(_LATEX_COMMAND_RE.sub("", text)):
+        candidates = [text, f"${text}$"]
+    else:
+        candidates = [f"${text}$", text]
+    fallback: tuple = ()
+    for candidate in candidates:
+        parsed = tuple(parse(candidate, parsing_timeout=None))
+        if any(isinstance(p, (Basic, MatrixBase)) for p in parsed):
+            return parsed
+        fallback = fallback or parsed  # only strings: math_verify compares those verbatim
+    return fallback

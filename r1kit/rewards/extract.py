@@ -1,0 +1,69 @@
+"""Find the final answer in a completion: the last `<answer>` block, else the last `\\boxed{}`.
+
+R1-Zero puts the answer in `<answer>…</answer>` [R1-SPEC.md §2.1]; R1 and its distilled students
+put it in `\\boxed{…}` [R1-SPEC.md §2.2, §4.4]. Both are accepted, `<answer>` first. The *last*
+one wins, because models restate or correct earlier attempts ("wait, …").
+"""
+
+from __future__ import annotations
+
+import re
+
+# An <answer> block that does not contain another <answer>: "<answer>a <answer>b</answer>" is "b".
+_ANSWER_RE = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.DOTALL)
+_BOXED_RE = re.compile(r"\\boxed\s*\{")
+
+
+def extract_answer(completion: str) -> str | None:
+    """The stripped content of the last `<answer>` block, else of the last `\\boxed{}`, else None.
+
+    >>> extract_answer("<answer>1</answer> wait, no: <answer> 2 </answer>")
+    '2'
+    >>> extract_answer(r"so $\\boxed{\\frac{1}{2}}$.")
+    '\\\\frac{1}{2}'
+    >>> extract_answer("no answer here") is None
+    True
+    """
+    blocks = _ANSWER_RE.findall(completion)
+    if blocks:
+        return blocks[-1].strip()
+    return last_boxed(completion)
+
+
+def last_boxed(text: str) -> str | None:
+    """The stripped content of the last complete `\\boxed{…}` (braces balanced), else None.
+
+    A `\\boxed{` left open (a truncated completion) is skipped in favour of an earlier complete one.
+
+    >>> last_boxed(r"\\boxed{1} then \\boxed{\\{1, 2\\}}")
+    '\\\\{1, 2\\\\}'
+    >>> last_boxed(r"\\boxed{x^{2}") is None
+    True
+    """
+    for match in reversed(list(_BOXED_RE.finditer(text))):
+        content = _balanced(text, match.end())
+        if content is not None:
+            return content.strip()
+    return None
+
+
+def _balanced(text: str, start: int) -> str | None:
+    """The text from `start` up to the brace closing the `{` just before it, or None if unclosed.
+
+    Escaped braces `\\{` `\\}` (LaTeX set braces) are content, not grouping.
+    """
+    depth = 1
+    i = start
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i]
+        i += 1
+    return None

@@ -1,0 +1,99 @@
+"""Run folders (`runs/NAME/`) and the problem sets a run reads.
+
+A run folder holds the resolved `config.yaml`, `metrics.jsonl` (one object per step),
+`eval.jsonl`, `completions.jsonl`, `samples/`, `checkpoints/`, the final HF model and
+`summary.json`. Every whole-file write is atomic; JSONL logs are appended line by line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from r1kit.checkpoint import atomic_write_text
+from r1kit.config import DataConfig, load_config, to_dict
+from r1kit.errors import UserError
+from r1kit.tasks.arithmetic import is_heldout, sample_problems
+from r1kit.tasks.base import Problem
+from r1kit.tasks.files import load_hf_dataset, load_jsonl
+
+
+@dataclass
+class RunFolder:
+    path: Path
+    cfg: object
+    resumed: bool
+
+    @classmethod
+    def open(cls, cfg, stage: str, resume: str | None = None) -> RunFolder:
+        if resume:
+            path = Path(resume)
+            saved = path / "config.yaml"
+            if not saved.is_file():
+                raise UserError(f"{path}: not a run folder (no config.yaml)")
+            cfg = load_config(type(cfg), saved)
+            if not (path / "checkpoints" / "latest").is_file():
+                raise UserError(f"{path}: no checkpoint to resume from yet")
+            return cls(path, cfg, resumed=True)
+        name = cfg.run.name or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path = Path(cfg.run.out_dir) / name
+        if (path / "config.yaml").exists():
+            raise UserError(
+                f"{path} already exists; resume it with --resume {path} or set run.name"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name))
+        atomic_write_text(path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return cls(path, cfg, resumed=False)
+
+    def append(self, name: str, record: dict) -> None:
+        self.append_many(name, [record])
+
+    def append_many(self, name: str, records: list[dict]) -> None:
+        with open(self.path / name, "a") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+    def write_json(self, name: str, obj) -> None:
+        atomic_write_text(self.path / name, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+    def write_jsonl(self, name: str, records: list[dict]) -> None:
+        atomic_write_text(
+            self.path / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        )
+
+
+def _load_source(source: str, split: str, data: DataConfig) -> list[Problem]:
+    if source.startswith("hf:"):
+        return load_hf_dataset(source[3:], split, data.prompt_key, data.answer_key)
+    if source.endswith(".jsonl") or Path(source).is_file():
+        return load_jsonl(source, data.prompt_key, data.answer_key)
+    raise UserError(
+        f"data source '{source}': use 'builtin', a .jsonl file, or hf:NAME_OR_PATH"
+    )
+
+
+def load_problems(data: DataConfig, num_eval: int) -> tuple[list[Problem], list[Problem]]:
+    """(train, held-out) problems. Without an eval source, a fixed 1-in-10 hash bucket of the
+    training source's ids is held out, so the two never overlap."""
+    if data.source == "builtin":
+        train = sample_problems(data.train_size, "train", seed=0)
+        heldout = sample_problems(num_eval, "heldout", seed=0)
+        return train, heldout
+    problems = _load_source(data.source, data.split, data)
+    if data.eval_source:
+        heldout = _load_source(data.eval_source, data.eval_split, data)
+        return problems, heldout[:num_eval]
+    train = [p for p in problems if not is_heldout(p.id)]
+    heldout = [p for p in problems if is_heldout(p.id)]
+    if not train or not heldout:
+        raise UserError(
+            f"data source '{data.source}' has {len(problems)} problems: too few to hold out 1 in "
+            "10 for evaluation; give data.eval_source"
+        )
+    return train, heldout[:num_eval]

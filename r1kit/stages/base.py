@@ -1,0 +1,57 @@
+"""`r1kit base`: build the built-in tiny base model (or find it in the cache / the package).
+
+The default build is deterministic for its seed. The package ships the default build in
+`r1kit/assets/tiny-base` so that the demo starts at once; `r1kit base` rebuilds it from scratch
+(and `benchmarks/base_model.py` checks the two agree).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from r1kit.config import BaseConfig, to_dict
+
+PACKAGED_BASE = Path(__file__).resolve().parent.parent / "assets" / "tiny-base"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("R1KIT_CACHE", Path.home() / ".cache" / "r1kit"))
+
+
+def config_key(cfg: BaseConfig) -> str:
+    blob = json.dumps({k: v for k, v in to_dict(cfg).items() if k != "out"}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def default_out(cfg: BaseConfig) -> Path:
+    return Path(cfg.out) if cfg.out else cache_root() / f"tiny-base-{config_key(cfg)}"
+
+
+def _is_built(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "r1kit_base.json").is_file()
+
+
+def ensure_builtin_base(cfg: BaseConfig | None = None, log=print) -> Path:
+    """The folder of the base model for `cfg` (default config: the packaged one), built if absent."""
+    cfg = cfg or BaseConfig()
+    if cfg == BaseConfig() and _is_built(PACKAGED_BASE):
+        return PACKAGED_BASE
+    out = default_out(cfg)
+    if not _is_built(out):
+        log(f"building the base model into {out} (cached for later runs)")
+        main(cfg, out=out, log=log)
+    return out
+
+
+def main(cfg: BaseConfig, out: Path | None = None, log=print) -> dict:
+    from r1kit.tinybase import build_base
+
+    out = Path(out) if out else default_out(cfg)
+    record = build_base(cfg, out, log=log)
+    record["config_key"] = config_key(cfg)
+    record["out"] = str(out)
+    log(json.dumps(record, indent=2))
+    return record

@@ -1,0 +1,371 @@
+"""`r1kit zero`: R1-Zero, GRPO with rule-based rewards straight from a base model (R1-SPEC §1-§3.1).
+
+One step, top to bottom, each phase timed:
+    generate  B prompts x G completions with the rollout engine (pi_old = the current policy)
+    score     every completion with the weighted rule-based rewards
+    advantage group-relative advantages; dynamic sampling drops groups with equal rewards
+    logprobs  pi_old (only when mu > 1) and the reference (only when beta > 0), without grad
+    update    mu minibatch updates of the clipped surrogate (+ k3 KL), micro-batched
+    log       metrics.jsonl, completions.jsonl, progress bar; eval and checkpoint every N steps
+
+Departures from the paper, on purpose: defaults are sized for a tiny model on 2 CPU cores (see
+recipes/tiny/zero.yaml); clip-higher and dynamic sampling from DAPO are on by default; a step whose
+loss or gradients are not finite is skipped, and several in a row stop the run cleanly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from r1kit import checkpoint as ckpt
+from r1kit import grpo
+from r1kit.config import ZeroConfig
+from r1kit.evaluation import evaluate
+from r1kit.logprobs import completion_logprobs
+from r1kit.models import load_model, pick_device
+from r1kit.rewards.scoring import RewardSpec, score
+from r1kit.rollout.hf import Rollouts, sample
+from r1kit.runs import RunFolder, load_problems
+from r1kit.templates import render_prompt
+
+log = logging.getLogger("r1kit")
+
+
+class Timer:
+    """Accumulates wall time per phase into `time/<phase>` metrics."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        yield
+        self.times[f"time/{phase}"] = self.times.get(f"time/{phase}", 0.0) + time.perf_counter() - t0
+
+
+def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
+    run = RunFolder.open(cfg, "zero", resume)
+    cfg = run.cfg
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    device = pick_device(cfg.run.device)
+    random.seed(cfg.run.seed)
+    torch.manual_seed(cfg.run.seed)
+
+    policy, tokenizer = load_model(cfg.model.path, cfg.model.dtype, device)
+    train_set, eval_set = load_problems(cfg.data, cfg.eval.num_problems)
+    specs = [RewardSpec(name, float(w)) for name, w in cfg.rewards.weights.items()]
+    rl = cfg.rl
+    B, G = rl.prompts_per_step, rl.group_size
+    opt = torch.optim.AdamW(policy.parameters(), lr=rl.lr, weight_decay=rl.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, rl.warmup_steps))
+    )
+    ref = copy.deepcopy(policy).eval().requires_grad_(False) if rl.beta > 0 else None
+    gen = torch.Generator(device=device).manual_seed(cfg.run.seed)
+    state = {"step": 0, "order": None, "cursor": 0, "bad_steps": 0, "stuck": 0, "base_eval": None}
+
+    if run.resumed:
+        c = ckpt.latest_checkpoint(run.path)
+        policy, _ = load_model(str(c), cfg.model.dtype, device)
+        opt = torch.optim.AdamW(policy.parameters(), lr=rl.lr, weight_decay=rl.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / max(1, rl.warmup_steps))
+        )
+        saved = ckpt.load_trainer_state(c)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        ckpt.set_rng_state(saved["rng"])
+        gen.set_state(saved["generator"])
+        state = saved["state"]
+        if ref is not None:
+            ref.load_state_dict(saved["ref"])
+        log.warning(f"resumed {run.path} from {c.name} (step {state['step']})")
+
+    def evaluate_now(tag: str) -> dict:
+        res = evaluate(policy, tokenizer, eval_set, cfg.eval, template=cfg.data.template,
+                       stop=cfg.rollout.stop, seed=cfg.run.seed)
+        metrics = res.metrics()
+        run.append("eval.jsonl", {"step": state["step"], "tag": tag, **metrics})
+        run.write_jsonl(f"samples/eval-{tag}.jsonl", res.samples)
+        return metrics
+
+    t_start = time.time() - state.get("wall_seconds", 0.0)
+    if state["base_eval"] is None:
+        state["base_eval"] = evaluate_now("base")
+        _print_eval("base", state["base_eval"], cfg.eval.k)
+
+    bar = tqdm(total=rl.steps, initial=state["step"], desc="zero", dynamic_ncols=True)
+    stopped = None
+    while state["step"] < rl.steps:
+        timer = Timer()
+        t_step = time.perf_counter()
+
+        # ---------------------------------------------------------------- generate
+        with timer("generate"):
+            problems = _next_problems(state, train_set, B, cfg.run.seed)
+            prompts = [render_prompt(p.prompt, cfg.data.template, tokenizer) for p in problems]
+            policy.eval()
+            ro = sample(policy, tokenizer, prompts, G, max_new_tokens=cfg.rollout.max_new_tokens,
+                        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                        stop=cfg.rollout.stop, generator=gen)
+        # ---------------------------------------------------------------- score
+        with timer("score"):
+            per_row = [p for p in problems for _ in range(G)]
+            scores = score(ro.texts, per_row, specs, ro.num_tokens, cfg.rollout.max_new_tokens,
+                           timeout_s=cfg.rewards.timeout_s)
+            rewards = torch.tensor(scores.total, dtype=torch.float32)  # (B*G,)
+        # ---------------------------------------------------------------- advantage
+        advantages = grpo.group_advantages(rewards, G, scale_by_std=rl.scale_by_std)  # (B*G,)
+        group_equal = (rewards.view(B, G) == rewards.view(B, G)[:, :1]).all(dim=1)  # (B,)
+        keep = ~group_equal if rl.dynamic_sampling else torch.ones(B, dtype=torch.bool)
+        rows = keep.repeat_interleave(G).nonzero().squeeze(-1)  # kept rows
+        mask = ro.completion_mask.clone()  # (B*G, T)
+        if rl.overlong_filter:
+            mask[torch.tensor(ro.truncated)] = 0
+        metrics = _rollout_metrics(ro, scores, rewards, group_equal)
+
+        # ---------------------------------------------------------------- update
+        if len(rows) > 0 and rewards.isfinite().all():
+            with timer("update"):
+                update = _update(policy, ref, opt, ro, advantages, mask, rows, rl,
+                                 cfg.rollout, cfg.rollout.max_new_tokens, timer)
+            metrics.update(update)
+            if not update["ok"]:
+                state["bad_steps"] += 1
+                log.warning(f"step {state['step']}: non-finite loss or gradient; update skipped "
+                            f"({state['bad_steps']} in a row)")
+            else:
+                state["bad_steps"] = 0
+                sched.step()
+        elif not rewards.isfinite().all():
+            state["bad_steps"] += 1
+            log.warning(f"step {state['step']}: non-finite rewards; update skipped")
+        if state["bad_steps"] >= rl.max_bad_steps:
+            stopped = (f"stopped after {state['bad_steps']} consecutive non-finite steps; the last "
+                       f"good checkpoint is intact in {run.path / 'checkpoints'}")
+            log.error(stopped)
+            break
+        _watch_for_stuck_rewards(state, group_equal, scores, rl.stuck_steps)
+        state["step"] += 1
+
+        # ---------------------------------------------------------------- reference reset
+        if ref is not None and rl.ref_reset_every and state["step"] % rl.ref_reset_every == 0:
+            ref.load_state_dict(policy.state_dict())
+
+        # ---------------------------------------------------------------- log
+        metrics["time/step"] = time.perf_counter() - t_step
+        metrics.update(timer.times)
+        metrics["train/lr"] = sched.get_last_lr()[0]
+        run.append("metrics.jsonl", {"step": state["step"], **metrics})
+        run.append_many("completions.jsonl", [
+            {"step": state["step"], "id": per_row[i].id, "answer": per_row[i].answer,
+             "completion": ro.texts[i], "reward": scores.total[i]}
+            for i in range(0, len(ro), max(1, len(ro) // max(1, cfg.run.log_completions)))
+        ][: cfg.run.log_completions])
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['reward/total']:.2f}",
+                        acc=f"{metrics.get('reward/accuracy', float('nan')):.2f}")
+
+        if cfg.eval.every and state["step"] % cfg.eval.every == 0 and state["step"] < rl.steps:
+            m = evaluate_now(f"step{state['step']}")
+            bar.write(f"step {state['step']}: held-out pass@1 {m['eval/pass@1']:.3f}")
+        state["wall_seconds"] = time.time() - t_start
+        if cfg.run.checkpoint_every and state["step"] % cfg.run.checkpoint_every == 0:
+            _save(run, state, policy, tokenizer, opt, sched, gen, ref)
+    bar.close()
+
+    state["wall_seconds"] = time.time() - t_start
+    if stopped is None:
+        _save(run, state, policy, tokenizer, opt, sched, gen, ref)
+    final = evaluate_now("final") if stopped is None else {}
+    summary = _summary(state, final, cfg.eval.k, stopped)
+    if stopped is None:
+        ckpt.save_hf_folder(policy, tokenizer, run.path / "final")
+    run.write_json("summary.json", summary)
+    if final:
+        _print_eval("final", final, cfg.eval.k, base=state["base_eval"])
+    print(f"run folder: {run.path}")
+    return summary
+
+
+# -------------------------------------------------------------------------------- helpers
+
+
+def _next_problems(state: dict, train_set: list, n: int, seed: int) -> list:
+    """The next `n` problems of a seeded shuffled order, reshuffled each epoch (resumable)."""
+    out = []
+    while len(out) < n:
+        if state["order"] is None or state["cursor"] >= len(state["order"]):
+            epoch = state.get("epoch", 0)
+            order = list(range(len(train_set)))
+            random.Random(f"{seed}-{epoch}").shuffle(order)
+            state.update(order=order, cursor=0, epoch=epoch + 1)
+        take = state["order"][state["cursor"] : state["cursor"] + n - len(out)]
+        state["cursor"] += len(take)
+        out += [train_set[i] for i in take]
+    return out
+
+
+def _update(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, rollout_cfg, max_tokens,
+            timer) -> dict:
+    """mu optimizer steps over the kept rows, each over micro-batches with an exact denominator."""
+    temp = rollout_cfg.temperature
+    # Only T' = the longest kept completion is needed.
+    t_used = int(mask[rows].sum(-1).max().item()) if len(rows) else 1
+    data = {
+        "p_ids": ro.prompt_ids[rows], "p_mask": ro.prompt_mask[rows],
+        "c_ids": ro.completion_ids[rows, :t_used], "c_mask": mask[rows, :t_used],
+        "adv": advantages[rows],
+    }
+    device = next(policy.parameters()).device
+    data = {k: v.to(device) for k, v in data.items()}
+    n = len(rows)
+    mb = rl.micro_batch_size
+
+    def logprobs_of(model, sl, **kw):
+        return completion_logprobs(model, data["p_ids"][sl], data["p_mask"][sl], data["c_ids"][sl],
+                                   data["c_mask"][sl], temperature=temp, **kw)
+
+    with timer("logprobs"), torch.no_grad():
+        old = ref_lp = None
+        if rl.updates_per_rollout > 1:
+            policy.eval()
+            old = torch.cat([logprobs_of(policy, slice(i, i + mb))[0] for i in range(0, n, mb)])
+        if ref is not None:
+            ref_lp = torch.cat([logprobs_of(ref, slice(i, i + mb))[0] for i in range(0, n, mb)])
+
+    policy.train()
+    perm = torch.randperm(n)
+    minibatches = perm.chunk(rl.updates_per_rollout)
+    sums: dict[str, float] = {}
+    ok = True
+    for mbatch in minibatches:
+        denom = grpo.loss_denominator(data["c_mask"][mbatch], rl.aggregation)
+        opt.zero_grad(set_to_none=True)
+        for i in range(0, len(mbatch), mb):
+            idx = mbatch[i : i + mb]
+            lp, ent = logprobs_of(policy, idx, with_entropy=True)
+            loss, m = grpo.policy_loss(
+                lp, old[idx] if old is not None else lp.detach(), data["adv"][idx],
+                data["c_mask"][idx], ref_logprobs=ref_lp[idx] if ref_lp is not None else None,
+                beta=rl.beta, eps_low=rl.eps_low, eps_high=rl.eps_high,
+                aggregation=rl.aggregation, max_tokens=max_tokens, ratio_level=rl.ratio_level,
+                loss_denominator=denom,
+            )
+            loss.backward()
+            w = len(idx) / n
+            sums["train/loss"] = sums.get("train/loss", 0.0) + loss.item()
+            cm = data["c_mask"][idx].float()
+            m["entropy"] = ((ent * cm).sum() / cm.sum().clamp(min=1)).item()
+            for k, v in m.items():
+                sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + float(v) * w
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), rl.grad_clip)
+        if not torch.isfinite(grad_norm):
+            ok = False
+            opt.zero_grad(set_to_none=True)
+            break
+        opt.step()
+        sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + grad_norm.item() / len(
+            minibatches)
+    policy.eval()
+    if not math.isfinite(sums.get("train/loss", 0.0)):
+        ok = False
+    sums["train/loss"] /= max(1, len(minibatches))
+    sums["ok"] = ok
+    return sums
+
+
+def _rollout_metrics(ro: Rollouts, scores, rewards, group_equal) -> dict:
+    m = scores.means()
+    n_tok = torch.tensor(ro.num_tokens, dtype=torch.float32)
+    m.update({
+        "train/completion_tokens": n_tok.mean().item(),
+        "train/completion_tokens_max": n_tok.max().item(),
+        "train/truncated": sum(ro.truncated) / len(ro),
+        "train/zero_adv_groups": group_equal.float().mean().item(),
+        "train/reward_std": rewards.std().item(),
+    })
+    return m
+
+
+def _watch_for_stuck_rewards(state: dict, group_equal, scores, patience: int) -> None:
+    """Warn loudly about the most common 'nothing is learning' failure (PEERS.md §2, item 4)."""
+    state["stuck"] = state["stuck"] + 1 if bool(group_equal.all()) else 0
+    if state["stuck"] == patience:
+        log.warning(
+            f"every group has had equal rewards for {patience} steps: all advantages are zero and "
+            "the policy is not learning. Check that the reward reads the completion format the "
+            "model writes (answer tags, a prefilled <think>), that the reference answers parse, "
+            "and that max_new_tokens leaves room to finish; a harder or easier problem mix, or a "
+            "higher temperature, restores variance."
+        )
+    for name, values in scores.per_reward.items():
+        flat = {v for v in values}
+        key = f"stuck_{name}"
+        state[key] = state.get(key, 0) + 1 if (len(flat) == 1 and (flat <= {None, 0.0})) else 0
+        if state[key] == patience:
+            log.warning(
+                f"reward '{name}' returned {next(iter(flat))} for every completion for {patience} "
+                "steps: check its expected format against completions.jsonl in the run folder."
+            )
+
+
+def _save(run, state, policy, tokenizer, opt, sched, gen, ref) -> None:
+    ckpt.save_checkpoint(run.path, state["step"], policy, tokenizer, {
+        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": ckpt.rng_state(),
+        "generator": gen.get_state(), "state": state,
+        "ref": ref.state_dict() if ref is not None else None,
+    })
+
+
+def _summary(state: dict, final: dict, k: int, stopped: str | None) -> dict:
+    base = state["base_eval"]
+    out = {
+        "steps": state["step"],
+        "wall_seconds": round(state["wall_seconds"], 2),
+        "base_pass@1": base["eval/pass@1"],
+        "base_pass@1_ci": [base["eval/pass@1_lo"], base["eval/pass@1_hi"]],
+        f"base_cons@{k}": base[f"eval/cons@{k}"],
+        "base_cons@k": base[f"eval/cons@{k}"],
+        "base_format": base["eval/format"],
+    }
+    if final:
+        out.update({
+            "final_pass@1": final["eval/pass@1"],
+            "final_pass@1_ci": [final["eval/pass@1_lo"], final["eval/pass@1_hi"]],
+            f"final_cons@{k}": final[f"eval/cons@{k}"],
+            "final_cons@k": final[f"eval/cons@{k}"],
+            "final_format": final["eval/format"],
+        })
+    if stopped:
+        out["stopped"] = stopped
+    return out
+
+
+def _print_eval(tag: str, m: dict, k: int, base: dict | None = None) -> None:
+    if base is None:
+        print(f"[{tag}] held-out pass@1 {m['eval/pass@1']:.3f} "
+              f"[{m['eval/pass@1_lo']:.3f}, {m['eval/pass@1_hi']:.3f}]  "
+              f"cons@{k} {m[f'eval/cons@{k}']:.3f}  format {m['eval/format']:.3f}")
+        return
+    rows = [("pass@1", "eval/pass@1"), (f"pass@{k}", f"eval/pass@{k}"),
+            (f"cons@{k}", f"eval/cons@{k}"), ("format", "eval/format"),
+            ("tokens", "eval/tokens"), ("reflection", "eval/reflection")]
+    print(f"\n{'held-out':<12}{'base':>10}{'final':>10}")
+    for name, key in rows:
+        print(f"{name:<12}{base[key]:>10.3f}{m[key]:>10.3f}")
+    print(f"{'pass@1 95% CI':<12}  base [{base['eval/pass@1_lo']:.3f}, {base['eval/pass@1_hi']:.3f}]"
+          f"  final [{m['eval/pass@1_lo']:.3f}, {m['eval/pass@1_hi']:.3f}]")
+    print(json.dumps({"note": "full numbers in summary.json and eval.jsonl"}))

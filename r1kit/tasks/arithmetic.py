@@ -1,0 +1,132 @@
+"""The built-in task: multi-step arithmetic chains, and the worked solutions the base model learns.
+
+A problem is a chain such as `Compute 47+8-9+6`: a two-digit start and single-digit steps, the
+running total kept within 0..99. Its verifiable answer is the final total (52).
+
+Train and held-out problems are disjoint by construction: a fixed hash bucket of the expression
+(1 in 10) is held out, never used in pretraining nor in RL.
+
+Worked solutions (`worked_solution`) are written the way a sloppy student writes them, so the
+pretrained base is imperfect in the ways R1-Zero RL is meant to fix (FEASIBILITY.md lessons):
+- a step that needs a carry or a borrow forgets it with probability `carry_slip`: the tens digit is
+  left unchanged (47+8=45, 52-9=53); the chain then continues from the wrong value, so one slip
+  ruins the answer while each step is still right most of the time;
+- any step slips by one with probability `slip`;
+- after a slip, with probability `recheck`, the student writes `wait, 47+8=55` and continues from
+  the corrected value: reflection exists in the base, and pays off;
+- a share `second_language` of traces spell the operations in Russian (`47 плюс 8 равно 55`), so
+  language mixing can be measured and rewarded later;
+- a share `no_tags` ends without `<answer>` tags, so the format is usual but not universal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+from r1kit.tasks.base import Problem
+
+RU_OPS = {"+": "плюс", "-": "минус"}
+RU_EQUALS = "равно"
+RU_WAIT = "подожди"
+
+
+@dataclass(frozen=True)
+class CorpusStyle:
+    """How sloppy the worked solutions of the pretraining corpus are (see the module docstring)."""
+
+    carry_slip: float = 0.5
+    slip: float = 0.03
+    recheck: float = 0.3
+    second_language: float = 0.15
+    no_tags: float = 0.04
+
+
+def is_heldout(expression: str) -> bool:
+    """The fixed 1-in-10 hash bucket that is never trained on."""
+    return int(hashlib.sha1(expression.encode()).hexdigest(), 16) % 10 == 0
+
+
+def _random_chain(rng: random.Random, min_terms: int, max_terms: int) -> tuple[int, list[tuple[str, int]]]:
+    start = rng.randint(10, 99)
+    steps, total = [], start
+    for _ in range(rng.randint(min_terms, max_terms) - 1):
+        op = rng.choice("+-")
+        choices = [d for d in range(2, 10) if 0 <= (total + d if op == "+" else total - d) <= 99]
+        if not choices:  # near a bound: flip the operation
+            op = "-" if op == "+" else "+"
+            choices = [d for d in range(2, 10) if 0 <= (total + d if op == "+" else total - d) <= 99]
+        d = rng.choice(choices)
+        total = total + d if op == "+" else total - d
+        steps.append((op, d))
+    return start, steps
+
+
+def chain_problem(start: int, steps: list[tuple[str, int]]) -> Problem:
+    expression = f"{start}" + "".join(f"{op}{d}" for op, d in steps)
+    total = start
+    for op, d in steps:
+        total = total + d if op == "+" else total - d
+    return Problem(
+        id=expression,
+        prompt=f"Compute {expression}",
+        answer=str(total),
+        meta={"start": start, "steps": [list(s) for s in steps], "task": "arithmetic"},
+    )
+
+
+def sample_problems(
+    n: int, split: str, seed: int, min_terms: int = 4, max_terms: int = 5
+) -> list[Problem]:
+    """`n` distinct problems of one split ("train" or "heldout"), deterministic for `seed`."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    rng = random.Random(f"arithmetic-{split}-{seed}")
+    problems: dict[str, Problem] = {}
+    attempts = 0
+    while len(problems) < n:
+        attempts += 1
+        if attempts > 200 * n + 10_000:
+            raise ValueError(f"could not draw {n} distinct {split} problems; ask for fewer")
+        p = chain_problem(*_random_chain(rng, min_terms, max_terms))
+        if is_heldout(p.id) == (split == "heldout"):
+            problems.setdefault(p.id, p)
+    return list(problems.values())
+
+
+def _needs_carry(total: int, op: str, d: int) -> bool:
+    return total % 10 + d >= 10 if op == "+" else total % 10 < d
+
+
+def worked_solution(problem: Problem, rng: random.Random, style: CorpusStyle) -> str:
+    """A completion for `problem` written with the slips, re-checks and languages of `style`."""
+    russian = rng.random() < style.second_language
+
+    def step(a: int, op: str, d: int, result: int) -> str:
+        if russian:
+            return f"{a} {RU_OPS[op]} {d} {RU_EQUALS} {result}"
+        return f"{a}{op}{d}={result}"
+
+    parts, total = [], problem.meta["start"]
+    for op, d in problem.meta["steps"]:
+        correct = total + d if op == "+" else total - d
+        written = correct
+        if _needs_carry(total, op, d) and rng.random() < style.carry_slip:
+            written = correct - 10 if op == "+" else correct + 10
+        elif rng.random() < style.slip:
+            written = correct + rng.choice((-1, 1))
+        parts.append(step(total, op, d, written))
+        if written != correct and rng.random() < style.recheck:
+            parts.append(f"{RU_WAIT if russian else 'wait'}, {step(total, op, d, correct)}")
+            written = correct
+        total = written
+    reasoning = ", ".join(parts)
+    if rng.random() < style.no_tags:
+        return f" <think> {reasoning} </think> The answer is {total}."
+    return f" <think> {reasoning} </think> <answer> {total} </answer>"
+
+
+def correct_solution(problem: Problem) -> str:
+    """The clean worked solution (no slips, English): a reference and a test oracle."""
+    return worked_solution(problem, random.Random(0), CorpusStyle(0, 0, 0, 0, 0))

@@ -1,0 +1,141 @@
+"""Problems from files: JSONL, or a Hugging Face dataset (a local `save_to_disk` folder, a folder
+of data files, or a hub name).
+
+Each record has a string `prompt` and an `answer` (a string, or a number that becomes a string),
+an optional `id`, and anything else, which goes to `Problem.meta` for rewards to read. The keys
+for prompt and answer are configurable (`problem`/`solution` in many datasets). Every mistake in
+the data is a `UserError` naming the file, line (or row) and key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from r1kit.errors import UserError
+from r1kit.tasks.base import Problem
+
+
+def load_jsonl(
+    path: str | Path, prompt_key: str = "prompt", answer_key: str = "answer"
+) -> list[Problem]:
+    """One problem per line of a JSONL file; whitespace-only lines are skipped.
+
+    Ids default to `STEM-LINENO` (`problems-3` for line 3 of `problems.jsonl`).
+    """
+    path = Path(path)
+    name = str(path)
+    if not path.exists():
+        raise UserError(f"{name}: no such file")
+    if path.is_dir():
+        raise UserError(f"{name}: is a directory, not a JSONL file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{name}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{name}: cannot read ({e.strerror})") from None
+
+    def records() -> Iterable[tuple[str, str, Any]]:
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{name}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where}: invalid JSON ({e.msg})") from None
+            yield where, f"{path.stem}-{lineno}", record
+
+    return _to_problems(records(), name, prompt_key, answer_key)
+
+
+def load_hf_dataset(
+    name_or_path: str | Path,
+    split: str = "train",
+    prompt_key: str = "prompt",
+    answer_key: str = "answer",
+) -> list[Problem]:
+    """The problems of one split of a Hugging Face dataset.
+
+    A folder written by `save_to_disk` is read with `datasets.load_from_disk` (a saved single
+    `Dataset` has no splits, so `split` is ignored for it); anything else (a folder of data files,
+    a hub name) goes to `datasets.load_dataset`. Ids default to `NAME-ROW` (row from 0).
+    """
+    import datasets  # heavy; only this loader needs it
+
+    name = str(name_or_path)
+    path = Path(name_or_path)
+    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+        data = datasets.load_from_disk(name)
+        if isinstance(data, datasets.DatasetDict):
+            if split not in data:
+                raise UserError(f"{name}: no split {split!r}; splits: {', '.join(data)}")
+            data = data[split]
+    else:
+        try:
+            data = datasets.load_dataset(name, split=split)
+        except ValueError as e:
+            if "split" in str(e).lower():  # datasets' message lists the splits there are
+                raise UserError(f"{name}: no split {split!r} ({e})") from None
+            raise UserError(f"{name}: cannot load dataset ({e})") from None
+        except FileNotFoundError as e:
+            raise UserError(f"{name}: no such dataset or folder ({e})") from None
+
+    columns = list(data.column_names)
+    for key in (prompt_key, answer_key):
+        if key not in columns:
+            raise UserError(f"{name}: no column {key!r}; columns: {', '.join(columns)}")
+    stem = path.name or name
+    records = ((f"{name} row {i}", f"{stem}-{i}", row) for i, row in enumerate(data))
+    return _to_problems(records, name, prompt_key, answer_key)
+
+
+def _to_problems(
+    records: Iterable[tuple[str, str, Any]], name: str, prompt_key: str, answer_key: str
+) -> list[Problem]:
+    """Validate `(where, default_id, record)` triples into problems; ids must be unique."""
+    problems: list[Problem] = []
+    first_seen: dict[str, str] = {}
+    for where, default_id, record in records:
+        if not isinstance(record, Mapping):
+            raise UserError(f"{where}: expected a JSON object, got {_type_name(record)}")
+        for key in (prompt_key, answer_key):
+            if key not in record:
+                raise UserError(f"{where}: missing field {key!r}")
+        prompt = record[prompt_key]
+        if not isinstance(prompt, str):
+            raise UserError(
+                f"{where}: field {prompt_key!r} must be a string, got {_type_name(prompt)}"
+            )
+        answer = record[answer_key]
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)
+        elif not isinstance(answer, str):
+            raise UserError(
+                f"{where}: field {answer_key!r} must be a string or a number, "
+                f"got {_type_name(answer)}"
+            )
+        pid = record.get("id")
+        if pid is None:
+            pid = default_id
+        elif isinstance(pid, int) and not isinstance(pid, bool):
+            pid = str(pid)
+        elif not isinstance(pid, str):
+            raise UserError(f"{where}: field 'id' must be a string, got {_type_name(pid)}")
+        if pid in first_seen:
+            raise UserError(f"{where}: duplicate id {pid!r} (first at {first_seen[pid]})")
+        first_seen[pid] = where
+        meta = {k: v for k, v in record.items() if k not in (prompt_key, answer_key, "id")}
+        problems.append(Problem(id=pid, prompt=prompt, answer=answer, meta=meta))
+    if not problems:
+        raise UserError(f"{name}: file is empty (no problems)")
+    return problems
+
+
+def _type_name(value: Any) -> str:
+    """JSON-flavoured type names for messages: list, object, bool, null, ..."""
+    names = {list: "list", dict: "object", bool: "bool", type(None): "null"}
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,34 @@
+"""Prompt templates.
+
+`R1_ZERO_TEMPLATE` is the R1-Zero template verbatim from the R1 report (R1-SPEC.md §2.1, Table 1
+of arXiv 2501.12948 v1). `{prompt}` is replaced by the question.
+"""
+
+from __future__ import annotations
+
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant "
+    "solves it. The assistant first thinks about the reasoning process in the mind and then "
+    "provides the user with the answer. The reasoning process and answer are enclosed within "
+    "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning process "
+    "here </think> <answer> answer here </answer>. User: {prompt}. Assistant:"
+)
+
+TEMPLATES = {"r1_zero": R1_ZERO_TEMPLATE, "plain": "{prompt}"}
+
+
+def render_prompt(question: str, template: str = "r1_zero", tokenizer=None) -> str:
+    """Wrap a bare question in a named template.
+
+    `template="chat"` uses the tokenizer's own chat template (a Qwen/Llama instruct model), with the
+    question as the single user turn and the generation prompt appended.
+    """
+    if template == "chat":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError("template 'chat' needs a tokenizer that has a chat_template")
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; known: {sorted(TEMPLATES) + ['chat']}")
+    return TEMPLATES[template].format(prompt=question)

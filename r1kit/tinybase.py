@@ -1,0 +1,172 @@
+"""The built-in base model: a tokenizer trained with `tokenizers`, a Qwen2 causal LM, and the
+pretraining that makes it a plausible, imperfect "base model" for R1-Zero (DESIGN.md, fixed points).
+
+Everything is a plain Hugging Face artefact: the folder loads with `AutoModelForCausalLM` and
+`AutoTokenizer`, so every later code path is the one a Qwen user takes.
+
+Departures from a real base model, on purpose:
+- the corpus is only worked solutions of the built-in task, written in the R1-Zero template, with
+  the slips, re-checks and second-language traces described in `r1kit.tasks.arithmetic`;
+- the BPE pre-tokenizer isolates digits (as Qwen2 does) but does not split on whitespace, so the
+  fixed template compresses to a few tokens and a CPU step spends its time on the reasoning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from r1kit.config import BaseConfig
+from r1kit.tasks.arithmetic import RU_EQUALS, RU_OPS, RU_WAIT, sample_problems, worked_solution
+from r1kit.templates import render_prompt
+
+EOS = "<|endoftext|>"
+SPECIAL_TOKENS = [EOS, "<|im_start|>", "<|im_end|>"]
+# Ordinary added tokens, so that decoding with skip_special_tokens=True keeps them.
+TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def corpus(n: int, cfg: BaseConfig, seed: int) -> list[str]:
+    """`n` pretraining documents: template + sloppy worked solution + EOS, train split only."""
+    rng = random.Random(f"corpus-{seed}")
+    problems = sample_problems(n, "train", seed=seed)
+    return [
+        render_prompt(p.prompt) + worked_solution(p, rng, cfg.corpus) + EOS for p in problems
+    ]
+
+
+def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # any byte stays encodable
+        show_progress=False,
+    )
+    # Pieces between digits; Russian words are listed once more so they get whole-word tokens.
+    extra = [f" {w} " for w in (*RU_OPS.values(), RU_EQUALS, RU_WAIT)] * 50
+    tok.train_from_iterator(texts + extra, trainer=trainer)
+    tok.add_tokens(TAG_TOKENS)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=EOS,
+        pad_token=EOS,
+        model_max_length=512,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    hf_tok.chat_template = CHAT_TEMPLATE
+    return hf_tok
+
+
+def build_model(cfg: BaseConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2ForCausalLM:
+    eos_id = tokenizer.convert_tokens_to_ids(EOS)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+    torch.manual_seed(cfg.seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id
+    )
+    return model
+
+
+def _batches(ids: list[list[int]], batch_size: int, pad_id: int, rng: random.Random):
+    """Endless length-bucketed batches (padding to the batch's longest doc, right-padded)."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    while True:
+        rng.shuffle(chunks)
+        for chunk in chunks:
+            width = max(len(ids[i]) for i in chunk)
+            x = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                x[row, : len(ids[i])] = torch.tensor(ids[i])
+                mask[row, : len(ids[i])] = 1
+            yield x, mask
+
+
+def pretrain(model, tokenizer, texts: list[str], cfg: BaseConfig, log=print) -> list[float]:
+    """Plain next-token pretraining with AdamW, warm-up and cosine decay; returns the loss curve."""
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    batches = _batches(ids, cfg.batch_size, tokenizer.pad_token_id, random.Random(cfg.seed))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    losses, t0 = [], time.time()
+    for step in range(cfg.steps):
+        x, mask = next(batches)  # (N, L)
+        labels = x.masked_fill(mask == 0, -100)  # (N, L); each doc's own EOS stays a target
+        loss = model(input_ids=x, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == cfg.steps - 1:
+            log(f"pretrain step {step:5d}/{cfg.steps}  loss {loss.item():.4f}  {time.time() - t0:6.1f}s")
+    model.eval()
+    return losses
+
+
+def build_base(cfg: BaseConfig, out: Path, log=print) -> dict:
+    """Build, pretrain and save the base model to `out`; returns its build record."""
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    texts = corpus(cfg.corpus_docs, cfg, cfg.seed)
+    tokenizer = build_tokenizer(texts[:5000], cfg.vocab_size)
+    model = build_model(cfg, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"base model: Qwen2, {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
+    losses = pretrain(model, tokenizer, texts, cfg, log=log)
+    record = {
+        "params": n_params,
+        "vocab": len(tokenizer),
+        "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+        "build_seconds": time.time() - t0,
+    }
+    from r1kit.checkpoint import save_hf_folder
+
+    save_hf_folder(model, tokenizer, out, extra={"r1kit_base.json": json.dumps(record, indent=2)})
+    return record

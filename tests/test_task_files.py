@@ -1,0 +1,147 @@
+"""Problems from JSONL files and local Hugging Face datasets; every malformed input is a
+UserError naming the file and line (or row) and the key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from r1kit.errors import UserError
+from r1kit.tasks.base import Problem
+from r1kit.tasks.files import load_hf_dataset, load_jsonl
+
+
+def write(tmp_path, text: str, name: str = "problems.jsonl"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_load_jsonl_valid(tmp_path):
+    lines = [
+        {"prompt": "1+1?", "answer": "2"},
+        {"id": "q7", "prompt": "half?", "answer": 0.5, "level": 3, "source": "mine"},
+        {"prompt": "6*7?", "answer": 42},
+    ]
+    text = "\n".join(json.dumps(x, ensure_ascii=False) for x in lines[:2]) + "\n   \n"
+    text += json.dumps(lines[2]) + "\n"
+    problems = load_jsonl(write(tmp_path, text))
+    assert problems == [
+        Problem("problems-1", "1+1?", "2", {}),
+        Problem("q7", "half?", "0.5", {"level": 3, "source": "mine"}),
+        Problem("problems-4", "6*7?", "42", {}),  # line 3 is blank; ids keep the line number
+    ]
+
+
+def test_load_jsonl_custom_keys(tmp_path):
+    path = write(tmp_path, '{"problem": "1+1?", "solution": "2", "answer": "ignored"}\n')
+    (p,) = load_jsonl(path, prompt_key="problem", answer_key="solution")
+    assert (p.prompt, p.answer, p.meta) == ("1+1?", "2", {"answer": "ignored"})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '{"prompt": "a", "answer": "1"}\n{"prompt": "b" "answer": "2"}\n',
+            r"problems\.jsonl:2: invalid JSON \(Expecting ',' delimiter\)",
+        ),
+        (
+            '{"prompt": "a", "answer": "1"}\n\n{"prompt": "b"}\n',
+            r"problems\.jsonl:3: missing field 'answer'",
+        ),
+        ('{"answer": "1"}\n', r"problems\.jsonl:1: missing field 'prompt'"),
+        (
+            '{"prompt": "a", "answer": "1"}\n{"prompt": ["b"], "answer": "2"}\n',
+            r"problems\.jsonl:2: field 'prompt' must be a string, got list",
+        ),
+        (
+            '{"prompt": "a", "answer": {"x": 1}}\n',
+            r"problems\.jsonl:1: field 'answer' must be a string or a number, got object",
+        ),
+        (
+            '{"prompt": "a", "answer": true}\n',
+            r"problems\.jsonl:1: field 'answer' must be a string or a number, got bool",
+        ),
+        (
+            '{"prompt": "a", "answer": null}\n',
+            r"problems\.jsonl:1: field 'answer' must be a string or a number, got null",
+        ),
+        ('["a", "1"]\n', r"problems\.jsonl:1: expected a JSON object, got list"),
+        (
+            '{"prompt": "a", "answer": "1", "id": [1]}\n',
+            r"problems\.jsonl:1: field 'id' must be a string, got list",
+        ),
+        (
+            '{"id": "x", "prompt": "a", "answer": "1"}\n{"id": "x", "prompt": "b", "answer": "2"}\n',
+            r"problems\.jsonl:2: duplicate id 'x' \(first at .*problems\.jsonl:1\)",
+        ),
+        ("", r"problems\.jsonl: file is empty \(no problems\)"),
+        ("\n  \n\t\n", r"problems\.jsonl: file is empty \(no problems\)"),
+    ],
+)
+def test_load_jsonl_errors_name_file_and_line(tmp_path, text, message):
+    with pytest.raises(UserError, match=message):
+        load_jsonl(write(tmp_path, text))
+
+
+def test_load_jsonl_missing_file_and_directory(tmp_path):
+    with pytest.raises(UserError, match=r"nope\.jsonl: no such file"):
+        load_jsonl(tmp_path / "nope.jsonl")
+    with pytest.raises(UserError, match="is a directory"):
+        load_jsonl(tmp_path)
+
+
+def test_load_jsonl_not_utf8(tmp_path):
+    path = tmp_path / "problems.jsonl"
+    path.write_bytes(b'{"prompt": "\xff", "answer": "1"}\n')
+    with pytest.raises(UserError, match=r"problems\.jsonl: not UTF-8"):
+        load_jsonl(path)
+
+
+@pytest.fixture
+def saved_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    data = datasets.Dataset.from_dict(
+        {"problem": ["1+1?", "2+2?"], "solution": ["2", "4"], "level": [1, 2]}
+    )
+    folder = tmp_path / "mini"
+    datasets.DatasetDict({"train": data, "test": data.select([1])}).save_to_disk(str(folder))
+    single = tmp_path / "single"
+    data.save_to_disk(str(single))
+    return folder, single
+
+
+def test_load_hf_dataset_from_disk(saved_dataset):
+    folder, single = saved_dataset
+    problems = load_hf_dataset(folder, prompt_key="problem", answer_key="solution")
+    assert problems == [
+        Problem("mini-0", "1+1?", "2", {"level": 1}),
+        Problem("mini-1", "2+2?", "4", {"level": 2}),
+    ]
+    test = load_hf_dataset(folder, split="test", prompt_key="problem", answer_key="solution")
+    assert [p.answer for p in test] == ["4"]
+    assert len(load_hf_dataset(single, prompt_key="problem", answer_key="solution")) == 2
+
+
+def test_load_hf_dataset_errors(saved_dataset):
+    folder, _ = saved_dataset
+    with pytest.raises(UserError, match=r"mini: no column 'prompt'; columns: problem, solution"):
+        load_hf_dataset(folder, answer_key="solution")
+    with pytest.raises(UserError, match=r"mini: no split 'validation'; splits: train, test"):
+        load_hf_dataset(folder, split="validation", prompt_key="problem", answer_key="solution")
+
+
+def test_load_hf_dataset_from_data_files(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"prompt": "1+1?", "answer": 2}\n', encoding="utf-8")
+    (p,) = load_hf_dataset(folder)
+    assert (p.prompt, p.answer) == ("1+1?", "2")
+    with pytest.raises(UserError, match=r"no split 'test'.*train"):
+        load_hf_dataset(folder, split="test")
+    with pytest.raises(UserError, match=r"missing: no such dataset"):
+        load_hf_dataset(tmp_path / "missing")
