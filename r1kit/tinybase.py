@@ -1,4 +1,4 @@
-"""The built-in base model: a tokenizer trained with `tokenizers`, a Qwen2 causal LM, and the
+"""The built-in base model: a tokenizer trained with `tokenizers`, a Llama causal LM, and the
 pretraining that makes it a plausible, imperfect "base model" for R1-Zero (DESIGN.md, fixed points).
 
 Everything is a plain Hugging Face artefact: the folder loads with `AutoModelForCausalLM` and
@@ -8,7 +8,11 @@ Departures from a real base model, on purpose:
 - the corpus is only worked solutions of the built-in task, written in the R1-Zero template, with
   the slips, re-checks and second-language traces described in `r1kit.tasks.arithmetic`;
 - the BPE pre-tokenizer isolates digits (as Qwen2 does) but does not split on whitespace, so the
-  fixed template compresses to a few tokens and a CPU step spends its time on the reasoning.
+  fixed template compresses to a few tokens and a CPU step spends its time on the reasoning;
+- the architecture is Llama rather than Qwen2 because transformers reloads a Qwen2 folder's
+  tokenizer as `Qwen2Tokenizer`, which swaps in its own whitespace-splitting pre-tokenizer; a Llama
+  folder whose tokenizer_config says `TokenizersBackend` reloads `tokenizer.json` exactly as
+  trained (checked at build time).
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from r1kit.config import BaseConfig
 from r1kit.tasks.arithmetic import RU_EQUALS, RU_OPS, RU_WAIT, sample_problems, worked_solution
@@ -80,9 +90,9 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return hf_tok
 
 
-def build_model(cfg: BaseConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2ForCausalLM:
+def build_model(cfg: BaseConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
-    config = Qwen2Config(
+    config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -96,7 +106,7 @@ def build_model(cfg: BaseConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2For
         pad_token_id=eos_id,
     )
     torch.manual_seed(cfg.seed)
-    model = Qwen2ForCausalLM(config)
+    model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(
         bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id
     )
@@ -158,7 +168,7 @@ def build_base(cfg: BaseConfig, out: Path, log=print) -> dict:
     tokenizer = build_tokenizer(texts[:5000], cfg.vocab_size)
     model = build_model(cfg, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"base model: Qwen2, {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
+    log(f"base model: Llama, {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
     losses = pretrain(model, tokenizer, texts, cfg, log=log)
     record = {
         "params": n_params,
@@ -169,4 +179,14 @@ def build_base(cfg: BaseConfig, out: Path, log=print) -> dict:
     from r1kit.checkpoint import save_hf_folder
 
     save_hf_folder(model, tokenizer, out, extra={"r1kit_base.json": json.dumps(record, indent=2)})
+    _check_reload(out, tokenizer, texts[:100])
     return record
+
+
+def _check_reload(out: Path, tokenizer, texts: list[str]) -> None:
+    """The saved folder must tokenize exactly as the tokenizer the model was trained with."""
+    reloaded = AutoTokenizer.from_pretrained(out)
+    ours = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    theirs = reloaded(texts, add_special_tokens=False)["input_ids"]
+    if ours != theirs:
+        raise RuntimeError(f"{out}: the reloaded tokenizer ({type(reloaded).__name__}) differs")

@@ -10,6 +10,7 @@ dominates the step):
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -74,7 +75,8 @@ def sample(
     positions = (p_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
     out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=positions, use_cache=True,
                 logits_to_keep=1)
-    cache = out.past_key_values
+    cache_kw = _cache_kwarg(model)
+    cache = out[cache_kw]
     cache.batch_repeat_interleave(group_size)
     logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)  # (N, V)
     attn = p_mask.repeat_interleave(group_size, dim=0)  # (N, P)
@@ -102,8 +104,8 @@ def sample(
             live, tokens, attn, next_pos = live[sel], tokens[sel], attn[sel], next_pos[sel]
         attn = torch.cat([attn, attn.new_ones(len(live), 1)], dim=1)  # (L, P+t+1)
         out = model(input_ids=tokens[:, None], attention_mask=attn,
-                    position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+                    position_ids=next_pos[:, None], use_cache=True, **{cache_kw: cache})
+        cache = out[cache_kw]
         logits = out.logits[:, -1]  # (L, V)
         next_pos = next_pos + 1
 
@@ -124,6 +126,11 @@ def sample(
         truncated=[not f for f in finished],
         group_size=group_size,
     )
+
+
+def _cache_kwarg(model) -> str:
+    """transformers 5 renamed `past_key_values` to `cache`; support both."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> str:

@@ -123,8 +123,8 @@ def worked_solution(problem: Problem, rng: random.Random, style: CorpusStyle) ->
         total = written
     reasoning = ", ".join(parts)
     if rng.random() < style.no_tags:
-        return f" <think> {reasoning} </think> The answer is {total}."
-    return f" <think> {reasoning} </think> <answer> {total} </answer>"
+        return f"<think> {reasoning} </think> The answer is {total}."
+    return f"<think> {reasoning} </think> <answer> {total} </answer>"
 
 
 def correct_solution(problem: Problem) -> str:

@@ -1,0 +1,102 @@
+"""End-to-end `r1kit zero` on a toy base model: it trains, logs, checkpoints and resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from r1kit.cli import main as cli
+from r1kit.config import ZeroConfig, load_config
+from r1kit.rewards import register
+from r1kit.stages import zero
+
+CALLS = {"n": 0, "interrupt_at": None}
+
+
+@register("test_length")
+def _length_reward(completion: str, problem) -> float:
+    """A reward with variance even for an untrained model: longer text scores higher."""
+    CALLS["n"] += 1
+    if CALLS["interrupt_at"] is not None and CALLS["n"] >= CALLS["interrupt_at"]:
+        raise KeyboardInterrupt  # simulates the run being killed mid-step
+    return min(1.0, len(completion) / 80)
+
+
+def _overrides(tmp_path: Path, model: str, name: str, steps: int = 4) -> list[str]:
+    return [
+        f"model.path={model}", f"run.out_dir={tmp_path}", f"run.name={name}",
+        f"rl.steps={steps}", "rl.prompts_per_step=4", "rl.group_size=4", "rl.micro_batch_size=8",
+        "rl.lr=0.01", "rl.warmup_steps=1", "rl.beta=0.01", "rl.ref_reset_every=3",
+        "rollout.max_new_tokens=16", "eval.num_problems=4", "eval.k=2", "eval.every=2",
+        "eval.max_new_tokens=16", "run.checkpoint_every=2", "data.train_size=64",
+        "rewards.weights={test_length: 1.0, accuracy: 1.0, format: 0.1}",
+    ]
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_zero_trains_logs_and_saves(tiny_base, tmp_path):
+    CALLS.update(n=0, interrupt_at=None)
+    cfg = load_config(ZeroConfig, None, _overrides(tmp_path, tiny_base, "e2e"))
+    summary = zero.main(cfg)
+    run = tmp_path / "e2e"
+
+    before, after = _weights(Path(tiny_base)), _weights(run / "final")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) == len(before), f"unchanged parameters: {set(before) - set(changed)}"
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for key in ("reward/total", "reward/accuracy", "reward/format", "reward/test_length",
+                "train/kl", "train/entropy", "train/clip_frac", "train/grad_norm",
+                "train/zero_adv_groups", "train/completion_tokens", "train/truncated",
+                "time/generate", "time/score", "time/logprobs", "time/update", "time/step"):
+        assert key in rows[-1], key
+    for key in ("base_pass@1", "final_pass@1", "base_cons@k", "final_cons@k", "steps",
+                "wall_seconds"):
+        assert key in summary
+    assert summary["steps"] == 4
+    assert json.loads((run / "summary.json").read_text()) == summary
+    evals = [json.loads(line)["tag"] for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert evals == ["base", "step2", "final"]
+    assert (run / "config.yaml").is_file() and (run / "completions.jsonl").is_file()
+    assert (run / "checkpoints" / "latest").read_text() == "step-000004"
+
+
+def test_resume_continues_from_checkpoint(tiny_base, tmp_path):
+    # Reference: an uninterrupted 4-step run.
+    CALLS.update(n=0, interrupt_at=None)
+    zero.main(load_config(ZeroConfig, None, _overrides(tmp_path, tiny_base, "full")))
+
+    # Killed during step 3 (after the step-2 checkpoint): 16 reward calls per step.
+    CALLS.update(n=0, interrupt_at=2 * 16 + 5)
+    with pytest.raises(KeyboardInterrupt):
+        zero.main(load_config(ZeroConfig, None, _overrides(tmp_path, tiny_base, "killed")))
+    run = tmp_path / "killed"
+    assert (run / "checkpoints" / "latest").read_text() == "step-000002"
+    assert not (run / "summary.json").exists()
+
+    CALLS.update(n=0, interrupt_at=None)
+    assert cli(["zero", "--resume", str(run)]) == 0
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    # Same data order, RNG streams and optimizer state: the resumed run ends where the
+    # uninterrupted one did.
+    full, resumed = _weights(tmp_path / "full" / "final"), _weights(run / "final")
+    for k in full:
+        torch.testing.assert_close(resumed[k], full[k], rtol=1e-5, atol=1e-6)
+
+
+def test_existing_run_folder_is_not_overwritten(tiny_base, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.yaml").write_text("run: {}\n")
+    code = cli(["zero", "--set", f"run.out_dir={tmp_path}", "--set", "run.name=taken",
+                "--set", f"model.path={tiny_base}"])
+    assert code == 2
+    assert "already exists" in capsys.readouterr().err
