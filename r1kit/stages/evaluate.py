@@ -17,8 +17,8 @@ def main(cfg: EvalStageConfig) -> dict:
     cfg = run.cfg
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, pick_device(cfg.run.device))
     _, problems = load_problems(cfg.data, cfg.eval.num_problems)
+    model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, pick_device(cfg.run.device))
     res = evaluate(model, tokenizer, problems, cfg.eval, template=cfg.data.template,
                    stop=cfg.rollout.stop, seed=cfg.run.seed)
     metrics = {"model": cfg.model.path, "num_problems": res.num_problems, **res.metrics()}

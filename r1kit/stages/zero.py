@@ -33,6 +33,7 @@ from r1kit.config import ZeroConfig
 from r1kit.evaluation import evaluate
 from r1kit.logprobs import completion_logprobs
 from r1kit.models import load_model, pick_device
+from r1kit.rewards import get_reward
 from r1kit.rewards.scoring import RewardSpec, score
 from r1kit.rollout.hf import Rollouts, sample
 from r1kit.runs import RunFolder, load_problems
@@ -63,9 +64,11 @@ def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
     random.seed(cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
 
-    policy, tokenizer = load_model(cfg.model.path, cfg.model.dtype, device)
     train_set, eval_set = load_problems(cfg.data, cfg.eval.num_problems)
     specs = [RewardSpec(name, float(w)) for name, w in cfg.rewards.weights.items()]
+    for spec in specs:
+        get_reward(spec.name)  # an unknown name fails now, not after the base evaluation
+    policy, tokenizer = load_model(cfg.model.path, cfg.model.dtype, device)
     rl = cfg.rl
     B, G = rl.prompts_per_step, rl.group_size
     opt = torch.optim.AdamW(policy.parameters(), lr=rl.lr, weight_decay=rl.weight_decay)
@@ -139,7 +142,7 @@ def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
         # ---------------------------------------------------------------- update
         if len(rows) > 0 and rewards.isfinite().all():
             with timer("update"):
-                update = _update(policy, ref, opt, ro, advantages, mask, rows, rl,
+                update = update_policy(policy, ref, opt, ro, advantages, mask, rows, rl,
                                  cfg.rollout, cfg.rollout.max_new_tokens, timer)
             metrics.update(update)
             if not update["ok"]:
@@ -218,7 +221,7 @@ def _next_problems(state: dict, train_set: list, n: int, seed: int) -> list:
     return out
 
 
-def _update(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, rollout_cfg, max_tokens,
+def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, rollout_cfg, max_tokens,
             timer) -> dict:
     """mu optimizer steps over the kept rows, each over micro-batches with an exact denominator."""
     temp = rollout_cfg.temperature

@@ -1,0 +1,106 @@
+"""Configs (defaults <- YAML <- --set), --help, and clear errors for what a user can get wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from r1kit.cli import main as cli
+from r1kit.config import ZeroConfig, describe, load_config
+from r1kit.errors import UserError
+
+
+def test_yaml_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("rl:\n  beta: 0.04\n  steps: 7\nrewards:\n  weights: {accuracy: 1.0}\n")
+    cfg = load_config(ZeroConfig, f, ["rl.beta=0.001", "eval.k=16", "rollout.stop=[]"])
+    assert cfg.rl.beta == 0.001 and cfg.rl.steps == 7 and cfg.eval.k == 16
+    assert cfg.rewards.weights == {"accuracy": 1.0}
+    assert cfg.rollout.stop == []
+    assert cfg.rl.group_size == ZeroConfig().rl.group_size  # untouched default
+
+
+def test_int_accepted_for_float_and_reward_weight_override():
+    cfg = load_config(ZeroConfig, None, ["rl.lr=1", "rewards.weights.format=0.5"])
+    assert cfg.rl.lr == 1.0 and isinstance(cfg.rl.lr, float)
+    assert cfg.rewards.weights == {"accuracy": 1.0, "format": 0.5}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("rl.bta=0.1", "unknown config key 'rl.bta'"),
+        ("nope.x=1", "unknown config key 'nope'"),
+        ("rl.steps=ten", "config key 'rl.steps' must be an integer"),
+        ("rl.dynamic_sampling=maybe", "config key 'rl.dynamic_sampling' must be true or false"),
+        ("rl.beta", "must look like section.key=value"),
+        ("rl=3", "config key 'rl' is a section"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        load_config(ZeroConfig, None, [override])
+
+
+def test_bad_yaml_file(tmp_path):
+    with pytest.raises(UserError, match="no such config file"):
+        load_config(ZeroConfig, tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rl: [1, 2\n")
+    with pytest.raises(UserError, match="bad.yaml: invalid YAML"):
+        load_config(ZeroConfig, bad)
+    top = tmp_path / "list.yaml"
+    top.write_text("- 1\n")
+    with pytest.raises(UserError, match="top level must be a mapping"):
+        load_config(ZeroConfig, top)
+
+
+def test_recipes_load():
+    cfg = load_config(ZeroConfig, "recipes/tiny/zero.yaml")
+    assert cfg.rl.steps > 0
+
+
+def test_help_documents_every_key(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(["zero", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for key, _, help in describe(ZeroConfig):
+        assert key in out, key
+        assert help, f"{key} has no help string"
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
+    bad = tmp_path / "problems.jsonl"
+    bad.write_text('{"prompt": "1+1", "answer": "2"}\n{"prompt": "2+2", "answer": \n')
+    code = cli(["eval", "--model", "builtin", "--set", f"data.source={bad}",
+                "--set", f"data.eval_source={bad}", "--set", f"run.out_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "problems.jsonl:2" in err and "Traceback" not in err
+
+    code = cli(["zero", "--set", "rewards.weights={nonexistent: 1.0}",
+                "--set", f"run.out_dir={tmp_path}", "--set", "model.path=builtin"])
+    assert code == 2
+    assert "unknown reward 'nonexistent'" in capsys.readouterr().err
+
+    code = cli(["eval", "--model", str(tmp_path / "no-model"), "--set", f"run.out_dir={tmp_path}"])
+    assert code == 2
+    assert "no-model" in capsys.readouterr().err
+
+
+def test_eval_stage_on_jsonl(tiny_base, tmp_path, capsys):
+    probs = tmp_path / "heldout.jsonl"
+    probs.write_text("".join(
+        json.dumps({"prompt": f"Compute {a}+2", "answer": str(a + 2)}) + "\n" for a in range(10, 16)
+    ))
+    code = cli(["eval", "--model", tiny_base, "--set", f"data.eval_source={probs}",
+                "--set", f"data.source={probs}", "--set", "eval.k=2",
+                "--set", "eval.max_new_tokens=8", "--set", f"run.out_dir={tmp_path}",
+                "--set", "run.name=ev"])
+    assert code == 0
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["num_problems"] == 6
+    assert 0.0 <= summary["eval/pass@1"] <= 1.0
+    assert "pass@1" in capsys.readouterr().out
