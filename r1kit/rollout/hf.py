@@ -10,10 +10,11 @@ dominates the step):
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
+
+from r1kit.logprobs import cache_kwarg
 
 
 @dataclass
@@ -49,7 +50,7 @@ def _sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen) ->
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def sample(
     model,
     tokenizer,
@@ -75,7 +76,7 @@ def sample(
     positions = (p_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
     out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=positions, use_cache=True,
                 logits_to_keep=1)
-    cache_kw = _cache_kwarg(model)
+    cache_kw = cache_kwarg(model)
     cache = out[cache_kw]
     cache.batch_repeat_interleave(group_size)
     logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)  # (N, V)
@@ -126,11 +127,6 @@ def sample(
         truncated=[not f for f in finished],
         group_size=group_size,
     )
-
-
-def _cache_kwarg(model) -> str:
-    """transformers 5 renamed `past_key_values` to `cache`; support both."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> str:

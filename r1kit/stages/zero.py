@@ -221,12 +221,16 @@ def _next_problems(state: dict, train_set: list, n: int, seed: int) -> list:
     return out
 
 
-def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, rollout_cfg, max_tokens,
-            timer) -> dict:
-    """mu optimizer steps over the kept rows, each over micro-batches with an exact denominator."""
+def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, rollout_cfg,
+                  max_tokens, timer) -> dict:
+    """mu optimizer steps over the kept rows, each over micro-batches with an exact denominator.
+
+    `rows` are whole groups of G, in order. Minibatches and micro-batches are cut at group
+    boundaries so that each prompt is run once per group (`completion_logprobs(group_size=G)`).
+    """
+    G = ro.group_size
     temp = rollout_cfg.temperature
-    # Only T' = the longest kept completion is needed.
-    t_used = int(mask[rows].sum(-1).max().item()) if len(rows) else 1
+    t_used = int(mask[rows].sum(-1).max().item())  # only the longest kept completion is needed
     data = {
         "p_ids": ro.prompt_ids[rows], "p_mask": ro.prompt_mask[rows],
         "c_ids": ro.completion_ids[rows, :t_used], "c_mask": mask[rows, :t_used],
@@ -235,11 +239,12 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
     device = next(policy.parameters()).device
     data = {k: v.to(device) for k, v in data.items()}
     n = len(rows)
-    mb = rl.micro_batch_size
+    mb = max(G, rl.micro_batch_size // G * G)  # whole groups per micro-batch
 
-    def logprobs_of(model, sl, **kw):
-        return completion_logprobs(model, data["p_ids"][sl], data["p_mask"][sl], data["c_ids"][sl],
-                                   data["c_mask"][sl], temperature=temp, **kw)
+    def logprobs_of(model, idx, **kw):
+        return completion_logprobs(model, data["p_ids"][idx], data["p_mask"][idx],
+                                   data["c_ids"][idx], data["c_mask"][idx], temperature=temp,
+                                   group_size=G, **kw)
 
     with timer("logprobs"), torch.no_grad():
         old = ref_lp = None
@@ -250,8 +255,11 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
             ref_lp = torch.cat([logprobs_of(ref, slice(i, i + mb))[0] for i in range(0, n, mb)])
 
     policy.train()
-    perm = torch.randperm(n)
-    minibatches = perm.chunk(rl.updates_per_rollout)
+    group_order = torch.randperm(n // G)
+    minibatches = [
+        (g[:, None] * G + torch.arange(G)).flatten()
+        for g in group_order.chunk(rl.updates_per_rollout)
+    ]
     sums: dict[str, float] = {}
     ok = True
     for mbatch in minibatches:
@@ -259,7 +267,7 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         opt.zero_grad(set_to_none=True)
         for i in range(0, len(mbatch), mb):
             idx = mbatch[i : i + mb]
-            lp, ent = logprobs_of(policy, idx, with_entropy=True)
+            lp, ent = logprobs_of(policy, idx, with_entropy=True)  # (n_mb, T')
             loss, m = grpo.policy_loss(
                 lp, old[idx] if old is not None else lp.detach(), data["adv"][idx],
                 data["c_mask"][idx], ref_logprobs=ref_lp[idx] if ref_lp is not None else None,
@@ -268,12 +276,11 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
                 loss_denominator=denom,
             )
             loss.backward()
-            w = len(idx) / n
-            sums["train/loss"] = sums.get("train/loss", 0.0) + loss.item()
             cm = data["c_mask"][idx].float()
             m["entropy"] = ((ent * cm).sum() / cm.sum().clamp(min=1)).item()
+            sums["train/loss"] = sums.get("train/loss", 0.0) + loss.item() / len(minibatches)
             for k, v in m.items():
-                sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + float(v) * w
+                sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + float(v) * len(idx) / n
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), rl.grad_clip)
         if not torch.isfinite(grad_norm):
             ok = False
@@ -283,10 +290,7 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + grad_norm.item() / len(
             minibatches)
     policy.eval()
-    if not math.isfinite(sums.get("train/loss", 0.0)):
-        ok = False
-    sums["train/loss"] /= max(1, len(minibatches))
-    sums["ok"] = ok
+    sums["ok"] = ok and math.isfinite(sums.get("train/loss", 0.0))
     return sums
 
 
