@@ -43,18 +43,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import torch
+import transformers
 
-import r1kit  # noqa: E402
-from r1kit import grpo  # noqa: E402
-from r1kit.config import RLConfig, RolloutConfig  # noqa: E402
-from r1kit.models import load_model  # noqa: E402
-from r1kit.rewards import register  # noqa: E402
-from r1kit.rewards.scoring import RewardSpec, score  # noqa: E402
-from r1kit.rollout.hf import sample  # noqa: E402
-from r1kit.stages.zero import Timer, _rollout_metrics, update_policy  # noqa: E402
-from r1kit.tasks.base import Problem  # noqa: E402
+import r1kit
+from r1kit import grpo
+from r1kit.config import RLConfig, RolloutConfig
+from r1kit.models import load_model
+from r1kit.rewards import register
+from r1kit.rewards.scoring import RewardSpec, score
+from r1kit.rollout.hf import sample
+from r1kit.stages.zero import Timer, _rollout_metrics, update_policy
+from r1kit.tasks.base import Problem
 
 REWARD_NAME = "bench_contains_answer"
 _INT = re.compile(r"-?\d+")

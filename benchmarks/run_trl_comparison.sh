@@ -5,7 +5,8 @@
 #
 #   bash benchmarks/run_trl_comparison.sh             # the full comparison (3 + 3 runs, ~4 min)
 #   bash benchmarks/run_trl_comparison.sh --setup-only  # only the TRL venv and the tiny model
-#   STEPS=2 REPS=1 bash benchmarks/run_trl_comparison.sh  # a quick smoke run
+#   STEPS=2 REPS=1 OUT_DIR=benchmarks/out/smoke RESULTS=benchmarks/out/smoke/report.md \
+#       bash benchmarks/run_trl_comparison.sh            # a quick smoke run
 #
 # TRL is installed only here, in benchmarks/.venv-trl (gitignored), exactly as RESULTS.md does:
 # torch==2.13.0 first, then `trl math-verify "torch==2.13.0"`, each after a --dry-run whose plan
@@ -23,8 +24,8 @@ R1KIT_PY="${R1KIT_PY:-$ROOT/.venv/bin/python}"
 TRL_VENV="$ROOT/benchmarks/.venv-trl"
 TRL_PY="$TRL_VENV/bin/python"
 MODEL="$ROOT/benchmarks/out/tiny-model"
-OUT="$ROOT/benchmarks/out/trl_comparison"
-RESULTS="$ROOT/benchmarks/results/grpo_step_vs_trl.md"
+OUT="${OUT_DIR:-$ROOT/benchmarks/out/trl_comparison}"
+RESULTS="${RESULTS:-$ROOT/benchmarks/results/grpo_step_vs_trl.md}"
 REPS="${REPS:-3}"
 STEPS="${STEPS:-10}"
 RUN_TIMEOUT="${RUN_TIMEOUT:-900}"

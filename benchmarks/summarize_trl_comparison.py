@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 from pathlib import Path
@@ -79,7 +80,7 @@ def phase_value(step: dict, keys: list[str]) -> float:
 
 
 def fmt(x: float | None, nd: int = 3) -> str:
-    return "n/a" if x is None or x != x else f"{x:.{nd}f}"
+    return "n/a" if x is None or math.isnan(x) else f"{x:.{nd}f}"
 
 
 def summarize(trl: list[dict], r1: list[dict], command: str) -> str:
@@ -98,7 +99,7 @@ def summarize(trl: list[dict], r1: list[dict], command: str) -> str:
         f"{m.get('platform', '?')}")
     if r1:
         la = [r.get("machine", {}).get("loadavg_at_start") for r in r1]
-        out(f"- Load average at the start of each r1kit run: "
+        out("- Load average at the start of each r1kit run: "
             + ", ".join("/".join(f"{x:.2f}" for x in v) if v else "?" for v in la))
     if trl:
         v = trl[0]["versions"]
@@ -160,9 +161,12 @@ def summarize(trl: list[dict], r1: list[dict], command: str) -> str:
         f"{fmt(med(d['ru_maxrss_mib'] for d in r1), 0)} | |")
     out("")
     head = next(iter(ratios.values()))
-    verdict = "faster" if head > 1 else "slower"
-    out(f"**r1kit's GRPO step is {fmt(head, 2)}x TRL's speed** (pooled median step time, steps "
-        f"2..{steps_n}): r1kit is {verdict} than TRL on this configuration.")
+    if head >= 1:
+        verdict = f"r1kit's step is {fmt(head, 2)}x as fast as TRL's"
+    else:
+        verdict = f"r1kit's step is {fmt(1 / head, 2)}x slower than TRL's"
+    out(f"**Ratio TRL / r1kit = {fmt(head, 2)}** (pooled median step time, steps 2..{steps_n}): "
+        f"{verdict} on this configuration.")
     out("")
 
     # ------------------------------------------------------------------ phases

@@ -147,14 +147,14 @@ def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
             metrics.update(update)
             if not update["ok"]:
                 state["bad_steps"] += 1
-                log.warning(f"step {state['step']}: non-finite loss or gradient; update skipped "
+                log.warning(f"step {state['step'] + 1}: non-finite loss or gradient; update skipped "
                             f"({state['bad_steps']} in a row)")
             else:
                 state["bad_steps"] = 0
                 sched.step()
         elif not rewards.isfinite().all():
             state["bad_steps"] += 1
-            log.warning(f"step {state['step']}: non-finite rewards; update skipped")
+            log.warning(f"step {state['step'] + 1}: non-finite rewards; update skipped")
         if state["bad_steps"] >= rl.max_bad_steps:
             stopped = (f"stopped after {state['bad_steps']} consecutive non-finite steps; the last "
                        f"good checkpoint is intact in {run.path / 'checkpoints'}")
@@ -185,7 +185,8 @@ def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
             m = evaluate_now(f"step{state['step']}")
             bar.write(f"step {state['step']}: held-out pass@1 {m['eval/pass@1']:.3f}")
         state["wall_seconds"] = time.time() - t_start
-        if cfg.run.checkpoint_every and state["step"] % cfg.run.checkpoint_every == 0:
+        due = cfg.run.checkpoint_every and state["step"] % cfg.run.checkpoint_every == 0
+        if due and state["bad_steps"] == 0:  # never checkpoint in the middle of a bad streak
             _save(run, state, policy, tokenizer, opt, sched, gen, ref)
     bar.close()
 

@@ -1,0 +1,99 @@
+"""The update: micro-batch x accumulation invariance, non-finite steps, stuck-reward warnings."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from r1kit import grpo
+from r1kit.config import RLConfig, RolloutConfig, ZeroConfig, load_config
+from r1kit.rewards import register
+from r1kit.rollout.hf import sample
+from r1kit.stages import zero
+from r1kit.stages.zero import Timer, update_policy
+from r1kit.templates import render_prompt
+
+
+def _update_with(model, ro, advantages, micro_batch_size, aggregation):
+    model = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rl = RLConfig(micro_batch_size=micro_batch_size, aggregation=aggregation, beta=0.0)
+    rows = torch.arange(len(ro))
+    update_policy(model, None, opt, ro, advantages, ro.completion_mask, rows, rl,
+                  RolloutConfig(), 16, Timer())
+    return model
+
+
+def test_micro_batching_does_not_change_the_update(tiny_base):
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    prompts = [render_prompt(f"Compute {a}+3-2") for a in (11, 25, 40, 63)]
+    ro = sample(model, tok, prompts, 4, max_new_tokens=16,
+                generator=torch.Generator().manual_seed(0))
+    rewards = torch.tensor([float(len(t) % 3) for t in ro.texts])  # (B*G,) arbitrary, varied
+    advantages = grpo.group_advantages(rewards, 4)
+    for aggregation in ("token_mean", "seq_mean_token_mean", "constant"):
+        whole = _update_with(model, ro, advantages, 16, aggregation)
+        split = _update_with(model, ro, advantages, 4, aggregation)  # 4 micro-batches of 1 group
+        for a, b in zip(whole.parameters(), split.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        moved = sum((a - b).abs().sum().item()
+                    for a, b in zip(whole.parameters(), model.parameters()))
+        assert moved > 0
+
+
+@register("test_varied")
+def _varied(completion: str, problem) -> float:
+    return float(len(completion) % 2)
+
+
+@register("test_zero")
+def _always_zero(completion: str, problem) -> float:
+    return 0.0
+
+
+def _cfg(tmp_path, model, name, **sets):
+    base = [f"model.path={model}", f"run.out_dir={tmp_path}", f"run.name={name}",
+            "rl.prompts_per_step=2", "rl.group_size=4", "rollout.max_new_tokens=8",
+            "eval.num_problems=2", "eval.k=1", "eval.every=0", "eval.max_new_tokens=8",
+            "data.train_size=16", "run.checkpoint_every=1"]
+    return load_config(ZeroConfig, None, base + [f"{k}={v}" for k, v in sets.items()])
+
+
+def test_non_finite_steps_stop_cleanly_keeping_last_checkpoint(tiny_base, tmp_path, monkeypatch,
+                                                               caplog):
+    calls = {"n": 0}
+    real = grpo.policy_loss
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        loss, m = real(*args, **kwargs)
+        return (loss * float("nan") if calls["n"] > 2 else loss), m  # NaN from step 3 on
+
+    monkeypatch.setattr(grpo, "policy_loss", flaky)
+    cfg = _cfg(tmp_path, tiny_base, "nan", **{"rl.steps": 10, "rl.max_bad_steps": 3,
+                                              "rewards.weights": "{test_varied: 1.0}"})
+    with caplog.at_level(logging.WARNING, logger="r1kit"):
+        summary = zero.main(cfg)
+    run = tmp_path / "nan"
+    assert "stopped" in summary and summary["steps"] == 4  # steps 3 and 4 ran but were skipped
+    assert "non-finite" in caplog.text
+    assert (run / "checkpoints" / "latest").read_text() == "step-000002"
+    state = torch.load(run / "checkpoints" / "step-000002" / "trainer_state.pt",
+                       weights_only=False)
+    for p in state["optimizer"]["state"].values():
+        assert torch.isfinite(p["exp_avg"]).all()
+    assert json.loads((run / "summary.json").read_text())["stopped"].startswith("stopped after 3")
+
+
+def test_stuck_rewards_warn_loudly(tiny_base, tmp_path, caplog):
+    cfg = _cfg(tmp_path, tiny_base, "stuck", **{"rl.steps": 3, "rl.stuck_steps": 2,
+                                                "rewards.weights": "{test_zero: 1.0}"})
+    with caplog.at_level(logging.WARNING, logger="r1kit"):
+        zero.main(cfg)
+    assert "every group has had equal rewards for 2 steps" in caplog.text
+    assert "reward 'test_zero' returned 0.0 for every completion" in caplog.text
