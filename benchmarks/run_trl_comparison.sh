@@ -87,15 +87,21 @@ rm -f "$OUT"/trl_run*.json "$OUT"/r1kit_run*.json
 COMMAND="bash benchmarks/run_trl_comparison.sh"
 [[ "$REPS" != 3 || "$STEPS" != 10 ]] && COMMAND="STEPS=$STEPS REPS=$REPS $COMMAND"
 
-for i in $(seq 1 "$REPS"); do
-    log "TRL run $i/$REPS"
+run_trl() {
+    log "TRL run $1/$REPS"
     timeout "$RUN_TIMEOUT" "$TRL_PY" "$PEER_BENCH/trl_grpo_bench.py" --model "$MODEL" \
-        --steps "$STEPS" --output-dir "$OUT/trl-output" --json "$OUT/trl_run$i.json" \
-        2>&1 | tee "$OUT/logs/trl_run$i.log"
-    log "r1kit run $i/$REPS"
+        --steps "$STEPS" --output-dir "$OUT/trl-output" --json "$OUT/trl_run$1.json" \
+        2>&1 | tee "$OUT/logs/trl_run$1.log"
+}
+run_r1kit() {
+    log "r1kit run $1/$REPS"
     timeout "$RUN_TIMEOUT" "$R1KIT_PY" benchmarks/grpo_step_speed.py --model "$MODEL" \
-        --peer-bench "$PEER_BENCH" --steps "$STEPS" --json "$OUT/r1kit_run$i.json" \
-        2>&1 | tee "$OUT/logs/r1kit_run$i.log"
+        --peer-bench "$PEER_BENCH" --steps "$STEPS" --json "$OUT/r1kit_run$1.json" \
+        2>&1 | tee "$OUT/logs/r1kit_run$1.log"
+}
+# Alternate, and swap which goes first each repetition (TRL, r1kit, r1kit, TRL, TRL, r1kit).
+for i in $(seq 1 "$REPS"); do
+    if (( i % 2 )); then run_trl "$i"; run_r1kit "$i"; else run_r1kit "$i"; run_trl "$i"; fi
 done
 
 # ------------------------------------------------------------------ (d) summary

@@ -26,7 +26,9 @@ def run_seed(seed: int, config: str, extra: list[str], out_dir: Path) -> Path:
     name = f"seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     cmd = [sys.executable, "-m", "r1kit.cli", "zero", "--config", config,
            "--set", f"run.seed={seed}", "--set", f"run.out_dir={out_dir}",
-           "--set", f"run.name={name}", *sum([["--set", e] for e in extra], [])]
+           "--set", f"run.name={name}"]
+    for e in extra:
+        cmd += ["--set", e]
     print("$", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
     return out_dir / name
@@ -58,12 +60,12 @@ def main() -> None:
         f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
         f"- python {platform.python_version()}, torch {torch.__version__}",
-        f"- command (per seed): `r1kit zero --config {args.config} --set run.seed=S"
-        + "".join(f" --set {e}" for e in args.set) + "`",
+        (f"- command (per seed): `r1kit zero --config {args.config} --set run.seed=S"
+         + "".join(f" --set {e}" for e in args.set) + "`"),
         f"- report: `.venv/bin/python benchmarks/zero_seeds.py --seeds {' '.join(map(str, args.seeds))}`",
         "",
-        "| seed | base pass@1 [95% CI] | final pass@1 [95% CI] | base cons@k | final cons@k "
-        "| steps | training wall s |",
+        ("| seed | base pass@1 [95% CI] | final pass@1 [95% CI] | base cons@k | final cons@k "
+         "| steps | training wall s |"),
         "|---|---|---|---|---|---|---|",
     ]
     for seed, s in rows:
@@ -75,10 +77,10 @@ def main() -> None:
             f"{s['wall_seconds']:.0f} |"
         )
     finals = [s["final_pass@1"] for _, s in rows]
-    lines += ["", f"Mean final pass@1 over seeds: {statistics.mean(finals):.3f} "
-              f"(min {min(finals):.3f}, max {max(finals):.3f}).", "",
+    lines += ["", (f"Mean final pass@1 over seeds: {statistics.mean(finals):.3f} "
+                   f"(min {min(finals):.3f}, max {max(finals):.3f})."), "",
               "## Held-out pass@1 curve", "",
-              "| step | " + " | ".join(f"seed {s}" for s in curves) + " |",
+              ("| step | " + " | ".join(f"seed {s}" for s in curves) + " |"),
               "|---|" + "---|" * len(curves)]
     steps = sorted({st for c in curves.values() for st, _ in c})
     for st in steps:

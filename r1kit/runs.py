@@ -56,8 +56,7 @@ class RunFolder:
 
     def append_many(self, name: str, records: list[dict]) -> None:
         with open(self.path / name, "a") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
     def write_json(self, name: str, obj) -> None:
         atomic_write_text(self.path / name, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

@@ -22,7 +22,6 @@ import math
 import random
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -68,7 +67,8 @@ def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
     specs = [RewardSpec(name, float(w)) for name, w in cfg.rewards.weights.items()]
     for spec in specs:
         get_reward(spec.name)  # an unknown name fails now, not after the base evaluation
-    policy, tokenizer = load_model(cfg.model.path, cfg.model.dtype, device)
+    resume_from = ckpt.latest_checkpoint(run.path) if run.resumed else None
+    policy, tokenizer = load_model(str(resume_from or cfg.model.path), cfg.model.dtype, device)
     rl = cfg.rl
     B, G = rl.prompts_per_step, rl.group_size
     opt = torch.optim.AdamW(policy.parameters(), lr=rl.lr, weight_decay=rl.weight_decay)
@@ -77,16 +77,11 @@ def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
     )
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if rl.beta > 0 else None
     gen = torch.Generator(device=device).manual_seed(cfg.run.seed)
-    state = {"step": 0, "order": None, "cursor": 0, "bad_steps": 0, "stuck": 0, "base_eval": None}
+    state = {"step": 0, "order": None, "cursor": 0, "bad_steps": 0, "stuck": 0, "base_eval": None,
+             "wall_seconds": 0.0, "train_seconds": 0.0}
 
-    if run.resumed:
-        c = ckpt.latest_checkpoint(run.path)
-        policy, _ = load_model(str(c), cfg.model.dtype, device)
-        opt = torch.optim.AdamW(policy.parameters(), lr=rl.lr, weight_decay=rl.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / max(1, rl.warmup_steps))
-        )
-        saved = ckpt.load_trainer_state(c)
+    if resume_from:
+        saved = ckpt.load_trainer_state(resume_from)
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         ckpt.set_rng_state(saved["rng"])
@@ -94,7 +89,7 @@ def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
         state = saved["state"]
         if ref is not None:
             ref.load_state_dict(saved["ref"])
-        log.warning(f"resumed {run.path} from {c.name} (step {state['step']})")
+        log.warning(f"resumed {run.path} from {resume_from.name} (step {state['step']})")
 
     def evaluate_now(tag: str) -> dict:
         res = evaluate(policy, tokenizer, eval_set, cfg.eval, template=cfg.data.template,
@@ -104,7 +99,7 @@ def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
         run.write_jsonl(f"samples/eval-{tag}.jsonl", res.samples)
         return metrics
 
-    t_start = time.time() - state.get("wall_seconds", 0.0)
+    t_start = time.time() - state["wall_seconds"]
     if state["base_eval"] is None:
         state["base_eval"] = evaluate_now("base")
         _print_eval("base", state["base_eval"], cfg.eval.k)
@@ -140,7 +135,7 @@ def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
         metrics = _rollout_metrics(ro, scores, rewards, group_equal)
 
         # ---------------------------------------------------------------- update
-        if len(rows) > 0 and rewards.isfinite().all():
+        if len(rows) > 0 and mask[rows].any() and rewards.isfinite().all():
             with timer("update"):
                 update = update_policy(policy, ref, opt, ro, advantages, mask, rows, rl,
                                  cfg.rollout, cfg.rollout.max_new_tokens, timer)
@@ -169,6 +164,7 @@ def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
 
         # ---------------------------------------------------------------- log
         metrics["time/step"] = time.perf_counter() - t_step
+        state["train_seconds"] += metrics["time/step"]
         metrics.update(timer.times)
         metrics["train/lr"] = sched.get_last_lr()[0]
         run.append("metrics.jsonl", {"step": state["step"], **metrics})
@@ -279,8 +275,11 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
             loss.backward()
             cm = data["c_mask"][idx].float()
             m["entropy"] = ((ent * cm).sum() / cm.sum().clamp(min=1)).item()
+            # loss and pg_loss are partial sums (exact denominator); the rest are per-call means
             sums["train/loss"] = sums.get("train/loss", 0.0) + loss.item() / len(minibatches)
-            for k, v in m.items():
+            sums["train/pg_loss"] = sums.get("train/pg_loss", 0.0) + float(
+                m.pop("pg_loss")) / len(minibatches)
+            for k, v in m.items():  # per-call means, weighted by the call's share of rows
                 sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + float(v) * len(idx) / n
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), rl.grad_clip)
         if not torch.isfinite(grad_norm):
@@ -343,6 +342,7 @@ def _summary(state: dict, final: dict, k: int, stopped: str | None) -> dict:
     out = {
         "steps": state["step"],
         "wall_seconds": round(state["wall_seconds"], 2),
+        "train_seconds": round(state["train_seconds"], 2),
         "base_pass@1": base["eval/pass@1"],
         "base_pass@1_ci": [base["eval/pass@1_lo"], base["eval/pass@1_hi"]],
         f"base_cons@{k}": base[f"eval/cons@{k}"],
