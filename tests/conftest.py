@@ -10,7 +10,7 @@ import torch
 from r1kit.config import BaseConfig
 
 TINY_BASE = BaseConfig(
-    hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, vocab_size=320,
+    hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, vocab_size=700,
     corpus_docs=600, steps=30, batch_size=16, warmup_steps=5,
 )
 

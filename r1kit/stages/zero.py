@@ -16,7 +16,6 @@ loss or gradients are not finite is skipped, and several in a row stop the run c
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import random
@@ -104,7 +103,8 @@ def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
         state["base_eval"] = evaluate_now("base")
         _print_eval("base", state["base_eval"], cfg.eval.k)
 
-    bar = tqdm(total=rl.steps, initial=state["step"], desc="zero", dynamic_ncols=True)
+    bar = tqdm(total=rl.steps, initial=state["step"], desc="zero", dynamic_ncols=True,
+               mininterval=1.0)
     stopped = None
     while state["step"] < rl.steps:
         timer = Timer()
@@ -374,6 +374,6 @@ def _print_eval(tag: str, m: dict, k: int, base: dict | None = None) -> None:
     print(f"\n{'held-out':<12}{'base':>10}{'final':>10}")
     for name, key in rows:
         print(f"{name:<12}{base[key]:>10.3f}{m[key]:>10.3f}")
-    print(f"{'pass@1 95% CI':<12}  base [{base['eval/pass@1_lo']:.3f}, {base['eval/pass@1_hi']:.3f}]"
-          f"  final [{m['eval/pass@1_lo']:.3f}, {m['eval/pass@1_hi']:.3f}]")
-    print(json.dumps({"note": "full numbers in summary.json and eval.jsonl"}))
+    print(f"pass@1 95% CI: base [{base['eval/pass@1_lo']:.3f}, {base['eval/pass@1_hi']:.3f}]"
+          f"  final [{m['eval/pass@1_lo']:.3f}, {m['eval/pass@1_hi']:.3f}]"
+          f"  (k={k} samples per problem, T=0.6, top-p 0.95)")
