@@ -58,11 +58,11 @@ def main() -> None:
         "# The built-in base model",
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        (f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+         f"{torch.get_num_threads()} threads"),
         "- command: `.venv/bin/python benchmarks/base_model.py` (builds with `r1kit base` defaults)",
-        f"- build: {seconds / 60:.1f} min, {record['params'] / 1e6:.2f}M parameters, vocab "
-        f"{record['vocab']}, final pretraining loss {record['final_loss']:.3f}",
+        (f"- build: {seconds / 60:.1f} min, {record['params'] / 1e6:.2f}M parameters, vocab "
+         f"{record['vocab']}, final pretraining loss {record['final_loss']:.3f}"),
         f"- rebuilt vs shipped weights, max abs difference: {same}",
         "",
         "| model | held-out pass@1 [95% CI] | cons@4 | format | reflection | tokens |",
