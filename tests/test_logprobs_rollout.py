@@ -55,8 +55,11 @@ def test_stop_string_ends_a_row_and_cuts_text(tiny_base):
     model, tok = _load(tiny_base)
     ro = sample(model, tok, [render_prompt("Compute 12+3")], 8, max_new_tokens=20,
                 temperature=1.0, stop=["</think>"], generator=torch.Generator().manual_seed(1))
-    for text, n, trunc in zip(ro.texts, ro.num_tokens, ro.truncated):
+    for row, (text, n, trunc) in enumerate(zip(ro.texts, ro.num_tokens, ro.truncated)):
+        last = ro.completion_ids[row, n - 1].item()
         if "</think>" in text:
             assert text.endswith("</think>") and not trunc
+        elif last == tok.eos_token_id:  # ended by EOS
+            assert not trunc
         else:
             assert n == 20 and trunc
