@@ -34,8 +34,28 @@ class Rollouts:
         return len(self.texts)
 
 
-def _stop_sequences(tokenizer, stop: list[str]) -> list[list[int]]:
-    return [tokenizer.encode(s, add_special_tokens=False) for s in stop if s]
+class _StopChecker:
+    """Does a token sequence end a stop string? Checked on text, not token ids: a model can spell
+    `</answer>` with other tokens than the one it encodes to. Only tokens whose text holds the
+    last character of some stop string trigger the (short) decode, so the check costs little."""
+
+    _enders: dict = {}
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
+        self.window = max((len(s) for s in self.stop), default=0)  # a token spells >= 1 char
+        key = (id(tokenizer), len(tokenizer), "".join(sorted({s[-1] for s in self.stop})))
+        if self.stop and key not in self._enders:
+            texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+            last = {s[-1] for s in self.stop}
+            self._enders[key] = {i for i, t in enumerate(texts) if any(c in t for c in last)}
+        self.enders = self._enders.get(key, set())
+
+    def __call__(self, seq: list[int]) -> bool:
+        if not self.stop or seq[-1] not in self.enders:
+            return False
+        tail = self.tokenizer.decode(seq[-self.window :])
+        return any(s in tail for s in self.stop)
 
 
 def _sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen) -> torch.Tensor:
@@ -67,7 +87,7 @@ def sample(
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_ids = set(_as_list(model.generation_config.eos_token_id) or [tokenizer.eos_token_id])
-    stops = _stop_sequences(tokenizer, list(stop))
+    hits_stop = _StopChecker(tokenizer, list(stop))
 
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
                     padding_side="left")
@@ -93,7 +113,7 @@ def sample(
         for j, (row, tok) in enumerate(zip(live.tolist(), tokens.tolist())):
             generated[row].append(tok)
             seq = generated[row]
-            if tok in eos_ids or any(len(seq) >= len(s) and seq[-len(s):] == s for s in stops):
+            if tok in eos_ids or hits_stop(seq):
                 finished[row] = True
             else:
                 keep.append(j)
