@@ -34,22 +34,23 @@ class Rollouts:
         return len(self.texts)
 
 
+_ENDERS: dict[tuple, set[int]] = {}  # (tokenizer, stop chars) -> ids of tokens that may end a stop
+
+
 class _StopChecker:
     """Does a token sequence end a stop string? Checked on text, not token ids: a model can spell
     `</answer>` with other tokens than the one it encodes to. Only tokens whose text holds the
     last character of some stop string trigger the (short) decode, so the check costs little."""
 
-    _enders: dict = {}
-
     def __init__(self, tokenizer, stop: list[str]):
         self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
         self.window = max((len(s) for s in self.stop), default=0)  # a token spells >= 1 char
         key = (id(tokenizer), len(tokenizer), "".join(sorted({s[-1] for s in self.stop})))
-        if self.stop and key not in self._enders:
+        if self.stop and key not in _ENDERS:
             texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
             last = {s[-1] for s in self.stop}
-            self._enders[key] = {i for i, t in enumerate(texts) if any(c in t for c in last)}
-        self.enders = self._enders.get(key, set())
+            _ENDERS[key] = {i for i, t in enumerate(texts) if any(c in t for c in last)}
+        self.enders = _ENDERS.get(key, set())
 
     def __call__(self, seq: list[int]) -> bool:
         if not self.stop or seq[-1] not in self.enders:
