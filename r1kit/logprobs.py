@@ -52,24 +52,35 @@ def completion_logprobs(
     return logprobs, entropy
 
 
-def _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, g):
-    n, t = completion_ids.shape
-    if n % g:
-        raise ValueError(f"{n} rows are not whole groups of {g}")
-    p_ids, p_mask = prompt_ids[::g], prompt_mask[::g]  # (B, P)
-    p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
-    out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
+def prefill_groups(model, p_ids: torch.Tensor, p_mask: torch.Tensor, g: int):
+    """Run B distinct left-padded prompts once and repeat their KV cache G times.
+
+    Returns `(cache, kwarg, logits, next_pos, mask)`: the cache for N = B*G rows and the keyword
+    that passes it back to the model, the logits `(N, V)` of the first completion token, the
+    position `(N,)` of that token, and the prompt attention mask `(N, P)`.
+    """
+    pos = (p_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+    out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=pos, use_cache=True,
                 logits_to_keep=1)
     kw = cache_kwarg(model)
     cache = out[kw]
     cache.batch_repeat_interleave(g)
-    first = out.logits[:, -1:].repeat_interleave(g, dim=0)  # (N, 1, V) predicts token 0
-    c_pos = p_pos[:, -1:].repeat_interleave(g, dim=0) + 1 + torch.arange(
-        t, device=completion_ids.device)  # (N, T)
-    mask = torch.cat([p_mask.repeat_interleave(g, dim=0), completion_mask], dim=1)  # (N, P+T)
+    logits = out.logits[:, -1].repeat_interleave(g, dim=0)  # (N, V)
+    next_pos = pos[:, -1].repeat_interleave(g) + 1  # (N,)
+    return cache, kw, logits, next_pos, p_mask.repeat_interleave(g, dim=0)
+
+
+def _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, g):
+    n, t = completion_ids.shape
+    if n % g:
+        raise ValueError(f"{n} rows are not whole groups of {g}")
+    cache, kw, first, next_pos, p_mask = prefill_groups(model, prompt_ids[::g],
+                                                        prompt_mask[::g], g)
+    c_pos = next_pos[:, None] + torch.arange(t, device=completion_ids.device)  # (N, T)
+    mask = torch.cat([p_mask, completion_mask], dim=1)  # (N, P+T)
     rest = model(input_ids=completion_ids, attention_mask=mask, position_ids=c_pos,
                  use_cache=True, **{kw: cache}).logits  # (N, T, V)
-    return torch.cat([first, rest[:, :-1]], dim=1)  # (N, T, V)
+    return torch.cat([first[:, None], rest[:, :-1]], dim=1)  # (N, T, V): first predicts token 0
 
 
 def cache_kwarg(model) -> str:

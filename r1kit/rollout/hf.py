@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from r1kit.logprobs import cache_kwarg
+from r1kit.logprobs import prefill_groups
 
 
 @dataclass
@@ -94,15 +94,7 @@ def sample(
                     padding_side="left")
     p_ids = enc["input_ids"].to(device)  # (B, P)
     p_mask = enc["attention_mask"].to(device)  # (B, P)
-    positions = (p_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
-    out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1)
-    cache_kw = cache_kwarg(model)
-    cache = out[cache_kw]
-    cache.batch_repeat_interleave(group_size)
-    logits = out.logits[:, -1].repeat_interleave(group_size, dim=0)  # (N, V)
-    attn = p_mask.repeat_interleave(group_size, dim=0)  # (N, P)
-    next_pos = positions[:, -1].repeat_interleave(group_size) + 1  # (N,)
+    cache, cache_kw, logits, next_pos, attn = prefill_groups(model, p_ids, p_mask, group_size)
 
     n = len(prompts) * group_size
     generated: list[list[int]] = [[] for _ in range(n)]
