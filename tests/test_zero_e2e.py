@@ -67,6 +67,22 @@ def test_zero_trains_logs_and_saves(tiny_base, tmp_path):
     assert evals == ["base", "step2", "final"]
     assert (run / "config.yaml").is_file() and (run / "completions.jsonl").is_file()
     assert (run / "checkpoints" / "latest").read_text() == "step-000004"
+    # The reference is reset to the policy after step 3, so step 4's rollouts (sampled by that
+    # very policy) have zero KL to it, while steps 2-3 had drifted from the base model.
+    kls = [r["train/kl"] for r in rows]
+    assert kls[1] > 1e-6 and kls[2] > 1e-6 and kls[3] < 1e-6, kls
+
+
+def test_several_updates_per_rollout_use_the_clipped_ratio(tiny_base, tmp_path):
+    CALLS.update(n=0, interrupt_at=None)
+    sets = _overrides(tmp_path, tiny_base, "mu2", steps=2) + [
+        "rl.updates_per_rollout=2", "rl.eps_low=0.01", "rl.eps_high=0.01", "eval.every=0"]
+    zero.main(load_config(ZeroConfig, None, sets))
+    rows = [json.loads(x) for x in (tmp_path / "mu2" / "metrics.jsonl").read_text().splitlines()]
+    # The second minibatch is taken after the first update: ratios move off 1 and, with a
+    # narrow clip range, some tokens are clipped.
+    assert any(abs(r["train/ratio_mean"] - 1.0) > 1e-6 for r in rows)
+    assert any(r["train/clip_frac"] > 0 for r in rows)
 
 
 def test_resume_continues_from_checkpoint(tiny_base, tmp_path):
