@@ -1,4 +1,4 @@
-"""The one entry point: `r1kit base | zero | eval`.
+"""The one entry point: `r1kit base | zero | sft | eval`.
 
 Every stage takes `--config FILE.yaml` (overrides only) and any number of `--set key=value`;
 `r1kit STAGE --help` lists every key with its default and meaning.
@@ -10,12 +10,20 @@ import argparse
 import logging
 import sys
 
-from r1kit.config import BaseConfig, EvalStageConfig, ZeroConfig, describe, load_config
+from r1kit.config import (
+    BaseConfig,
+    EvalStageConfig,
+    SFTConfig,
+    ZeroConfig,
+    describe,
+    load_config,
+)
 from r1kit.errors import UserError
 
 STAGES = {
     "base": (BaseConfig, "build the built-in tiny base model (deterministic; cached)"),
     "zero": (ZeroConfig, "R1-Zero: GRPO with rule-based rewards straight from a base model"),
+    "sft": (SFTConfig, "completion-only SFT on {prompt, completion} pairs (cold start, distill)"),
     "eval": (EvalStageConfig, "pass@1 / pass@k / cons@k of a model on held-out problems"),
 }
 
@@ -39,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML file of overrides (e.g. recipes/tiny/zero.yaml)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, e.g. --set rl.beta=0.001 (repeatable)")
-        if name == "zero":
+        if name in ("zero", "sft"):
             p.add_argument("--resume", metavar="RUN_DIR",
                            help="continue a killed run from its last checkpoint")
         if name == "eval":
@@ -67,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             summary = zero.main(cfg, resume=args.resume)
             if "stopped" in summary:
                 return 1
+        elif args.stage == "sft":
+            from r1kit.stages import sft
+
+            sft.main(cfg, resume=args.resume)
         elif args.stage == "eval":
             from r1kit.stages import evaluate
 

@@ -155,6 +155,45 @@ class ZeroConfig:
     eval: EvalConfig = section(EvalConfig, "held-out evaluation")
 
 
+# ----------------------------------------------------------------------------- SFT
+
+
+@dataclass(frozen=True)
+class SFTDataConfig:
+    train_file: str = opt("", "JSONL of {prompt, completion} pairs to train on (required)")
+    eval_source: str = opt(
+        "", "held-out problems: a .jsonl of {prompt, answer}, hf:NAME_OR_PATH; empty = builtin"
+    )
+    eval_split: str = opt("test", "split for an hf: eval source")
+    prompt_key: str = opt("prompt", "field of eval_source holding the question")
+    answer_key: str = opt("answer", "field of eval_source holding the reference answer")
+    template: str = opt("r1_zero", "prompt template for training and eval: r1_zero | plain | chat")
+    max_len: int = opt(256, "max tokens of prompt + completion + EOS; longer ones are cut")
+
+
+@dataclass(frozen=True)
+class SFTTrainConfig:
+    epochs: int = opt(2, "passes over train_file (R1-SPEC §3.2: 2-3)")
+    lr: float = opt(5e-5, "peak learning rate, AdamW (R1-SPEC §3.2 cold start: 5e-5)")
+    min_lr: float = opt(5e-6, "the cosine decay ends here on the last step (R1-SPEC §3.2: 5e-6)")
+    warmup_steps: int = opt(10, "linear warm-up optimizer steps")
+    batch_size: int = opt(32, "examples per optimizer step (R1: 128; distillation: 64)")
+    micro_batch_size: int = opt(32, "examples per forward/backward; gradients are accumulated")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    grad_clip: float = opt(1.0, "max global gradient norm")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """`r1kit sft`: completion-only SFT (cold start, rejection-sampled SFT, distillation)."""
+
+    run: RunConfig = section(RunConfig, "run folder, seed, device")
+    model: ModelConfig = section(ModelConfig, "model to fine-tune (R1: the base model)")
+    data: SFTDataConfig = section(SFTDataConfig, "training pairs and held-out problems")
+    sft: SFTTrainConfig = section(SFTTrainConfig, "optimisation (R1-SPEC §3.2, §3.5)")
+    eval: EvalConfig = section(EvalConfig, "held-out evaluation before and after (0 problems = none)")
+
+
 @dataclass(frozen=True)
 class EvalStageConfig:
     """`r1kit eval`: pass@1, pass@k and cons@k of any model folder on a problem set."""

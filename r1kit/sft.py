@@ -1,0 +1,189 @@
+"""Completion-only supervised fine-tuning: the data, the batches and the loss (R1-SPEC §3.2, §3.5).
+
+R1 fine-tunes on (prompt, long-CoT completion) pairs three times: the cold start before reasoning
+RL ("thousands" of samples, §5), the ~800k rejection-sampled and non-reasoning samples before the
+last RL stage, and the distillation of small students (§3.5). All three are the same operation:
+next-token cross-entropy on the completion tokens only, given the prompt in the stage's template;
+2-3 epochs with a cosine learning rate decaying to a tenth (5e-5 -> 5e-6 for the cold start).
+
+Choices the papers leave open, and departures:
+- Prompt and completion are tokenized separately and concatenated, so the prompt tokens are exactly
+  those the model is given when it samples from the same prompt (no BPE merge across the border).
+- Every completion ends in EOS, which is a target: the model learns where to stop.
+- The loss is the token mean over all completion tokens of an optimizer step (not a mean of
+  per-example means), with the step's token count passed in as the denominator, so micro-batches
+  with gradient accumulation give exactly the full-batch gradient (the TRL #3021 bug class).
+- Examples longer than `max_len` are cut from the right (the completion loses its end and its EOS)
+  and counted; R1 trained with a 32k context and does not say what it did with longer samples.
+- Batches group examples of similar length (less padding); the grouping is reshuffled each epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from r1kit.errors import UserError
+from r1kit.tasks.files import _type_name
+from r1kit.templates import render_prompt
+
+IGNORE = -100  # the label of a position that is not a target (prompt, padding)
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One training pair: the bare question (the stage applies the template) and its target."""
+
+    prompt: str
+    completion: str
+
+
+def load_sft_jsonl(path: str | Path) -> list[SFTExample]:
+    """One `{"prompt": str, "completion": str}` object per line; other fields are ignored.
+
+    Whitespace-only lines are skipped. Every mistake is a `UserError` naming the file and line.
+    """
+    path = Path(path)
+    name = str(path)
+    if not path.exists():
+        raise UserError(f"{name}: no such file")
+    if path.is_dir():
+        raise UserError(f"{name}: is a directory, not a JSONL file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{name}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{name}: cannot read ({e.strerror})") from None
+    examples = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{name}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: invalid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: expected a JSON object, got {_type_name(record)}")
+        for key in ("prompt", "completion"):
+            if key not in record:
+                raise UserError(f"{where}: missing field {key!r}")
+            if not isinstance(record[key], str):
+                raise UserError(
+                    f"{where}: field {key!r} must be a string, got {_type_name(record[key])}"
+                )
+        examples.append(SFTExample(record["prompt"], record["completion"]))
+    if not examples:
+        raise UserError(f"{name}: file is empty (no examples)")
+    return examples
+
+
+def encode(
+    examples: list[SFTExample], tokenizer, template: str
+) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, completion ids + EOS) of each example, tokenized separately, untruncated."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token to end completions with")
+    if not examples:
+        return []
+    prompts = [render_prompt(e.prompt, template, tokenizer) for e in examples]
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
+    return [(list(p), list(c) + [tokenizer.eos_token_id]) for p, c in zip(p_ids, c_ids)]
+
+
+def collate(examples: list[SFTExample], tokenizer, template: str, max_len: int) -> dict:
+    """A right-padded batch: `input_ids`, `attention_mask`, `labels` `(N, L)` and `truncated`.
+
+    `labels` hold the token ids of the completion and its closing EOS, and -100 on the rendered
+    prompt and the padding (the model shifts them: position i is predicted from positions < i).
+    Rows longer than `max_len` keep their first `max_len` tokens; `truncated` counts them.
+
+    Prompt `Q:` -> [7, 8], completion ` 5` -> [9], EOS 0, pad 0, max_len 8:
+        input_ids      [7, 8, 9, 0]
+        attention_mask [1, 1, 1, 1]
+        labels         [-100, -100, 9, 0]
+    """
+    pairs = encode(examples, tokenizer, template)
+    if not pairs:
+        raise ValueError("collate needs at least one example")
+    rows, truncated = [], 0
+    for p, c in pairs:
+        truncated += len(p) + len(c) > max_len
+        rows.append(((p + c)[:max_len], ([IGNORE] * len(p) + c)[:max_len]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)  # (N, L)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (N, L)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)  # (N, L)
+    for i, (ids, lab) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention_mask[i, : len(ids)] = 1
+        labels[i, : len(lab)] = torch.tensor(lab)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+            "truncated": truncated}
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int | str) -> list[list[int]]:
+    """Batches of indices into `lengths`, of similar length, in a shuffled order.
+
+    The indices are shuffled, cut into mega-batches of 16 batches, each mega-batch sorted by length
+    and cut into batches; then the batches are shuffled. Sorting within a mega-batch rather than
+    globally (as HF's LengthGroupedSampler does) lets batches differ from epoch to epoch. Every
+    index appears once; at most one batch is short. Deterministic for `seed` (pass a new seed per
+    epoch).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    mega = 16 * batch_size
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start : start + mega], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def cosine_lr(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
+    """Learning rate of optimizer step `step` (from 0): linear warm-up to `lr`, then a cosine decay
+    that reaches `min_lr` on the last step (R1-SPEC §3.2: 5e-5 -> 5e-6)."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps - 1))
+    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def target_count(batch: dict) -> int:
+    """The number of completion tokens `batch` trains on (its loss's own denominator)."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def sft_loss(model, batch: dict, denominator: float | None = None) -> tuple[Tensor, int]:
+    """(summed cross-entropy of the completion tokens / `denominator`, completion tokens).
+
+    `denominator` defaults to this batch's own token count (a token mean). When `batch` is one
+    micro-batch of an optimizer step, pass the step's count (`target_count` summed over its
+    micro-batches): the micro-batch losses then sum to the full-batch loss, and their gradients
+    to its gradient.
+    """
+    if denominator is not None and denominator <= 0:
+        raise ValueError(f"denominator must be positive; got {denominator}")
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   use_cache=False).logits[:, :-1]  # (N, L-1, V): position i predicts i+1
+    targets = batch["labels"][:, 1:]  # (N, L-1)
+    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
+                          reduction="sum")
+    n_tokens = target_count(batch)
+    denominator = denominator if denominator is not None else max(n_tokens, 1)
+    return nll / denominator, n_tokens
