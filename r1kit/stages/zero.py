@@ -50,7 +50,10 @@ class Timer:
     def __call__(self, phase: str):
         t0 = time.perf_counter()
         yield
-        self.times[f"time/{phase}"] = self.times.get(f"time/{phase}", 0.0) + time.perf_counter() - t0
+        self.add(phase, time.perf_counter() - t0)
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.times[f"time/{phase}"] = self.times.get(f"time/{phase}", 0.0) + seconds
 
 
 def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
@@ -136,11 +139,11 @@ def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
 
         # ---------------------------------------------------------------- update
         if len(rows) > 0 and mask[rows].any() and rewards.isfinite().all():
-            with timer("update"):
-                update = update_policy(policy, ref, opt, ro, advantages, mask, rows, rl,
-                                 cfg.rollout, cfg.rollout.max_new_tokens, timer)
+            update = update_policy(policy, ref, opt, ro, advantages, mask, rows, rl, cfg.rollout,
+                                   cfg.rollout.max_new_tokens, timer)
+            ok = update.pop("ok")
             metrics.update(update)
-            if not update["ok"]:
+            if not ok:
                 state["bad_steps"] += 1
                 log.warning(f"step {state['step'] + 1}: non-finite loss or gradient; update skipped "
                             f"({state['bad_steps']} in a row)")
@@ -251,6 +254,7 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         if ref is not None:
             ref_lp = torch.cat([logprobs_of(ref, slice(i, i + mb))[0] for i in range(0, n, mb)])
 
+    t_update = time.perf_counter()
     policy.train()
     group_order = torch.randperm(n // G)
     minibatches = [
@@ -290,6 +294,7 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + grad_norm.item() / len(
             minibatches)
     policy.eval()
+    timer.add("update", time.perf_counter() - t_update)
     sums["ok"] = ok and math.isfinite(sums.get("train/loss", 0.0))
     return sums
 
