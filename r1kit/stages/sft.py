@@ -1,0 +1,248 @@
+"""`r1kit sft`: completion-only SFT on {prompt, completion} pairs (R1-SPEC §3.2, §3.5, §5).
+
+The one fine-tuning stage of R1: the cold start on a few thousand long-CoT samples, the SFT on
+rejection-sampled data before the last RL stage, and the distillation of students. One run:
+    evaluate  held-out pass@1 of the model before training (skipped with eval.num_problems=0)
+    train     epochs of length-grouped batches; each optimizer step is cut into micro-batches whose
+              losses share the step's token count as denominator (exact gradient accumulation);
+              AdamW, warm-up then cosine decay from sft.lr to sft.min_lr
+    log       metrics.jsonl per optimizer step; eval every N steps; a checkpoint every N steps
+    finish    held-out pass@1 after training, the HF model in final/, summary.json
+
+Departures from the paper, on purpose: defaults are sized for a small model (batch 32 instead of
+128, max_len 256 instead of 32,768); an optimizer step whose gradient is not finite is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+
+import torch
+from tqdm import tqdm
+
+from r1kit import checkpoint as ckpt
+from r1kit.config import DataConfig, SFTConfig
+from r1kit.errors import UserError
+from r1kit.evaluation import evaluate
+from r1kit.models import load_model, pick_device
+from r1kit.runs import RunFolder, load_problems
+from r1kit.sft import (
+    collate,
+    cosine_lr,
+    encode,
+    length_grouped_batches,
+    load_sft_jsonl,
+    sft_loss,
+    target_count,
+)
+from r1kit.templates import render_prompt
+
+log = logging.getLogger("r1kit")
+
+
+def main(cfg: SFTConfig, resume: str | None = None) -> dict:
+    if resume:
+        run = RunFolder.open(cfg, "sft", resume)
+        cfg = run.cfg
+        examples, eval_set = _inputs(cfg)
+    else:
+        examples, eval_set = _inputs(cfg)  # a bad data file fails before a run folder is made
+        run = RunFolder.open(cfg, "sft")
+        cfg = run.cfg
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    device = pick_device(cfg.run.device)
+    random.seed(cfg.run.seed)
+    torch.manual_seed(cfg.run.seed)
+
+    resume_from = ckpt.latest_checkpoint(run.path) if run.resumed else None
+    model, tokenizer = load_model(str(resume_from or cfg.model.path), cfg.model.dtype, device)
+    d, s = cfg.data, cfg.sft
+    try:
+        render_prompt("", d.template, tokenizer)
+    except ValueError as e:
+        raise UserError(f"data.template: {e}") from None
+    lengths = [len(p) + len(c) for p, c in encode(examples, tokenizer, d.template)]
+    truncated = sum(n > d.max_len for n in lengths)
+    if truncated:
+        log.warning(f"{truncated} of {len(examples)} examples are longer than data.max_len="
+                    f"{d.max_len} tokens; their completions are cut (and lose their EOS)")
+    steps_per_epoch = math.ceil(len(examples) / s.batch_size)
+    total_steps = s.epochs * steps_per_epoch
+    micro = min(s.micro_batch_size, s.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: cosine_lr(step, total_steps, s.warmup_steps, s.lr, s.min_lr) / s.lr
+    )
+    state = {"step": 0, "base_eval": None, "wall_seconds": 0.0, "train_seconds": 0.0,
+             "first_loss": None, "last_loss": None}
+
+    if resume_from:
+        saved = ckpt.load_trainer_state(resume_from)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        ckpt.set_rng_state(saved["rng"])
+        state = saved["state"]
+        for name in ("metrics.jsonl", "eval.jsonl"):  # rows written after the checkpoint
+            _drop_rows_after(run, name, state["step"])
+        log.warning(f"resumed {run.path} from {resume_from.name} (step {state['step']})")
+
+    def evaluate_now(tag: str) -> dict:
+        if not eval_set:
+            return {}
+        res = evaluate(model, tokenizer, eval_set, cfg.eval, template=d.template,
+                       seed=cfg.run.seed)
+        metrics = res.metrics()
+        run.append("eval.jsonl", {"step": state["step"], "tag": tag, **metrics})
+        run.write_jsonl(f"samples/eval-{tag}.jsonl", res.samples)
+        return metrics
+
+    t_start = time.time() - state["wall_seconds"]
+    if state["base_eval"] is None:
+        state["base_eval"] = evaluate_now("base")
+        _print_eval("base", state["base_eval"])
+
+    bar = tqdm(total=total_steps, initial=state["step"], desc="sft", dynamic_ncols=True,
+               mininterval=1.0)
+    batches, batches_epoch = [], None
+    while state["step"] < total_steps:
+        t_step = time.perf_counter()
+        epoch, position = divmod(state["step"], steps_per_epoch)
+        if batches_epoch != epoch:  # the order of an epoch depends only on seed and epoch
+            batches = length_grouped_batches(lengths, s.batch_size, f"{cfg.run.seed}-{epoch}")
+            batches_epoch = epoch
+        rows = batches[position]
+
+        # ---------------------------------------------------------------- forward / backward
+        micro_batches = [
+            collate([examples[i] for i in rows[j : j + micro]], tokenizer, d.template, d.max_len)
+            for j in range(0, len(rows), micro)
+        ]
+        n_tokens = sum(target_count(mb) for mb in micro_batches)
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for mb in micro_batches:
+            batch = {k: v.to(device) for k, v in mb.items() if isinstance(v, torch.Tensor)}
+            loss, _ = sft_loss(model, batch, denominator=max(n_tokens, 1))
+            loss.backward()
+            loss_sum += loss.item()
+
+        # ---------------------------------------------------------------- optimizer step
+        lr = sched.get_last_lr()[0]
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        if torch.isfinite(grad_norm) and math.isfinite(loss_sum):
+            opt.step()
+        else:
+            log.warning(f"step {state['step'] + 1}: non-finite loss or gradient; step skipped")
+            opt.zero_grad(set_to_none=True)
+        sched.step()
+        state["step"] += 1
+
+        # ---------------------------------------------------------------- log
+        metrics = {
+            "train/loss": loss_sum, "train/lr": lr, "train/grad_norm": grad_norm.item(),
+            "train/tokens": n_tokens, "train/examples": len(rows),
+            "time/step": time.perf_counter() - t_step,
+        }
+        state["train_seconds"] += metrics["time/step"]
+        state["first_loss"] = loss_sum if state["first_loss"] is None else state["first_loss"]
+        state["last_loss"] = loss_sum
+        run.append("metrics.jsonl", {"step": state["step"], "epoch": epoch + 1, **metrics})
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}")
+
+        if cfg.eval.every and state["step"] % cfg.eval.every == 0 and state["step"] < total_steps:
+            m = evaluate_now(f"step{state['step']}")
+            if m:
+                bar.write(f"step {state['step']}: held-out pass@1 {m['eval/pass@1']:.3f}")
+        state["wall_seconds"] = time.time() - t_start
+        if cfg.run.checkpoint_every and state["step"] % cfg.run.checkpoint_every == 0:
+            _save(run, state, model, tokenizer, opt, sched)
+    bar.close()
+
+    state["wall_seconds"] = time.time() - t_start
+    if not (cfg.run.checkpoint_every and state["step"] % cfg.run.checkpoint_every == 0):
+        _save(run, state, model, tokenizer, opt, sched)
+    final = evaluate_now("final")
+    ckpt.save_hf_folder(model, tokenizer, run.path / "final")
+    summary = _summary(state, final, cfg.eval.k, examples=len(examples), truncated=truncated,
+                       epochs=s.epochs)
+    run.write_json("summary.json", summary)
+    _print_eval("final", final, base=state["base_eval"])
+    print(f"run folder: {run.path}")
+    return summary
+
+
+# -------------------------------------------------------------------------------- helpers
+
+
+def _inputs(cfg: SFTConfig) -> tuple[list, list]:
+    """(training examples, held-out problems), checking the settings a user can get wrong."""
+    d, s = cfg.data, cfg.sft
+    if not d.train_file:
+        raise UserError("data.train_file is required (a JSONL of {prompt, completion} pairs)")
+    for key, value, least in [("sft.epochs", s.epochs, 1), ("sft.batch_size", s.batch_size, 1),
+                              ("sft.micro_batch_size", s.micro_batch_size, 1),
+                              ("data.max_len", d.max_len, 2), ("eval.k", cfg.eval.k, 1)]:
+        if value < least:
+            raise UserError(f"{key} must be at least {least}, got {value}")
+    if not 0 <= s.min_lr <= s.lr or s.lr <= 0:
+        raise UserError(f"need 0 <= sft.min_lr <= sft.lr and sft.lr > 0; got min_lr={s.min_lr}, lr={s.lr}")
+    examples = load_sft_jsonl(d.train_file)
+    if cfg.eval.num_problems <= 0:
+        return examples, []
+    source = d.eval_source or "builtin"
+    data = DataConfig(source=source, split=d.eval_split, eval_source=d.eval_source,
+                      eval_split=d.eval_split, prompt_key=d.prompt_key,
+                      answer_key=d.answer_key, template=d.template, train_size=0)
+    return examples, load_problems(data, cfg.eval.num_problems)[1]
+
+
+def _drop_rows_after(run: RunFolder, name: str, step: int) -> None:
+    """Keep only the log rows up to `step`: a resumed run rewrites the steps after its checkpoint."""
+    path = run.path / name
+    if path.is_file():
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        run.write_jsonl(name, [r for r in rows if r.get("step", 0) <= step])
+
+
+def _save(run, state, model, tokenizer, opt, sched) -> None:
+    ckpt.save_checkpoint(run.path, state["step"], model, tokenizer, {
+        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": ckpt.rng_state(),
+        "state": state,
+    })
+
+
+def _summary(state: dict, final: dict, k: int, **extra) -> dict:
+    out = {
+        "steps": state["step"],
+        "wall_seconds": round(state["wall_seconds"], 2),
+        "train_seconds": round(state["train_seconds"], 2),
+        **extra,
+        "first_loss": state["first_loss"],
+        "last_loss": state["last_loss"],
+    }
+    for tag, m in (("base", state["base_eval"]), ("final", final)):
+        if m:
+            out.update({
+                f"{tag}_pass@1": m["eval/pass@1"],
+                f"{tag}_pass@1_ci": [m["eval/pass@1_lo"], m["eval/pass@1_hi"]],
+                f"{tag}_cons@k": m[f"eval/cons@{k}"],
+                f"{tag}_format": m["eval/format"],
+            })
+    return out
+
+
+def _print_eval(tag: str, m: dict, base: dict | None = None) -> None:
+    if not m:
+        return
+    line = (f"[{tag}] held-out pass@1 {m['eval/pass@1']:.3f} "
+            f"[{m['eval/pass@1_lo']:.3f}, {m['eval/pass@1_hi']:.3f}]  format {m['eval/format']:.3f}")
+    if base:
+        line += f"  (base pass@1 {base['eval/pass@1']:.3f})"
+    print(line)
