@@ -205,6 +205,45 @@ class EvalStageConfig:
     eval: EvalConfig = section(EvalConfig, "sampling and sizes")
 
 
+# ----------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True)
+class RejectionSamplingConfig:
+    samples_per_prompt: int = opt(4, "completions sampled per prompt")
+    num_prompts: int = opt(500, "train prompts to sample: a seeded random subset (never held-out)")
+    batch_size: int = opt(32, "prompts per generation call; progress is saved after each batch")
+    max_per_prompt: int = opt(1, "distinct kept completions per prompt at most (0 = no limit)")
+    filters: list = opt(
+        ["not_truncated", "correct", "well_formed", "single_language", "no_repetition",
+         "short_paragraphs"],
+        "filters applied in order (r1kit/filters.py); also available: no_code_blocks",
+    )
+    cold_start_format: bool = opt(
+        False, "rewrite kept completions as <think>…</think> summary <answer>…</answer> "
+        "(R1-SPEC §5; needs the 'correct' filter)",
+    )
+    language_tolerance: float = opt(
+        0.0, "single_language keeps reasoning with a target-language word share >= 1 - this"
+    )
+    repeat_ngram: int = opt(4, "no_repetition: n of the word n-grams counted")
+    max_repeats: int = opt(3, "no_repetition: rejects when an n-gram occurs more often than this")
+    max_paragraph_chars: int = opt(1000, "short_paragraphs: longest paragraph allowed, in chars")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """`r1kit sample`: rejection sampling / cold-start data into an SFT JSONL (R1-SPEC §5)."""
+
+    run: RunConfig = section(RunConfig, "run folder, seed, device")
+    model: ModelConfig = section(ModelConfig, "model to sample (R1: R1-Zero or the RL checkpoint)")
+    data: DataConfig = section(DataConfig, "problems (their train split is sampled)")
+    rollout: RolloutConfig = section(RolloutConfig, "sampling (R1 cold start: T = 1.0)")
+    sample: RejectionSamplingConfig = section(
+        RejectionSamplingConfig, "samples per prompt, filters, output format"
+    )
+
+
 # ----------------------------------------------------------------------------- machinery
 
 

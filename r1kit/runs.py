@@ -30,14 +30,19 @@ class RunFolder:
     resumed: bool
 
     @classmethod
-    def open(cls, cfg, stage: str, resume: str | None = None) -> RunFolder:
+    def open(cls, cfg, stage: str, resume: str | None = None, checkpoints: bool = True) -> RunFolder:
+        """A new run folder for `cfg`, or the one named by `resume` with its saved config.
+
+        `checkpoints=False`: a stage that keeps its own progress file resumes without a
+        checkpoint (`r1kit sample`).
+        """
         if resume:
             path = Path(resume)
             saved = path / "config.yaml"
             if not saved.is_file():
                 raise UserError(f"{path}: not a run folder (no config.yaml)")
             cfg = load_config(type(cfg), saved)
-            if not (path / "checkpoints" / "latest").is_file():
+            if checkpoints and not (path / "checkpoints" / "latest").is_file():
                 raise UserError(f"{path}: no checkpoint to resume from yet")
             return cls(path, cfg, resumed=True)
         name = cfg.run.name or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"

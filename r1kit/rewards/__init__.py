@@ -11,7 +11,7 @@ Length-aware rewards set the attribute `fn.needs_length = True`; they are then c
 Rewards are combined with weights by `scoring.score`, which also bounds each call in time and
 counts failures. R1-Zero sums accuracy and format with equal weight [R1-SPEC.md §2.2].
 
->>> {"accuracy", "format", "think_format", "overlong"} <= set(available_rewards())
+>>> {"accuracy", "format", "think_format", "overlong", "language"} <= set(available_rewards())
 True
 >>> from r1kit.tasks.base import Problem
 >>> get_reward("accuracy")("<think>6*7</think> <answer>42</answer>", Problem("p", "6*7?", "42"))
@@ -56,4 +56,4 @@ def available_rewards() -> list[str]:
 
 
 # Importing the reward modules registers them; they import `register` from above.
-from r1kit.rewards import accuracy, format, length  # noqa: F401
+from r1kit.rewards import accuracy, format, language, length  # noqa: F401

@@ -2,11 +2,15 @@ r"""Format rewards: the R1-Zero structure `<think> … </think> <answer> … </a
 
 The paper rewards "putting the reasoning between `<think>` and `</think>`"; its template also asks
 for `<answer>` tags [R1-SPEC.md §2.1], and whether those are checked is unverified. So there are
-two rewards, 1.0 or 0.0 each:
+three rewards, 1.0 or 0.0 each:
 - `format`: the whole completion is `<think>reasoning</think>` then `<answer>answer</answer>` and
   nothing after, whitespace allowed between and around, each of the four tags exactly once, the
   answer not blank (the reasoning may be empty, as R1 itself sometimes emits);
-- `think_format`: the completion opens with `<think>`, closes it once, and says anything after.
+- `think_format`: the completion opens with `<think>`, closes it once, and says anything after;
+- `summary_format`: the readable format of R1's cold-start data, reasoning then a summary
+  [R1-SPEC.md §5]: `<think>reasoning</think> summary <answer>answer</answer>` and nothing after,
+  the summary and the answer not blank. This is what `filters.to_cold_start` writes; a model
+  fine-tuned on it fails `format`, which allows nothing between `</think>` and `<answer>`.
 
 Prefilled `<think>`: a prompt may end with `Assistant: <think>` (R1-SPEC.md §4.4 advises forcing
 the output to start with it), and then the completion starts directly with the reasoning. Set
@@ -26,6 +30,7 @@ from r1kit.tasks.base import Problem
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _R1_ZERO_RE = re.compile(r"\s*<think>.*?</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
 _THINK_RE = re.compile(r"\s*<think>.*?</think>.*", re.DOTALL)
+_SUMMARY_RE = re.compile(r"\s*<think>.*?</think>(.*?)<answer>(.*?)</answer>\s*", re.DOTALL)
 
 
 @register("format")
@@ -64,6 +69,25 @@ def think_format_reward(completion: str, problem: Problem) -> float:
     if text.count("<think>") != 1 or text.count("</think>") != 1:
         return 0.0
     return 1.0 if _THINK_RE.fullmatch(text) else 0.0
+
+
+@register("summary_format")
+def summary_format_reward(completion: str, problem: Problem) -> float:
+    """1.0 for `<think>…</think> summary <answer>…</answer>` and nothing after, else 0.0.
+
+    >>> p = Problem("p", "1+1?", "2")
+    >>> summary_format_reward("<think> 1+1=2 </think> The answer is <answer> 2 </answer>", p)
+    1.0
+    >>> summary_format_reward("<think> 1+1=2 </think> <answer> 2 </answer>", p)  # no summary
+    0.0
+    """
+    text = _with_prefill(completion, problem)
+    if any(text.count(tag) != 1 for tag in _TAGS):
+        return 0.0
+    match = _SUMMARY_RE.fullmatch(text)
+    if match is None:
+        return 0.0
+    return 1.0 if match.group(1).strip() and match.group(2).strip() else 0.0
 
 
 def _with_prefill(completion: str, problem: Problem) -> str:

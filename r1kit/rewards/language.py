@@ -1,0 +1,88 @@
+r"""The language-consistency reward of R1 [R1-SPEC.md §5, Nature eq. 7]:
+
+    Reward_language = Num(Words_target) / Num(Words)
+
+over the words of the chain of thought. R1 sums it with the accuracy reward in its reasoning RL
+stage, at "a slight degradation in the model's performance" for readable, single-language output.
+
+Two forms, both computed on the reasoning part of the completion (`reasoning_part`), in the
+problem's target language (`meta["language"]`, else the prompt's majority language):
+- `language`: the paper's proportion, in [0, 1];
+- `language_threshold`: 1.0 when that proportion is at least a threshold (0.95), else 0.0; a
+  binary signal that ignores a stray foreign word (`make_language_threshold` sets another).
+
+Both return None (not scorable) when the reasoning has no words: the proportion is 0/0. Words,
+scripts and the target language are defined in `r1kit.language`; a library detector plugs in as
+the `labeler` of `make_language` / `make_language_threshold`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from r1kit.language import (
+    Labeler,
+    language_consistency,
+    reasoning_part,
+    script_labels,
+    target_language,
+)
+from r1kit.rewards import register
+from r1kit.tasks.base import Problem
+
+DEFAULT_THRESHOLD = 0.95
+
+
+def make_language(labeler: Labeler = script_labels) -> Callable[[str, Problem], float | None]:
+    """The proportion form, with words labelled by `labeler`."""
+
+    def language(completion: str, problem: Problem) -> float | None:
+        target = problem.meta.get("language") or target_language(problem.prompt, labeler)
+        return language_consistency(reasoning_part(completion), target, labeler)
+
+    return language
+
+
+def make_language_threshold(
+    threshold: float = DEFAULT_THRESHOLD, labeler: Labeler = script_labels
+) -> Callable[[str, Problem], float | None]:
+    """The threshold form: 1.0 if the proportion is >= `threshold`, 0.0 if below, None if no words.
+
+    >>> strict = make_language_threshold(1.0)
+    >>> p = Problem("p", "Compute 47+8", "55")
+    >>> strict("<think> 47 plus 8 </think>", p), strict("<think> 47 плюс 8 </think>", p)
+    (1.0, 0.0)
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"the language threshold must be in [0, 1], got {threshold}")
+    proportion = make_language(labeler)
+
+    def language_threshold(completion: str, problem: Problem) -> float | None:
+        share = proportion(completion, problem)
+        return None if share is None else float(share >= threshold)
+
+    return language_threshold
+
+
+language = register("language")(make_language())
+language.__doc__ = """Share of target-language words in the reasoning; None if it has no words.
+
+>>> p = Problem("p", "Compute 47+8-9", "46")
+>>> language("<think> 47 plus 8 is 55, wait, 55 минус 9 равно 46 </think> <answer>46</answer>", p)
+0.6
+>>> language("<think> 47+8=55, 55-9=46 </think> <answer>46</answer>", p) is None
+True
+>>> language("<think> сорок семь </think>", Problem("p", "?", "47", {"language": "ru"}))
+1.0
+"""
+
+language_threshold = register("language_threshold")(make_language_threshold())
+language_threshold.__doc__ = """1.0 if at least 95% of the reasoning's words are in the target
+language, 0.0 if fewer, None if it has no words.
+
+>>> p = Problem("p", "Compute 47+8-9", "46")
+>>> language_threshold("<think> 47 plus 8 is 55, wait, 55 минус 9 равно 46 </think>", p)
+0.0
+>>> language_threshold("<think> " + "so " * 19 + "итак </think>", p)
+1.0
+"""
