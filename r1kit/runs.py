@@ -30,7 +30,9 @@ class RunFolder:
     resumed: bool
 
     @classmethod
-    def open(cls, cfg, stage: str, resume: str | None = None, checkpoints: bool = True) -> RunFolder:
+    def open(
+        cls, cfg, stage: str, resume: str | None = None, checkpoints: bool = True
+    ) -> RunFolder:
         """A new run folder for `cfg`, or the one named by `resume` with its saved config.
 
         `checkpoints=False`: a stage that keeps its own progress file resumes without a
@@ -47,6 +49,11 @@ class RunFolder:
             return cls(path, cfg, resumed=True)
         name = cfg.run.name or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
         path = Path(cfg.run.out_dir) / name
+        suffix = 1
+        while not cfg.run.name and path.exists():  # two runs started in the same second
+            suffix += 1
+            name = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
+            path = Path(cfg.run.out_dir) / name
         if (path / "config.yaml").exists():
             raise UserError(
                 f"{path} already exists; resume it with --resume {path} or set run.name"

@@ -13,12 +13,13 @@ from r1kit.runs import RunFolder, load_problems
 
 
 def main(cfg: EvalStageConfig) -> dict:
-    run = RunFolder.open(cfg, "eval")
-    cfg = run.cfg
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
+    # Inputs first: a bad problem file or model path leaves no run folder behind.
     _, problems = load_problems(cfg.data, cfg.eval.num_problems)
     model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, pick_device(cfg.run.device))
+    run = RunFolder.open(cfg, "eval")
+    cfg = run.cfg
     res = evaluate(model, tokenizer, problems, cfg.eval, template=cfg.data.template,
                    stop=cfg.rollout.stop, seed=cfg.run.seed)
     metrics = {"model": cfg.model.path, "num_problems": res.num_problems, **res.metrics()}

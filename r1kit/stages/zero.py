@@ -57,6 +57,13 @@ class Timer:
 
 
 def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
+    if resume:
+        cfg = RunFolder.open(cfg, "zero", resume).cfg
+    # Inputs first: a bad problem file or reward name leaves no run folder behind.
+    train_set, eval_set = load_problems(cfg.data, cfg.eval.num_problems)
+    specs = [RewardSpec(name, float(w)) for name, w in cfg.rewards.weights.items()]
+    for spec in specs:
+        get_reward(spec.name)
     run = RunFolder.open(cfg, "zero", resume)
     cfg = run.cfg
     if cfg.run.threads:
@@ -65,10 +72,6 @@ def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
     random.seed(cfg.run.seed)
     torch.manual_seed(cfg.run.seed)
 
-    train_set, eval_set = load_problems(cfg.data, cfg.eval.num_problems)
-    specs = [RewardSpec(name, float(w)) for name, w in cfg.rewards.weights.items()]
-    for spec in specs:
-        get_reward(spec.name)  # an unknown name fails now, not after the base evaluation
     resume_from = ckpt.latest_checkpoint(run.path) if run.resumed else None
     policy, tokenizer = load_model(str(resume_from or cfg.model.path), cfg.model.dtype, device)
     rl = cfg.rl
