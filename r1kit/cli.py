@@ -1,4 +1,4 @@
-"""The one entry point: `r1kit base | zero | sft | eval`.
+"""The one entry point: `r1kit base | zero | sft | sample | eval`.
 
 Every stage takes `--config FILE.yaml` (overrides only) and any number of `--set key=value`;
 `r1kit STAGE --help` lists every key with its default and meaning.
@@ -13,6 +13,7 @@ import sys
 from r1kit.config import (
     BaseConfig,
     EvalStageConfig,
+    SampleConfig,
     SFTConfig,
     ZeroConfig,
     describe,
@@ -24,6 +25,7 @@ STAGES = {
     "base": (BaseConfig, "build the built-in tiny base model (deterministic; cached)"),
     "zero": (ZeroConfig, "R1-Zero: GRPO with rule-based rewards straight from a base model"),
     "sft": (SFTConfig, "completion-only SFT on {prompt, completion} pairs (cold start, distill)"),
+    "sample": (SampleConfig, "rejection sampling / cold-start data: filtered samples -> SFT JSONL"),
     "eval": (EvalStageConfig, "pass@1 / pass@k / cons@k of a model on held-out problems"),
 }
 
@@ -47,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML file of overrides (e.g. recipes/tiny/zero.yaml)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, e.g. --set rl.beta=0.001 (repeatable)")
-        if name in ("zero", "sft"):
+        if name in ("zero", "sft", "sample"):
             p.add_argument("--resume", metavar="RUN_DIR",
-                           help="continue a killed run from its last checkpoint")
+                           help="continue a killed run from its last checkpoint or batch")
         if name == "eval":
             p.add_argument("--model", help="model folder or hub name (same as --set model.path=)")
     return parser
@@ -79,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
             from r1kit.stages import sft
 
             sft.main(cfg, resume=args.resume)
+        elif args.stage == "sample":
+            from r1kit.stages import sample
+
+            sample.main(cfg, resume=args.resume)
         elif args.stage == "eval":
             from r1kit.stages import evaluate
 

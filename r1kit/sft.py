@@ -57,7 +57,7 @@ def load_sft_jsonl(path: str | Path) -> list[SFTExample]:
     if path.is_dir():
         raise UserError(f"{name}: is a directory, not a JSONL file")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")  # JSON may hold U+2028 etc.
     except UnicodeDecodeError as e:
         raise UserError(f"{name}: not UTF-8 text (byte {e.start})") from None
     except OSError as e:

@@ -207,7 +207,7 @@ def _drop_rows_after(run: RunFolder, name: str, step: int) -> None:
     """Keep only the log rows up to `step`: a resumed run rewrites the steps after its checkpoint."""
     path = run.path / name
     if path.is_file():
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
         run.write_jsonl(name, [r for r in rows if r.get("step", 0) <= step])
 
 

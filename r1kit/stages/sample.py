@@ -1,0 +1,303 @@
+"""`r1kit sample`: rejection sampling and cold-start data, an SFT JSONL made of a model's own
+filtered samples (R1-SPEC §3.2, §5).
+
+R1 builds SFT data from its own models twice: the cold start from R1-Zero (T = 1.0; correct and
+readable outputs, rewritten as reasoning then summary), and ~600k rejection-sampled reasoning
+samples from the stage-1 RL checkpoint (several per prompt; the correct ones, without mixed
+languages, long paragraphs or code blocks). One run does either, batch by batch:
+    generate  samples_per_prompt completions for each prompt of a batch of TRAIN problems (a seeded
+              random subset; held-out problems are never sampled)
+    score     accuracy, format and language of every completion, time-bounded as in RL
+    filter    the named filters in order (r1kit/filters.py); a rejection counts under the first
+              filter that fails
+    keep      up to max_per_prompt distinct passing completions per prompt, first sampled first
+              (the rest count as `duplicate` / `max_per_prompt`); rewritten in the cold-start
+              format when asked
+    write     the batch's rows to sft.jsonl, then progress.json (atomically)
+At the end, counts.json: generated = kept + the sum of `rejected`, plus per-prompt and reward
+statistics. generation.json records the model and sampling settings.
+
+sft.jsonl rows are {"prompt": the bare question, "completion", "id", "answer", "sample"} (+
+"original" when rewritten): `r1kit sft` renders the prompt template itself, so train it with the
+same data.template as used here (generation.json has it).
+
+Resume: each batch's rows are appended and flushed before progress.json records them, so a killed
+run loses at most the batch in flight; `--resume` cuts sft.jsonl back to the recorded rows and goes
+on. Each batch samples with its own generator, seeded by run.seed and the batch index, so a resumed
+run writes the same rows as an uninterrupted one.
+
+Departures from the paper, on purpose: no generative judge for answers rules cannot check
+(DeepSeek-V3 in R1), no non-reasoning data, and a deterministic cold-start rewrite instead of
+DeepSeek-V3 and human refinement.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from r1kit.checkpoint import atomic_write_text
+from r1kit.config import SampleConfig
+from r1kit.errors import UserError
+from r1kit.filters import Candidate, FilterChain, build_filters, to_cold_start
+from r1kit.models import load_model, pick_device
+from r1kit.rewards.extract import extract_answer
+from r1kit.rewards.scoring import RewardSpec, score
+from r1kit.rollout.hf import sample
+from r1kit.runs import RunFolder, load_problems
+from r1kit.tasks.base import Problem
+from r1kit.templates import render_prompt
+
+log = logging.getLogger("r1kit")
+
+SCORED = ("accuracy", "format", "language")  # rewards computed for every sample (filters, stats)
+
+
+def main(cfg: SampleConfig, resume: str | None = None) -> dict:
+    if resume:
+        run = RunFolder.open(cfg, "sample", resume, checkpoints=False)
+        cfg = run.cfg
+        chain, problems = _inputs(cfg)
+    else:
+        chain, problems = _inputs(cfg)  # bad settings fail before a run folder is made
+        run = RunFolder.open(cfg, "sample")
+        cfg = run.cfg
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    device = pick_device(cfg.run.device)
+    model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, device)
+    try:
+        render_prompt("", cfg.data.template, tokenizer)
+    except ValueError as e:
+        raise UserError(f"data.template: {e}") from None
+    s, ro_cfg = cfg.sample, cfg.rollout
+    G = s.samples_per_prompt
+    batches = [problems[i : i + s.batch_size] for i in range(0, len(problems), s.batch_size)]
+    specs = [RewardSpec(name, 1.0) for name in SCORED]
+    out = run.path / "sft.jsonl"
+
+    state = _load_progress(run, chain)
+    _cut_rows(out, state["rows"])
+    if state["batches_done"]:
+        log.warning(f"resumed {run.path} after batch {state['batches_done']} "
+                    f"({state['rows']} rows kept so far)")
+    run.write_json("generation.json", _generation_info(cfg, len(problems)))
+    tally = state["tally"]
+
+    bar = tqdm(total=len(problems), initial=tally["prompts"], desc="sample", unit="prompt",
+               dynamic_ncols=True, mininterval=1.0)
+    for b in range(state["batches_done"], len(batches)):
+        chunk = batches[b]
+
+        # ---------------------------------------------------------------- generate
+        t0 = time.perf_counter()
+        prompts = [render_prompt(p.prompt, cfg.data.template, tokenizer) for p in chunk]
+        gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1_000_003 + b)
+        model.eval()
+        ro = sample(model, tokenizer, prompts, G, max_new_tokens=ro_cfg.max_new_tokens,
+                    temperature=ro_cfg.temperature, top_p=ro_cfg.top_p, stop=ro_cfg.stop,
+                    generator=gen)
+        t1 = time.perf_counter()
+
+        # ---------------------------------------------------------------- score
+        per_row = [p for p in chunk for _ in range(G)]
+        scores = score(ro.texts, per_row, specs, ro.num_tokens, ro_cfg.max_new_tokens)
+        t2 = time.perf_counter()
+
+        # ---------------------------------------------------------------- filter and keep
+        rows = []
+        for i, problem in enumerate(chunk):
+            candidates = [
+                Candidate(ro.texts[r], problem, ro.num_tokens[r], ro.truncated[r],
+                          {name: values[r] for name, values in scores.per_reward.items()})
+                for r in range(i * G, (i + 1) * G)
+            ]
+            rows += keep_for_prompt(candidates, chain, s.max_per_prompt, s.cold_start_format,
+                                    tally)
+        t3 = time.perf_counter()
+
+        # ---------------------------------------------------------------- write
+        _append_rows(out, rows)
+        for name, t in (("generate", t1 - t0), ("score", t2 - t1), ("filter", t3 - t2)):
+            tally["seconds"][name] += t
+        state["batches_done"], state["rows"] = b + 1, state["rows"] + len(rows)
+        run.write_json("progress.json", state)
+        bar.update(len(chunk))
+        bar.set_postfix(kept=tally["kept"], generated=tally["generated"])
+    bar.close()
+
+    counts = _counts(tally)
+    run.write_json("counts.json", counts)
+    _print_counts(counts, out)
+    print(f"run folder: {run.path}")
+    return counts
+
+
+# -------------------------------------------------------------------------------- pieces
+
+
+def keep_for_prompt(candidates: list[Candidate], chain: FilterChain, max_per_prompt: int,
+                    cold_start: bool, tally: dict) -> list[dict]:
+    """The SFT rows kept from one prompt's samples; every sample is counted in `tally`, as kept or
+    under the first reason it was dropped (a filter, `duplicate`, `max_per_prompt`)."""
+    rows, seen, passing = [], set(), 0
+    for j, c in enumerate(candidates):
+        tally["generated"] += 1
+        tally["correct"] += c.scores.get("accuracy") == 1.0
+        tally["well_formed"] += c.scores.get("format") == 1.0
+        tally["truncated"] += c.truncated
+        tally["tokens"] += c.num_tokens
+        if c.scores.get("language") is not None:
+            tally["language_sum"] += c.scores["language"]
+            tally["language_n"] += 1
+        failure = chain.first_failure(c)
+        if failure is not None:
+            tally["rejected"][failure[0]] += 1
+            continue
+        passing += 1
+        row = {"prompt": c.problem.prompt, "completion": c.text, "id": c.problem.id,
+               "answer": c.problem.answer, "sample": j}
+        if cold_start:
+            row["completion"] = to_cold_start(c.text, extract_answer(c.text) or c.problem.answer)
+            row["original"] = c.text
+        if row["completion"] in seen:
+            tally["rejected"]["duplicate"] += 1
+        elif max_per_prompt and len(rows) >= max_per_prompt:
+            tally["rejected"]["max_per_prompt"] += 1
+        else:
+            rows.append(row)
+            seen.add(row["completion"])
+    tally["prompts"] += 1
+    tally["kept"] += len(rows)
+    tally["prompts_with_kept"] += bool(rows)
+    hist = tally["passing_per_prompt"]
+    hist[str(passing)] = hist.get(str(passing), 0) + 1
+    return rows
+
+
+def _inputs(cfg: SampleConfig) -> tuple[FilterChain, list[Problem]]:
+    """(filter chain, the train problems to sample), checking the settings a user can get wrong."""
+    s = cfg.sample
+    for key, value, least in [
+        ("sample.samples_per_prompt", s.samples_per_prompt, 1),
+        ("sample.num_prompts", s.num_prompts, 1), ("sample.batch_size", s.batch_size, 1),
+        ("sample.max_per_prompt", s.max_per_prompt, 0), ("sample.repeat_ngram", s.repeat_ngram, 1),
+        ("sample.max_repeats", s.max_repeats, 1),
+        ("sample.max_paragraph_chars", s.max_paragraph_chars, 1),
+        ("rollout.max_new_tokens", cfg.rollout.max_new_tokens, 1),
+    ]:
+        if value < least:
+            raise UserError(f"{key} must be at least {least}, got {value}")
+    if not 0.0 <= s.language_tolerance <= 1.0:
+        raise UserError(f"sample.language_tolerance must be in [0, 1], got {s.language_tolerance}")
+    if s.cold_start_format and "correct" not in s.filters:
+        raise UserError("sample.cold_start_format needs the 'correct' filter: the summary states "
+                        "the completion's answer, which must be right")
+    chain = build_filters(list(s.filters), language_tolerance=s.language_tolerance,
+                          repeat_ngram=s.repeat_ngram, max_repeats=s.max_repeats,
+                          max_paragraph_chars=s.max_paragraph_chars)
+    train, _ = load_problems(cfg.data, 0)
+    if s.num_prompts > len(train):
+        log.warning(f"sample.num_prompts={s.num_prompts} but the train split has {len(train)} "
+                    "problems; sampling all of them")
+    rng = random.Random(f"sample-{cfg.run.seed}")
+    picked = rng.sample(range(len(train)), min(s.num_prompts, len(train)))
+    return chain, [train[i] for i in picked]
+
+
+def _new_tally(chain: FilterChain) -> dict:
+    return {
+        "prompts": 0, "generated": 0, "kept": 0, "prompts_with_kept": 0,
+        "rejected": {**dict.fromkeys(chain.names, 0), "duplicate": 0, "max_per_prompt": 0},
+        "passing_per_prompt": {}, "correct": 0, "well_formed": 0, "truncated": 0, "tokens": 0,
+        "language_sum": 0.0, "language_n": 0,
+        "seconds": {"generate": 0.0, "score": 0.0, "filter": 0.0},
+    }
+
+
+def _load_progress(run: RunFolder, chain: FilterChain) -> dict:
+    path = run.path / "progress.json"
+    if run.resumed and path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: invalid JSON ({e})") from None
+    return {"batches_done": 0, "rows": 0, "tally": _new_tally(chain)}
+
+
+def _cut_rows(path: Path, rows: int) -> None:
+    """Keep the first `rows` complete lines of `path`: drop what the batch in flight wrote."""
+    if not path.exists():
+        if rows:
+            raise UserError(f"{path}: missing, but progress.json records {rows} rows")
+        return
+    lines = path.read_bytes().split(b"\n")  # the last item is b"" or a partial line
+    if len(lines) - 1 < rows:
+        raise UserError(f"{path}: {len(lines) - 1} rows, but progress.json records {rows}")
+    if len(lines) - 1 > rows or lines[-1]:
+        log.warning(f"{path}: dropping {len(lines) - 1 - rows} rows of an unfinished batch")
+        atomic_write_text(path, b"".join(line + b"\n" for line in lines[:rows]).decode("utf-8"))
+
+
+def _append_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.writelines(_jsonl_line(r) for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _jsonl_line(record: dict) -> str:
+    """One JSON line; the line separators `json.dumps` leaves raw are escaped, so that readers
+    splitting on any line break (`str.splitlines`) still see one record per line."""
+    text = json.dumps(record, ensure_ascii=False)
+    for ch in ("\u2028", "\u2029", "\x85"):
+        text = text.replace(ch, f"\\u{ord(ch):04x}")
+    return text + "\n"
+
+
+def _generation_info(cfg: SampleConfig, num_prompts: int) -> dict:
+    r, s = cfg.rollout, cfg.sample
+    return {
+        "model": cfg.model.path, "dtype": cfg.model.dtype, "data_source": cfg.data.source,
+        "template": cfg.data.template, "num_prompts": num_prompts,
+        "samples_per_prompt": s.samples_per_prompt, "temperature": r.temperature,
+        "top_p": r.top_p, "max_new_tokens": r.max_new_tokens, "stop": list(r.stop),
+        "seed": cfg.run.seed, "filters": list(s.filters), "max_per_prompt": s.max_per_prompt,
+        "cold_start_format": s.cold_start_format,
+    }
+
+
+def _counts(t: dict) -> dict:
+    n = max(t["generated"], 1)
+    return {
+        "prompts": t["prompts"],
+        "generated": t["generated"],
+        "kept": t["kept"],
+        "rejected": t["rejected"],
+        "passed_filters": t["kept"] + t["rejected"]["duplicate"] + t["rejected"]["max_per_prompt"],
+        "prompts_with_kept": t["prompts_with_kept"],
+        "passing_per_prompt": {k: t["passing_per_prompt"][k]
+                               for k in sorted(t["passing_per_prompt"], key=int)},
+        "accuracy": t["correct"] / n,
+        "format": t["well_formed"] / n,
+        "language": t["language_sum"] / t["language_n"] if t["language_n"] else None,
+        "truncated": t["truncated"] / n,
+        "mean_tokens": t["tokens"] / n,
+        "seconds": {k: round(v, 2) for k, v in t["seconds"].items()},
+    }
+
+
+def _print_counts(c: dict, out: Path) -> None:
+    print(f"{c['generated']} samples of {c['prompts']} prompts: kept {c['kept']} "
+          f"({c['prompts_with_kept']} prompts with at least one) -> {out}")
+    for name, count in c["rejected"].items():
+        print(f"  rejected by {name:<18}{count:>8}")
+    print(f"  sampler accuracy {c['accuracy']:.3f}  format {c['format']:.3f}  "
+          f"truncated {c['truncated']:.3f}")

@@ -1,0 +1,321 @@
+"""Language consistency (words, scripts, target language, the two reward forms), the
+rejection-sampling filters, the filter chain's counts and the cold-start rewrite (R1-SPEC.md §5)."""
+
+from __future__ import annotations
+
+import doctest
+import random
+
+import pytest
+
+import r1kit.filters
+import r1kit.language
+import r1kit.rewards.language
+from r1kit.errors import UserError
+from r1kit.filters import (
+    Candidate,
+    build_filters,
+    correct,
+    no_code_blocks,
+    no_repetition,
+    not_truncated,
+    short_paragraphs,
+    single_language,
+    to_cold_start,
+    well_formed,
+)
+from r1kit.language import (
+    detect_word_language,
+    language_consistency,
+    reasoning_part,
+    target_language,
+    words,
+)
+from r1kit.rewards import get_reward
+from r1kit.rewards.language import make_language, make_language_threshold
+from r1kit.rewards.scoring import RewardSpec, score
+from r1kit.tasks.arithmetic import CorpusStyle, correct_solution, sample_problems, worked_solution
+from r1kit.tasks.base import Problem
+
+EN = Problem("p", "Compute 47+8-9", "46")
+
+
+@pytest.mark.parametrize("module", [r1kit.language, r1kit.rewards.language, r1kit.filters])
+def test_docstring_examples(module):
+    result = doctest.testmod(module)
+    assert result.failed == 0 and result.attempted > 0
+
+
+# --- words and languages ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("47+8=55, 55-9=46", []),  # numbers and symbols are not words
+        ("wait, 47+8=55", ["wait"]),
+        ("подожди, 47 плюс 8 равно 55", ["подожди", "плюс", "равно"]),
+        ("x_1 = 2y", ["x", "y"]),  # digits and underscores split words
+        ("答案是 46, so", ["答", "案", "是", "so"]),  # one word per ideograph
+        ("don't", ["don", "t"]),
+        ("", []),
+    ],
+)
+def test_words(text, expected):
+    assert words(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("word", "language"),
+    [("Wait", "en"), ("café", "en"), ("Ñandú", "en"), ("равно", "ru"), ("ЁЖ", "ru"),
+     ("答", "zh"), ("π", "other"), ("こんにちは", "other"), ("plюс", "other")],
+)
+def test_detect_word_language(word, language):
+    assert detect_word_language(word) == language
+
+
+def test_language_consistency_on_hand_made_texts():
+    english = "First add eight, then take away nine: the result is 46."
+    russian = "Сначала прибавим восемь, потом вычтем девять: получится 46."
+    assert language_consistency(english, "en") == 1.0
+    assert language_consistency(russian, "en") == 0.0
+    assert language_consistency(russian, "ru") == 1.0
+    # 4 English words (so, plus, is, wait) and 2 Russian (минус, равно): 4/6 and 2/6
+    mixed = "so 47 plus 8 is 55, wait, 55 минус 9 равно 46"
+    assert language_consistency(mixed, "en") == pytest.approx(4 / 6)
+    assert language_consistency(mixed, "ru") == pytest.approx(2 / 6)
+    assert language_consistency(mixed, "zh") == 0.0
+    assert language_consistency("47+8=55, 55-9=46", "en") is None  # no words: 0/0
+    assert language_consistency("", "en") is None
+    # CJK: 3 ideographs and 1 Latin word
+    assert language_consistency("答案是 46 ok", "zh") == pytest.approx(3 / 4)
+
+
+def test_a_library_detector_plugs_in_as_a_labeler():
+    def by_suffix(text: str) -> list[str]:  # a stand-in for a real detector: "-ez" words are French
+        return ["fr" if w.endswith("ez") else "en" for w in words(text)]
+
+    assert language_consistency("calculez then add", "fr", by_suffix) == pytest.approx(1 / 3)
+    assert target_language("Calculez vite", by_suffix) == "fr"
+    reward = make_language(by_suffix)
+    assert reward("<think> calculez then add </think>", Problem("p", "Calculez 1+1", "2")) == \
+        pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "language"),
+    [("Compute 47+8-9", "en"), ("Вычислите 47+8-9", "ru"), ("计算 47+8", "zh"), ("47+8-9", "en"),
+     ("Вычислите 47+8, then answer", "en"),  # 2 English words to 1 Russian
+     ("Вычислите, please", "ru"),  # a tie goes to the first seen
+     ("α+β", "en")],  # "other" does not vote
+)
+def test_target_language(prompt, language):
+    assert target_language(prompt) == language
+
+
+@pytest.mark.parametrize(
+    ("completion", "reasoning"),
+    [
+        ("<think> a </think> <answer> b </answer>", " a "),
+        ("a </think> <answer> b </answer>", "a "),  # prefilled <think>
+        ("<think> a, then", " a, then"),  # truncated before </think>
+        ("no tags at all", "no tags at all"),
+        ("pre <think> a </think> b </think>", " a "),  # the first closing tag ends it
+    ],
+)
+def test_reasoning_part(completion, reasoning):
+    assert reasoning_part(completion) == reasoning
+
+
+# --- the two reward forms ---------------------------------------------------------------------
+
+
+def test_language_rewards_proportion_and_threshold():
+    language, threshold = get_reward("language"), get_reward("language_threshold")
+    # 19 English words and 1 Russian: 0.95, exactly the default threshold
+    at = "<think> " + "so " * 19 + "итак </think> <answer> 46 </answer>"
+    # 18 and 1: 18/19 < 0.95
+    below = "<think> " + "so " * 18 + "итак </think> <answer> 46 </answer>"
+    assert language(at, EN) == pytest.approx(0.95) and threshold(at, EN) == 1.0
+    assert language(below, EN) == pytest.approx(18 / 19) and threshold(below, EN) == 0.0
+    assert make_language_threshold(0.9)(below, EN) == 1.0
+    # only the reasoning counts: Russian after </think> does not
+    assert language("<think> so </think> ответ <answer> 46 </answer>", EN) == 1.0
+    # no words in the reasoning: not scorable
+    assert language("<think> 47+8=55 </think> <answer> 55 </answer>", EN) is None
+    assert threshold("<think> 47+8=55 </think> <answer> 55 </answer>", EN) is None
+    # the problem may name its language
+    ru = Problem("p", "Compute 47+8", "55", {"language": "ru"})
+    assert language("<think> 47 плюс 8 равно 55 </think>", ru) == 1.0
+    with pytest.raises(ValueError, match="threshold"):
+        make_language_threshold(1.5)
+
+
+def test_language_reward_in_weighted_scoring():
+    texts = ["<think> so, 47 plus 8 </think> <answer> 55 </answer>",
+             "<think> 47 плюс 8 </think> <answer> 55 </answer>",
+             "<think> 47+8 </think> <answer> 55 </answer>"]
+    s = score(texts, [EN] * 3, [RewardSpec("accuracy", 1.0), RewardSpec("language", 1.0)],
+              [10] * 3, 64)
+    assert s.per_reward["language"] == [1.0, 0.0, None]
+    assert s.total == [1.0, 0.0, 0.0]  # accuracy 0 (answer 46); None counts 0 in the total
+    assert s.means()["reward/language"] == 0.5  # None is skipped in the mean
+
+
+def test_builtin_russian_traces_score_zero():
+    style = CorpusStyle(carry_slip=0, slip=0, recheck=0, second_language=1.0, no_tags=0)
+    for p in sample_problems(5, "train", seed=3):
+        russian = worked_solution(p, random.Random(0), style)
+        assert get_reward("language")(russian, p) == 0.0
+        assert get_reward("accuracy")(russian, p) == 1.0
+        assert not single_language(Candidate(russian, p))[0]
+        assert single_language(Candidate(correct_solution(p), p)) == (True, "")
+
+
+# --- filters ----------------------------------------------------------------------------------
+
+
+def test_not_truncated_and_correct_and_well_formed():
+    good = "<think> 47+8=55, 55-9=46 </think> <answer> 46 </answer>"
+    assert not_truncated(Candidate(good, EN)) == (True, "")
+    assert not_truncated(Candidate("<think> 47+8", EN, num_tokens=64, truncated=True)) == \
+        (False, "truncated at 64 tokens")
+    assert correct(Candidate(good, EN)) == (True, "")
+    assert correct(Candidate(good.replace("46", "45"), EN))[0] is False
+    assert correct(Candidate("<think> 47+8=55 </think>", EN))[0] is False  # no answer
+    kept, reason = correct(Candidate(good, Problem("p", "?", "\\frac{1}{")))
+    assert not kept and "does not parse" in reason
+    assert well_formed(Candidate(good, EN)) == (True, "")
+    assert well_formed(Candidate("<think> 47+8 </think> so <answer> 46 </answer>", EN))[0] is False
+    assert well_formed(Candidate("<answer> 46 </answer>", EN))[0] is False
+
+
+def test_filters_use_precomputed_scores():
+    wrong = Candidate("<answer> 1 </answer>", EN, scores={"accuracy": 1.0, "format": 1.0})
+    assert correct(wrong) == (True, "") and well_formed(wrong) == (True, "")
+    timed_out = Candidate("<think> 47+8-9=46 </think> <answer> 46 </answer>", EN,
+                          scores={"accuracy": 0.0})  # a failed (timed-out) reward scores 0
+    assert correct(timed_out)[0] is False
+
+
+def test_single_language_with_tolerance():
+    # 9 English words, 1 Russian: share 0.9
+    c = Candidate("<think> " + "so " * 9 + "итак </think> <answer> 46 </answer>", EN)
+    assert single_language(c) == (False, "90% of the reasoning's words are in 'en'")
+    assert single_language(c, tolerance=0.1) == (True, "")
+    assert single_language(c, tolerance=0.05)[0] is False
+    assert single_language(Candidate("<think> 47+8=55 </think>", EN)) == (True, "")  # no words
+    # the answer's words do not count, only the reasoning's
+    assert single_language(Candidate("<think> so </think> <answer> сорок </answer>", EN))[0]
+
+
+def test_no_repetition_boundary():
+    step = "55-9=46, "
+    # 6 tokens: the 4-gram of one repeated token occurs 3 times: allowed; 7 tokens: 4 times
+    assert no_repetition(Candidate(step * 6, EN)) == (True, "")
+    kept, reason = no_repetition(Candidate(step * 7, EN))
+    assert not kept and reason == "'55-9=46 55-9=46 55-9=46 55-9=46' occurs 4 times"
+    # case and end punctuation are ignored
+    assert not no_repetition(Candidate("Wait. wait, WAIT! wait", EN), n=1, max_repeats=3)[0]
+    # a normal worked solution passes
+    for p in sample_problems(10, "train", seed=0):
+        assert no_repetition(Candidate(correct_solution(p), p)) == (True, "")
+
+
+def test_short_paragraphs_boundary():
+    ok = "<think> " + "a" * 20 + "\n\n" + "b" * 20 + " </think> <answer> 1 </answer>"
+    assert short_paragraphs(Candidate(ok, EN), max_chars=20) == (True, "")
+    one_long = ok.replace("\n\n", " ")  # 41 characters in one paragraph
+    assert short_paragraphs(Candidate(one_long, EN), max_chars=20) == \
+        (False, "a paragraph of 41 characters")
+    # a single newline does not start a paragraph; a blank line with spaces does
+    assert not short_paragraphs(Candidate(ok.replace("\n\n", "\n"), EN), max_chars=40)[0]
+    assert short_paragraphs(Candidate(ok.replace("\n\n", "\n  \n"), EN), max_chars=20)[0]
+    assert short_paragraphs(Candidate("<think>" + "x" * 1000 + "</think>", EN)) == (True, "")
+    assert not short_paragraphs(Candidate("<think>" + "x" * 1001 + "</think>", EN))[0]
+
+
+def test_no_code_blocks():
+    assert no_code_blocks(Candidate("<think> ```python\nprint(1)\n``` </think>", EN))[0] is False
+    assert no_code_blocks(Candidate("<think> 1 </think> <answer> ``` </answer>", EN)) == (True, "")
+
+
+# --- the chain --------------------------------------------------------------------------------
+
+
+def _mixed_batch() -> list[Candidate]:
+    good = "<think> 47+8=55, 55-9=46 </think> <answer> 46 </answer>"
+    return [
+        Candidate(good, EN),
+        Candidate("<think> 47+8", EN, truncated=True),  # truncated (and so also wrong)
+        Candidate(good.replace("46", "45"), EN),  # wrong
+        Candidate("<think> 47 плюс 8 </think> 46 <answer> 46 </answer>", EN),  # bad format + ru
+        Candidate("<think> 47 плюс 8 равно 55 </think> <answer> 46 </answer>", EN),  # Russian
+        Candidate("<think> " + "55-9=46, " * 7 + "</think> <answer> 46 </answer>", EN),  # loop
+    ]
+
+
+def test_chain_counts_each_rejection_once_under_the_first_failing_filter():
+    names = ["not_truncated", "correct", "well_formed", "single_language", "no_repetition",
+             "short_paragraphs"]
+    kept, rejected = build_filters(names).apply(_mixed_batch())
+    assert [c.text for c in kept] == [_mixed_batch()[0].text]
+    assert rejected == {"not_truncated": 1, "correct": 1, "well_formed": 1, "single_language": 1,
+                        "no_repetition": 1, "short_paragraphs": 0}
+    assert list(rejected) == names  # counts in chain order
+    assert len(kept) + sum(rejected.values()) == len(_mixed_batch())
+
+    # another order moves the counts: the truncated one is now wrong first, the badly formatted
+    # Russian one is Russian first
+    kept, rejected = build_filters(["single_language", "correct", "not_truncated"]).apply(
+        _mixed_batch())
+    assert rejected == {"single_language": 2, "correct": 2, "not_truncated": 0}
+    assert len(kept) == 2  # the good one and the loop
+
+    kept, rejected = build_filters([]).apply(_mixed_batch())
+    assert len(kept) == 6 and rejected == {}
+
+
+def test_chain_settings_and_errors():
+    chain = build_filters(["no_repetition", "short_paragraphs", "single_language"],
+                          repeat_ngram=1, max_repeats=10, max_paragraph_chars=5000,
+                          language_tolerance=1.0)
+    kept, _ = chain.apply(_mixed_batch())
+    assert len(kept) == 6
+    assert chain.first_failure(Candidate("a " * 11, EN)) == ("no_repetition", "'a' occurs 11 times")
+    with pytest.raises(UserError, match="unknown filter 'corect'; known filters: not_truncated"):
+        build_filters(["corect"])
+    with pytest.raises(UserError, match="listed twice"):
+        build_filters(["correct", "correct"])
+
+
+# --- the cold-start rewrite -------------------------------------------------------------------
+
+
+def test_to_cold_start_is_readable_and_still_scores():
+    accuracy, fmt = get_reward("accuracy"), get_reward("format")
+    summary, think = get_reward("summary_format"), get_reward("think_format")
+    for p in sample_problems(20, "train", seed=2):
+        original = correct_solution(p)
+        cold = to_cold_start(original, p.answer)
+        assert cold.startswith("<think> ")
+        assert cold.endswith(f"The answer is <answer> {p.answer} </answer>")
+        assert reasoning_part(cold).strip() == reasoning_part(original).strip()
+        assert accuracy(cold, p) == 1.0 and summary(cold, p) == 1.0 and think(cold, p) == 1.0
+        assert fmt(cold, p) == 0.0  # R1-Zero's format allows no summary
+        assert to_cold_start(cold, p.answer) == cold  # a rewrite of a rewrite changes nothing
+    # a prefilled <think> (no opening tag in the completion) is restored
+    assert to_cold_start("47+8=55 </think> <answer>55</answer>", "55") == \
+        "<think> 47+8=55 </think> The answer is <answer> 55 </answer>"
+
+
+def test_summary_format_reward():
+    summary = get_reward("summary_format")
+    assert summary("<think> a </think>\nSo 2.\n<answer> 2 </answer>\n", EN) == 1.0
+    assert summary("<think> a </think> <answer> 2 </answer>", EN) == 0.0  # no summary
+    assert summary("<think> a </think> So <answer> </answer>", EN) == 0.0  # blank answer
+    assert summary("<think> a </think> So <answer> 2 </answer>.", EN) == 0.0  # text after
+    assert summary("So <answer> 2 </answer>", EN) == 0.0  # no reasoning tags
+    assert summary("<think> a </think> So <answer> 1 </answer> <answer> 2 </answer>", EN) == 0.0
+    prefilled = Problem("p", "?", "2", {"prefilled_think": True})
+    assert summary(" a </think> So <answer> 2 </answer>", prefilled) == 1.0
