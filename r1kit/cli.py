@@ -1,4 +1,4 @@
-"""The one entry point: `r1kit base | zero | sft | sample | eval`.
+"""The one entry point: `r1kit base | zero | rl | sft | sample | eval | pipeline`.
 
 Every stage takes `--config FILE.yaml` (overrides only) and any number of `--set key=value`;
 `r1kit STAGE --help` lists every key with its default and meaning.
@@ -13,6 +13,7 @@ import sys
 from r1kit.config import (
     BaseConfig,
     EvalStageConfig,
+    PipelineConfig,
     SampleConfig,
     SFTConfig,
     ZeroConfig,
@@ -24,9 +25,11 @@ from r1kit.errors import UserError
 STAGES = {
     "base": (BaseConfig, "build the built-in tiny base model (deterministic; cached)"),
     "zero": (ZeroConfig, "R1-Zero: GRPO with rule-based rewards straight from a base model"),
+    "rl": (ZeroConfig, "GRPO from any checkpoint (e.g. Dev1), any rewards (e.g. + language)"),
     "sft": (SFTConfig, "completion-only SFT on {prompt, completion} pairs (cold start, distill)"),
     "sample": (SampleConfig, "rejection sampling / cold-start data: filtered samples -> SFT JSONL"),
     "eval": (EvalStageConfig, "pass@1 / pass@k / cons@k of a model on held-out problems"),
+    "pipeline": (PipelineConfig, "the R1 recipe, Zero -> ... -> R1, and the per-stage table"),
 }
 
 
@@ -49,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML file of overrides (e.g. recipes/tiny/zero.yaml)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, e.g. --set rl.beta=0.001 (repeatable)")
-        if name in ("zero", "sft", "sample"):
+        if name in ("zero", "rl", "sft", "sample", "pipeline"):
             p.add_argument("--resume", metavar="RUN_DIR",
-                           help="continue a killed run from its last checkpoint or batch")
+                           help="continue a killed run from its last checkpoint or batch "
+                                "(pipeline: skip finished stages)")
         if name == "eval":
             p.add_argument("--model", help="model folder or hub name (same as --set model.path=)")
     return parser
@@ -71,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             from r1kit.stages import base
 
             base.main(cfg)
-        elif args.stage == "zero":
+        elif args.stage in ("zero", "rl"):
             from r1kit.stages import zero
 
-            summary = zero.main(cfg, resume=args.resume)
+            summary = zero.main(cfg, resume=args.resume, stage=args.stage)
             if "stopped" in summary:
                 return 1
         elif args.stage == "sft":
@@ -89,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             from r1kit.stages import evaluate
 
             evaluate.main(cfg)
+        elif args.stage == "pipeline":
+            from r1kit.stages import pipeline
+
+            pipeline.main(cfg, resume=args.resume)
     except UserError as e:
         print(f"r1kit {args.stage}: error: {e}", file=sys.stderr)
         return 2

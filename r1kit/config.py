@@ -244,6 +244,60 @@ class SampleConfig:
     )
 
 
+# ----------------------------------------------------------------------------- R1 pipeline
+
+
+@dataclass(frozen=True)
+class PipelineStagesConfig:
+    zero_steps: int = opt(300, "01-zero: GRPO steps from the base model (recipes/tiny/zero.yaml)")
+    cold_start_prompts: int = opt(300, "02-cold-start: train prompts sampled from Zero")
+    cold_start_samples: int = opt(4, "02-cold-start: completions per prompt (T = 1.0)")
+    reasoning_rl_steps: int = opt(100, "04-dev2: GRPO steps from Dev1 (reasoning RL)")
+    language_reward: float = opt(
+        0.2, "04-dev2 and 07-r1: weight of the language-consistency reward (0 = off; R1-SPEC §5)"
+    )
+    format_reward: float = opt(
+        0.1, "04-dev2 and 07-r1: weight of summary_format, the cold-start format Dev1 learns"
+    )
+    rejection_prompts: int = opt(300, "05-rejection: train prompts sampled from Dev2")
+    rejection_samples: int = opt(4, "05-rejection: completions per prompt")
+    final_rl_steps: int = opt(50, "07-r1: GRPO steps from Dev3")
+    final_temperature: float = opt(0.7, "07-r1: rollout temperature (R1-SPEC §3.2: 0.7)")
+    distill: bool = opt(False, "reserved: distillation into a student is not part of the pipeline yet")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """`r1kit pipeline`: the DeepSeek-R1 recipe, Zero -> cold start -> Dev1 -> Dev2 -> Dev3 -> R1.
+
+    The shared sections apply to every stage; each stage's size comes from `pipeline.*`, so
+    `rl.steps`, `sample.num_prompts`, `sample.samples_per_prompt` and the rewards are set per
+    stage by the pipeline (see r1kit/stages/pipeline.py).
+    """
+
+    run: RunConfig = section(RunConfig, "pipeline folder, seed, device (stages are sub-folders)")
+    model: ModelConfig = section(ModelConfig, "the base model (Zero, Dev1 and Dev3 start from it)")
+    data: DataConfig = section(DataConfig, "problems for every stage and the held-out table")
+    rollout: RolloutConfig = section(RolloutConfig, "sampling in RL and sampling stages")
+    rl: RLConfig = field(
+        default_factory=lambda: RLConfig(beta=1e-3, ref_reset_every=100),
+        metadata={"help": "GRPO settings of the three RL stages (steps: pipeline.*_steps)"},
+    )
+    sft: SFTTrainConfig = field(
+        default_factory=lambda: SFTTrainConfig(
+            epochs=3, lr=1e-3, min_lr=1e-4, warmup_steps=5, batch_size=16, micro_batch_size=16
+        ),
+        metadata={"help": "both SFT stages (Dev1, Dev3); lr sized for the tiny built-in model "
+                          "(5e-4 left it half in the old format)"},
+    )
+    sample: RejectionSamplingConfig = field(
+        default_factory=lambda: RejectionSamplingConfig(cold_start_format=True),
+        metadata={"help": "filters and format of both sampling stages (sizes: pipeline.*)"},
+    )
+    eval: EvalConfig = section(EvalConfig, "held-out evaluation inside stages and for the table")
+    pipeline: PipelineStagesConfig = section(PipelineStagesConfig, "per-stage sizes and rewards")
+
+
 # ----------------------------------------------------------------------------- machinery
 
 
@@ -352,14 +406,15 @@ def _merge(base: dict, new: dict, where: str, prefix: str = "") -> None:
             base[k] = v
 
 
-def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) for every leaf field, for --help."""
+def describe(cls, prefix: str = "", default=None) -> list[tuple[str, str, str]]:
+    """(key, default, help) for every leaf field, for --help. A section's defaults are those of
+    the instance its parent builds (PipelineConfig's `rl` is not RLConfig())."""
     rows = []
-    default = cls()
+    default = cls() if default is None else default
     for f in dataclasses.fields(cls):
         value = getattr(default, f.name)
         if dataclasses.is_dataclass(value):
-            rows += describe(type(value), prefix + f.name + ".")
+            rows += describe(type(value), prefix + f.name + ".", value)
         else:
             rows.append((prefix + f.name, repr(value), f.metadata.get("help", "")))
     return rows

@@ -34,6 +34,8 @@ class EvalResult:
     k: int
     num_problems: int
     samples: list[dict] = field(default_factory=list, repr=False)
+    completions: list[str] = field(default_factory=list, repr=False)
+    """Every completion, k per problem in problem order (row i*k + j: problem i, sample j)."""
 
     def metrics(self, prefix: str = "eval/") -> dict[str, float]:
         return {
@@ -91,4 +93,5 @@ def evaluate(
         k=k,
         num_problems=len(problems),
         samples=samples,
+        completions=texts,
     )

@@ -56,15 +56,17 @@ class Timer:
         self.times[f"time/{phase}"] = self.times.get(f"time/{phase}", 0.0) + seconds
 
 
-def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
+def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dict:
+    """One GRPO run. `stage` names new run folders (`r1kit rl` is this same stage, run from any
+    checkpoint with any rewards, e.g. Dev1 with the language reward)."""
     if resume:
-        cfg = RunFolder.open(cfg, "zero", resume).cfg
+        cfg = RunFolder.open(cfg, stage, resume).cfg
     # Inputs first: a bad problem file or reward name leaves no run folder behind.
     train_set, eval_set = load_problems(cfg.data, cfg.eval.num_problems)
     specs = [RewardSpec(name, float(w)) for name, w in cfg.rewards.weights.items()]
     for spec in specs:
         get_reward(spec.name)
-    run = RunFolder.open(cfg, "zero", resume)
+    run = RunFolder.open(cfg, stage, resume)
     cfg = run.cfg
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -109,7 +111,7 @@ def main(cfg: ZeroConfig, resume: str | None = None) -> dict:
         state["base_eval"] = evaluate_now("base")
         _print_eval("base", state["base_eval"], cfg.eval.k)
 
-    bar = tqdm(total=rl.steps, initial=state["step"], desc="zero", dynamic_ncols=True,
+    bar = tqdm(total=rl.steps, initial=state["step"], desc=stage, dynamic_ncols=True,
                mininterval=1.0)
     stopped = None
     while state["step"] < rl.steps:

@@ -1,0 +1,322 @@
+"""`r1kit pipeline`: the DeepSeek-R1 recipe as one resumable command (R1-SPEC §3.2, §4.2, §5).
+
+Each stage is a call to an existing stage's `main` with a config derived from the pipeline's, and
+writes its own run folder inside the pipeline folder:
+    01-zero        GRPO from the base model, accuracy + format (R1-Zero)
+    02-cold-start  sample Zero on train prompts at T = 1.0; keep the correct, well-formed,
+                   single-language, repetition-free samples, rewritten as `<think>…</think> summary
+                   <answer>…</answer>` (R1-SPEC §5)
+    03-dev1        SFT of the BASE model on them (cold start)
+    04-dev2        GRPO from Dev1, accuracy + summary_format + language consistency (reasoning RL)
+    05-rejection   sample Dev2 several times per prompt, keep the correct ones, filtered, in the
+                   same summary format
+    06-dev3        SFT of the BASE model on them
+    07-r1          GRPO from Dev3 with the same rewards at temperature 0.7 (R1-SPEC §3.2)
+then every checkpoint (Base, Zero, Dev1, Dev2, Dev3, R1) is evaluated on the same held-out
+problems and the per-stage table (R1-SPEC §4.2) is printed and written as pipeline.json and
+pipeline.md.
+
+`manifest.json` records each finished stage and each finished evaluation (written atomically after
+the stage's own summary). `--resume PIPELINE_DIR` skips what it records; an unfinished stage is
+resumed from its own checkpoint (GRPO, SFT) or progress file (sampling), or restarted when it had
+saved nothing yet. A stage whose summary exists but was not yet recorded counts as finished.
+
+Table columns: pass@1 and cons@k as in `r1kit eval` (R1-SPEC §4.4); `format`: the share of
+completions in the format the checkpoint was trained towards (R1-Zero's `format` for Base and Zero,
+`summary_format` for Dev1 and after; pipeline.json holds both for every row); `language`: the mean
+share of target-language words in the reasoning (`language.language_consistency` of
+`reasoning_part`, the problem's language), over the completions whose reasoning has words at all;
+`tokens`: mean completion length; `reflection`: share of completions with a reflection word
+(R1-SPEC §6).
+
+Departures from the paper, on purpose: the RL after the cold start rewards `summary_format` (the
+form the cold-start data teaches) instead of R1-Zero's `format`; the language reward has weight
+`pipeline.language_reward` (0.2) rather than being summed with weight 1, so that on a tiny model it
+does not outweigh accuracy; both SFT stages use lr 1e-3 -> 1e-4, batch 16, 3 epochs (the paper's
+5e-5 barely moves the tiny model on a few hundred examples); rejection sampling drops the
+`well_formed` filter (R1-Zero's format, which the summary form fails) and relies on the rewrite
+into the summary form; no non-reasoning data, no preference reward model and no distillation
+(`pipeline.distill` is reserved).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from r1kit.checkpoint import atomic_write_text
+from r1kit.config import (
+    ModelConfig,
+    PipelineConfig,
+    RewardsConfig,
+    SampleConfig,
+    SFTConfig,
+    SFTDataConfig,
+    ZeroConfig,
+)
+from r1kit.errors import UserError
+from r1kit.evaluation import EvalResult, evaluate
+from r1kit.language import language_consistency, problem_language, reasoning_part
+from r1kit.models import load_model, pick_device
+from r1kit.rewards import get_reward
+from r1kit.runs import RunFolder, load_problems
+from r1kit.stages import sample as sample_stage
+from r1kit.stages import sft as sft_stage
+from r1kit.stages import zero as rl_stage
+
+log = logging.getLogger("r1kit")
+
+STAGES = ("01-zero", "02-cold-start", "03-dev1", "04-dev2", "05-rejection", "06-dev3", "07-r1")
+CHECKPOINTS = (("Base", None), ("Zero", "01-zero"), ("Dev1", "03-dev1"), ("Dev2", "04-dev2"),
+               ("Dev3", "06-dev3"), ("R1", "07-r1"))
+"""The table's rows: (label, stage folder holding `final/`; None = the base model)."""
+TRAINED_ON_SUMMARY = {"Dev1", "Dev2", "Dev3", "R1"}
+
+
+def main(cfg: PipelineConfig, resume: str | None = None) -> dict:
+    if resume:
+        if not (Path(resume) / "manifest.json").is_file():
+            raise UserError(f"{resume}: not a pipeline folder (no manifest.json)")
+        run = RunFolder.open(cfg, "pipeline", resume, checkpoints=False)
+    else:
+        _check(cfg)  # bad settings fail before a pipeline folder is made
+        run = RunFolder.open(cfg, "pipeline")
+    cfg = run.cfg
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    manifest = _load_manifest(run)
+    t_start = time.time()
+
+    # ---------------------------------------------------------------- stages
+    for name, (kind, stage_cfg) in stage_configs(cfg, run.path).items():
+        if name in manifest["stages"]:
+            print(f"[pipeline] {name}: finished earlier, skipped")
+            continue
+        print(f"\n[pipeline] ===== {name} ({kind}) =====")
+        t0 = time.time()
+        summary = run_stage(name, kind, stage_cfg, run.path / name)
+        manifest["stages"][name] = {"kind": kind, "seconds": round(time.time() - t0, 1),
+                                    "summary": summary}
+        run.write_json("manifest.json", manifest)
+
+    # ---------------------------------------------------------------- per-stage table
+    t_eval = time.time()
+    rows = evaluate_checkpoints(cfg, run, manifest)
+    result = {"num_problems": cfg.eval.num_problems, "k": cfg.eval.k,
+              "stage_seconds": {n: s["seconds"] for n, s in manifest["stages"].items()},
+              "table_eval_seconds": round(time.time() - t_eval, 1),
+              "seconds_this_invocation": round(time.time() - t_start, 1), "rows": rows}
+    run.write_json("pipeline.json", result)
+    table = markdown_table(rows, cfg.eval.k)
+    atomic_write_text(
+        run.path / "pipeline.md",
+        f"# R1 pipeline: {run.path.name}\n\nHeld-out problems: {len(_heldout(cfg))}, "
+        f"k = {cfg.eval.k} samples each (T = {cfg.eval.temperature}, top-p {cfg.eval.top_p}).\n\n"
+        + table + "\n" + TABLE_NOTE + "\n"
+    )
+    print("\n" + table)
+    print(f"pipeline folder: {run.path}")
+    return result
+
+
+# -------------------------------------------------------------------------------- stages
+
+
+def stage_configs(cfg: PipelineConfig, root: Path) -> dict[str, tuple[str, object]]:
+    """Stage folder name -> (kind, the config its stage `main` runs with), in order."""
+    p = cfg.pipeline
+    later_rewards = {"accuracy": 1.0, "summary_format": p.format_reward,
+                     "language": p.language_reward}
+    later_rewards = {k: w for k, w in later_rewards.items() if w}
+    base = cfg.model.path
+
+    def run_section(name: str):
+        return dataclasses.replace(cfg.run, name=name, out_dir=str(root))
+
+    def model(path: str) -> ModelConfig:
+        return dataclasses.replace(cfg.model, path=path)
+
+    def grpo(name: str, start: str, steps: int, weights: dict, temperature: float) -> ZeroConfig:
+        return ZeroConfig(run=run_section(name), model=model(start), data=cfg.data,
+                          rollout=dataclasses.replace(cfg.rollout, temperature=temperature),
+                          rl=dataclasses.replace(cfg.rl, steps=steps),
+                          rewards=RewardsConfig(weights=weights), eval=cfg.eval)
+
+    def sampler(name: str, start: str, prompts: int, samples: int, filters: list) -> SampleConfig:
+        s = dataclasses.replace(cfg.sample, num_prompts=prompts, samples_per_prompt=samples,
+                                filters=filters)
+        return SampleConfig(run=run_section(name), model=model(start), data=cfg.data,
+                            rollout=cfg.rollout, sample=s)
+
+    def sft(name: str, data_from: str) -> SFTConfig:
+        data = SFTDataConfig(train_file=str(root / data_from / "sft.jsonl"),
+                             template=cfg.data.template)
+        # The table evaluates every checkpoint on the same problems; no eval inside SFT.
+        return SFTConfig(run=run_section(name), model=model(base), data=data, sft=cfg.sft,
+                         eval=dataclasses.replace(cfg.eval, num_problems=0))
+
+    def final(name: str) -> str:
+        return str(root / name / "final")
+
+    rejection_filters = [f for f in cfg.sample.filters if f != "well_formed"]
+    return {
+        "01-zero": ("rl", grpo("01-zero", base, p.zero_steps, RewardsConfig().weights,
+                               cfg.rollout.temperature)),
+        "02-cold-start": ("sample", sampler("02-cold-start", final("01-zero"),
+                                            p.cold_start_prompts, p.cold_start_samples,
+                                            list(cfg.sample.filters))),
+        "03-dev1": ("sft", sft("03-dev1", "02-cold-start")),
+        "04-dev2": ("rl", grpo("04-dev2", final("03-dev1"), p.reasoning_rl_steps, later_rewards,
+                               cfg.rollout.temperature)),
+        "05-rejection": ("sample", sampler("05-rejection", final("04-dev2"), p.rejection_prompts,
+                                           p.rejection_samples, rejection_filters)),
+        "06-dev3": ("sft", sft("06-dev3", "05-rejection")),
+        "07-r1": ("rl", grpo("07-r1", final("06-dev3"), p.final_rl_steps, later_rewards,
+                             p.final_temperature)),
+    }
+
+
+def run_stage(name: str, kind: str, cfg, folder: Path) -> dict:
+    """Run (or resume, or recognise as finished) one stage; its summary."""
+    done_file = folder / ("counts.json" if kind == "sample" else "summary.json")
+    if done_file.is_file() and (kind == "sample" or (folder / "final").is_dir()):
+        log.warning(f"{folder}: finished before the manifest recorded it; not run again")
+        return json.loads(done_file.read_text())
+    resume = None
+    if (folder / "config.yaml").is_file():
+        if kind == "sample" or (folder / "checkpoints" / "latest").is_file():
+            resume = str(folder)
+        else:  # started, but killed before its first checkpoint: nothing to keep
+            log.warning(f"{folder}: no checkpoint yet; starting the stage again")
+            shutil.rmtree(folder)
+    if kind == "rl":
+        summary = rl_stage.main(cfg, resume=resume, stage="rl")
+        if "stopped" in summary:
+            raise UserError(f"stage {name}: {summary['stopped']}")
+        return summary
+    if kind == "sft":
+        require_sft_data(Path(cfg.data.train_file).parent, name)
+        return sft_stage.main(cfg, resume=resume)
+    return sample_stage.main(cfg, resume=resume)
+
+
+def require_sft_data(sample_folder: Path, stage: str) -> None:
+    """A clear error, not a crash, when the sampling stage before an SFT stage kept nothing."""
+    counts_file = sample_folder / "counts.json"
+    if not counts_file.is_file():
+        raise UserError(f"stage {stage}: {counts_file} is missing; the sampling stage did not "
+                        "finish")
+    counts = json.loads(counts_file.read_text())
+    if counts.get("kept", 0) == 0:
+        rejected = ", ".join(f"{k} {v}" for k, v in counts.get("rejected", {}).items() if v)
+        raise UserError(
+            f"stage {stage}: {sample_folder.name} kept 0 of {counts.get('generated', 0)} samples "
+            f"(rejected: {rejected or 'none'}), so there is nothing to fine-tune on. Start a new "
+            "pipeline with more prompts or samples (pipeline.cold_start_prompts, "
+            "pipeline.rejection_prompts, *_samples), more Zero steps, or fewer sample.filters "
+            "(toy runs: sample.filters=[] and sample.cold_start_format=false)"
+        )
+
+
+def _check(cfg: PipelineConfig) -> None:
+    p = cfg.pipeline
+    if p.distill:
+        raise UserError("pipeline.distill is reserved: distillation is not part of the pipeline "
+                        "yet; run `r1kit sft` on a student with the 05-rejection data instead")
+    for key in ("zero_steps", "reasoning_rl_steps", "final_rl_steps", "cold_start_prompts",
+                "cold_start_samples", "rejection_prompts", "rejection_samples"):
+        if getattr(p, key) < 1:
+            raise UserError(f"pipeline.{key} must be at least 1, got {getattr(p, key)}")
+    if p.language_reward < 0 or p.format_reward < 0:
+        raise UserError("pipeline.language_reward and pipeline.format_reward must be >= 0")
+    if cfg.sample.cold_start_format and "correct" not in cfg.sample.filters:
+        raise UserError("sample.cold_start_format needs the 'correct' filter in sample.filters "
+                        "(the summary states the answer); or set sample.cold_start_format=false")
+
+
+def _load_manifest(run: RunFolder) -> dict:
+    path = run.path / "manifest.json"
+    if run.resumed and path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: invalid JSON ({e})") from None
+    manifest = {"stages": {}, "evals": {}}
+    run.write_json("manifest.json", manifest)
+    return manifest
+
+
+# -------------------------------------------------------------------------------- the table
+
+
+def _heldout(cfg: PipelineConfig) -> list:
+    return load_problems(cfg.data, cfg.eval.num_problems)[1]
+
+
+def evaluate_checkpoints(cfg: PipelineConfig, run: RunFolder, manifest: dict) -> list[dict]:
+    """One table row per checkpoint, each evaluated once (recorded in the manifest)."""
+    problems = _heldout(cfg)
+    device = pick_device(cfg.run.device)
+    for label, folder in CHECKPOINTS:
+        if label in manifest["evals"]:
+            continue
+        path = cfg.model.path if folder is None else str(run.path / folder / "final")
+        print(f"[pipeline] evaluating {label} ({path}) on {len(problems)} held-out problems")
+        model, tokenizer = load_model(path, cfg.model.dtype, device)
+        res = evaluate(model, tokenizer, problems, cfg.eval, template=cfg.data.template,
+                       stop=cfg.rollout.stop, seed=cfg.run.seed)
+        run.write_jsonl(f"eval/{label}.jsonl", res.samples)
+        manifest["evals"][label] = table_row(label, res, problems)
+        run.write_json("manifest.json", manifest)
+    return [manifest["evals"][label] for label, _ in CHECKPOINTS]
+
+
+def table_row(label: str, res: EvalResult, problems: list) -> dict:
+    """The table's numbers for one checkpoint, from all k completions of every problem."""
+    texts = res.completions
+    per_row = [problems[i // res.k] for i in range(len(texts))]
+    fmt, summary_fmt = get_reward("format"), get_reward("summary_format")
+    shares = [language_consistency(reasoning_part(t), problem_language(p))
+              for t, p in zip(texts, per_row)]
+    shares = [s for s in shares if s is not None]
+    formats = {
+        "format": sum(fmt(t, p) == 1.0 for t, p in zip(texts, per_row)) / len(texts),
+        "summary_format": sum(summary_fmt(t, p) == 1.0 for t, p in zip(texts, per_row)) / len(texts),
+    }
+    return {
+        "model": label,
+        "pass@1": res.pass1, "pass@1_ci": list(res.pass1_ci), "cons@k": res.cons_k,
+        "format_rate": formats["summary_format" if label in TRAINED_ON_SUMMARY else "format"],
+        **formats,
+        "language": sum(shares) / len(shares) if shares else None,
+        "with_words": len(shares) / len(texts),
+        "tokens": res.mean_tokens,
+        "reflection": res.reflection,
+    }
+
+
+TABLE_NOTE = (
+    "format: share in the format the checkpoint was trained towards (R1-Zero's `format` for Base "
+    "and Zero, `summary_format` after the cold start; pipeline.json has both). language: mean "
+    "share of target-language words in the reasoning, over completions whose reasoning has words. "
+    "reflection: share of completions with a reflection word (R1-SPEC §6)."
+)
+
+
+def markdown_table(rows: list[dict], k: int) -> str:
+    def num(v, digits=3):
+        return "n/a" if v is None else f"{v:.{digits}f}"
+
+    lines = [f"| model | pass@1 | cons@{k} | format | language | tokens | reflection |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {num(r['pass@1'])} | {num(r['cons@k'])} | "
+                     f"{num(r['format_rate'])} | {num(r['language'])} | {num(r['tokens'], 1)} | "
+                     f"{num(r['reflection'])} |")
+    return "\n".join(lines) + "\n"
