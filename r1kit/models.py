@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import torch
@@ -20,6 +21,15 @@ def pick_device(name: str = "auto") -> torch.device:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def prepare_torch(run_cfg) -> torch.device:
+    """Threads, seeds and device for a stage, from its `run` config section."""
+    if run_cfg.threads:
+        torch.set_num_threads(run_cfg.threads)
+    random.seed(run_cfg.seed)
+    torch.manual_seed(run_cfg.seed)
+    return pick_device(run_cfg.device)
 
 
 def resolve_model_path(path: str) -> str:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from r1kit.errors import UserError
-from r1kit.tasks.files import _type_name
+from r1kit.tasks.files import _type_name, read_lines
 from r1kit.templates import render_prompt
 
 IGNORE = -100  # the label of a position that is not a target (prompt, padding)
@@ -52,16 +52,7 @@ def load_sft_jsonl(path: str | Path) -> list[SFTExample]:
     """
     path = Path(path)
     name = str(path)
-    if not path.exists():
-        raise UserError(f"{name}: no such file")
-    if path.is_dir():
-        raise UserError(f"{name}: is a directory, not a JSONL file")
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")  # JSON may hold U+2028 etc.
-    except UnicodeDecodeError as e:
-        raise UserError(f"{name}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise UserError(f"{name}: cannot read ({e.strerror})") from None
+    lines = read_lines(path)
     examples = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():

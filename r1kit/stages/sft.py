@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 
 import torch
@@ -28,7 +27,7 @@ from r1kit import checkpoint as ckpt
 from r1kit.config import DataConfig, SFTConfig
 from r1kit.errors import UserError
 from r1kit.evaluation import evaluate
-from r1kit.models import load_model, pick_device
+from r1kit.models import load_model, prepare_torch
 from r1kit.runs import RunFolder, load_problems
 from r1kit.sft import (
     collate,
@@ -53,11 +52,7 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
         examples, eval_set = _inputs(cfg)  # a bad data file fails before a run folder is made
         run = RunFolder.open(cfg, "sft")
         cfg = run.cfg
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    device = pick_device(cfg.run.device)
-    random.seed(cfg.run.seed)
-    torch.manual_seed(cfg.run.seed)
+    device = prepare_torch(cfg.run)
 
     resume_from = ckpt.latest_checkpoint(run.path) if run.resumed else None
     model, tokenizer = load_model(str(resume_from or cfg.model.path), cfg.model.dtype, device)

@@ -30,7 +30,7 @@ from r1kit import grpo
 from r1kit.config import ZeroConfig
 from r1kit.evaluation import evaluate
 from r1kit.logprobs import completion_logprobs
-from r1kit.models import load_model, pick_device
+from r1kit.models import load_model, prepare_torch
 from r1kit.rewards import get_reward
 from r1kit.rewards.scoring import RewardSpec, score
 from r1kit.rollout.hf import Rollouts, sample
@@ -68,11 +68,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         get_reward(spec.name)
     run = RunFolder.open(cfg, stage, resume)
     cfg = run.cfg
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    device = pick_device(cfg.run.device)
-    random.seed(cfg.run.seed)
-    torch.manual_seed(cfg.run.seed)
+    device = prepare_torch(cfg.run)
 
     resume_from = ckpt.latest_checkpoint(run.path) if run.resumed else None
     policy, tokenizer = load_model(str(resume_from or cfg.model.path), cfg.model.dtype, device)

@@ -18,6 +18,22 @@ from r1kit.errors import UserError
 from r1kit.tasks.base import Problem
 
 
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (split on "\n" only: JSON may hold U+2028 and friends),
+    or a `UserError` naming the file."""
+    name = str(path)
+    if not path.exists():
+        raise UserError(f"{name}: no such file")
+    if path.is_dir():
+        raise UserError(f"{name}: is a directory, not a JSONL file")
+    try:
+        return path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{name}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{name}: cannot read ({e.strerror})") from None
+
+
 def load_jsonl(
     path: str | Path, prompt_key: str = "prompt", answer_key: str = "answer"
 ) -> list[Problem]:
@@ -27,16 +43,7 @@ def load_jsonl(
     """
     path = Path(path)
     name = str(path)
-    if not path.exists():
-        raise UserError(f"{name}: no such file")
-    if path.is_dir():
-        raise UserError(f"{name}: is a directory, not a JSONL file")
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")  # JSON may hold U+2028 etc.
-    except UnicodeDecodeError as e:
-        raise UserError(f"{name}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise UserError(f"{name}: cannot read ({e.strerror})") from None
+    lines = read_lines(path)
 
     def records() -> Iterable[tuple[str, str, Any]]:
         for lineno, line in enumerate(lines, start=1):
