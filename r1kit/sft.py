@@ -20,7 +20,6 @@ Choices the papers leave open, and departures:
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from r1kit.errors import UserError
-from r1kit.tasks.files import _type_name, read_lines
+from r1kit.tasks.files import _type_name, jsonl_records
 from r1kit.templates import render_prompt
 
 IGNORE = -100  # the label of a position that is not a target (prompt, padding)
@@ -51,17 +50,8 @@ def load_sft_jsonl(path: str | Path) -> list[SFTExample]:
     Whitespace-only lines are skipped. Every mistake is a `UserError` naming the file and line.
     """
     path = Path(path)
-    name = str(path)
-    lines = read_lines(path)
     examples = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{name}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: invalid JSON ({e.msg})") from None
+    for where, _, record in jsonl_records(path):
         if not isinstance(record, dict):
             raise UserError(f"{where}: expected a JSON object, got {_type_name(record)}")
         for key in ("prompt", "completion"):
@@ -73,7 +63,7 @@ def load_sft_jsonl(path: str | Path) -> list[SFTExample]:
                 )
         examples.append(SFTExample(record["prompt"], record["completion"]))
     if not examples:
-        raise UserError(f"{name}: file is empty (no examples)")
+        raise UserError(f"{path}: file is empty (no examples)")
     return examples
 
 

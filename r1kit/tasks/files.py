@@ -10,7 +10,7 @@ the data is a `UserError` naming the file, line (or row) and key.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,20 @@ def read_lines(path: Path) -> list[str]:
         raise UserError(f"{name}: cannot read ({e.strerror})") from None
 
 
+def jsonl_records(path: Path) -> Iterator[tuple[str, int, Any]]:
+    """`(where, lineno, record)` for each non-blank line of a JSONL file, `where` being
+    `FILE:LINE`; invalid JSON is a `UserError` naming it."""
+    for lineno, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: invalid JSON ({e.msg})") from None
+        yield where, lineno, record
+
+
 def load_jsonl(
     path: str | Path, prompt_key: str = "prompt", answer_key: str = "answer"
 ) -> list[Problem]:
@@ -42,21 +56,9 @@ def load_jsonl(
     Ids default to `STEM-LINENO` (`problems-3` for line 3 of `problems.jsonl`).
     """
     path = Path(path)
-    name = str(path)
-    lines = read_lines(path)
-
-    def records() -> Iterable[tuple[str, str, Any]]:
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{name}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: invalid JSON ({e.msg})") from None
-            yield where, f"{path.stem}-{lineno}", record
-
-    return _to_problems(records(), name, prompt_key, answer_key)
+    records = ((where, f"{path.stem}-{lineno}", record)
+               for where, lineno, record in jsonl_records(path))
+    return _to_problems(records, str(path), prompt_key, answer_key)
 
 
 def load_hf_dataset(
