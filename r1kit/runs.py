@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from r1kit.checkpoint import atomic_write_text
+from r1kit.checkpoint import atomic_write_text, read_json
 from r1kit.config import DataConfig, load_config, to_dict
 from r1kit.errors import UserError
 from r1kit.tasks.arithmetic import is_heldout, sample_problems
@@ -62,6 +62,18 @@ class RunFolder:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name))
         atomic_write_text(path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return cls(path, cfg, resumed=False)
+
+    def record_eval(self, step: int, tag: str, result) -> dict[str, float]:
+        """Log an `EvalResult` to eval.jsonl and its samples to samples/eval-TAG.jsonl."""
+        metrics = result.metrics()
+        self.append("eval.jsonl", {"step": step, "tag": tag, **metrics})
+        self.write_jsonl(f"samples/eval-{tag}.jsonl", result.samples)
+        return metrics
+
+    def read_state(self, name: str) -> dict | None:
+        """A JSON state file of a resumed run (None for a new run or a missing file)."""
+        path = self.path / name
+        return read_json(path) if self.resumed and path.is_file() else None
 
     def append(self, name: str, record: dict) -> None:
         self.append_many(name, [record])

@@ -241,12 +241,9 @@ def _check(cfg: PipelineConfig) -> None:
 
 
 def _load_manifest(run: RunFolder) -> dict:
-    path = run.path / "manifest.json"
-    if run.resumed and path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: invalid JSON ({e})") from None
+    saved = run.read_state("manifest.json")
+    if saved is not None:
+        return saved
     manifest = {"stages": {}, "evals": {}}
     run.write_json("manifest.json", manifest)
     return manifest

@@ -223,12 +223,9 @@ def _new_tally(chain: FilterChain) -> dict:
 
 
 def _load_progress(run: RunFolder, chain: FilterChain) -> dict:
-    path = run.path / "progress.json"
-    if run.resumed and path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: invalid JSON ({e})") from None
+    saved = run.read_state("progress.json")
+    if saved is not None:
+        return saved
     return {"batches_done": 0, "rows": 0, "tally": _new_tally(chain)}
 
 

@@ -91,10 +91,7 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
             return {}
         res = evaluate(model, tokenizer, eval_set, cfg.eval, template=d.template,
                        seed=cfg.run.seed)
-        metrics = res.metrics()
-        run.append("eval.jsonl", {"step": state["step"], "tag": tag, **metrics})
-        run.write_jsonl(f"samples/eval-{tag}.jsonl", res.samples)
-        return metrics
+        return run.record_eval(state["step"], tag, res)
 
     t_start = time.time() - state["wall_seconds"]
     if state["base_eval"] is None:

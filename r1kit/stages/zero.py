@@ -97,10 +97,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     def evaluate_now(tag: str) -> dict:
         res = evaluate(policy, tokenizer, eval_set, cfg.eval, template=cfg.data.template,
                        stop=cfg.rollout.stop, seed=cfg.run.seed)
-        metrics = res.metrics()
-        run.append("eval.jsonl", {"step": state["step"], "tag": tag, **metrics})
-        run.write_jsonl(f"samples/eval-{tag}.jsonl", res.samples)
-        return metrics
+        return run.record_eval(state["step"], tag, res)
 
     t_start = time.time() - state["wall_seconds"]
     if state["base_eval"] is None:
