@@ -1,0 +1,446 @@
+"""Run untrusted Python programs against assert tests: bubblewrap isolation, resource limits, and
+grading that the program cannot forge (DESIGN.md: untrusted model output never runs unconfined).
+
+Threat model (README, "Code execution sandbox"): the program is hostile. It may loop, fork, allocate,
+print or write without end, read secrets, open sockets, signal or ptrace other processes, outlive
+its run, or attack the harness that runs the tests. Defences, each tested in
+tests/test_sandbox_adversarial.py:
+
+- isolation (bubblewrap): new user, PID, network, IPC, UTS and cgroup namespaces (the network
+  namespace holds only its own loopback); the root is an empty read-only tmpfs with `/usr` (and the
+  interpreter's prefix, if elsewhere) bound read-only, `/dev/null` and a private size-capped `/tmp`;
+  no `/proc`, `/etc`, home, repository or run folder; the environment is cleared; all capabilities
+  dropped; new session; nested user namespaces disabled; killed with its parent. Started by root,
+  bubblewrap itself runs as `nobody`, so the process limit applies (it does not to root);
+- limits, set by the harness before the program runs: CPU seconds, address space, processes, file
+  size, open files, no core files; the parent kills the whole process group at the wall-clock
+  limit or when the output passes its cap, and bubblewrap's PID 1 takes every leftover with it;
+- grading outside the program's reach: a test `assert EXPR == LITERAL` is split in the parent; only
+  `EXPR` goes into the sandbox, whose harness reports `repr(value)`, and the parent compares it with
+  the literal, which never enters the sandbox. Harness records carry a random per-run nonce, so
+  printed lines ("all tests passed") are ignored; duplicate or missing records fail the run; an
+  early `exit(0)` leaves tests unreported, which fail. A bare `assert EXPR` (or a comparison with a
+  non-literal) is judged `EXPR is True` inside the sandbox: a program built to subvert the harness
+  can forge those, so the built-in task uses only `== LITERAL` tests.
+
+Not defended: kernel exploits, CPU-cache side channels, and timing noise from other programs on the
+machine. There is no seccomp filter; the kernel surface is that of an unprivileged user in fresh
+namespaces.
+
+Where bubblewrap cannot run, `Sandbox` refuses with a `UserError` unless `allow_unsandboxed=True`:
+then programs run as plain child processes with the same limits and grading, which contains bugs
+but not attacks (it can read your files and use the network), and a warning is logged loudly.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from r1kit.errors import UserError
+
+log = logging.getLogger("r1kit")
+
+# Why a program failed; "passed" when every test passed.
+REASONS = ("passed", "wrong_answer", "runtime_error", "timeout", "memory_limit", "output_limit",
+           "syntax_error", "no_code", "sandbox_error")
+_TRUE = object()  # expected value of a bare `assert EXPR`: the sandbox judges `EXPR is True`
+_MAX_REPR = 4096  # longest value repr the parent will parse
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-program resource limits (the defaults suit short test programs)."""
+
+    wall_s: float = 4.0
+    cpu_s: int = 2
+    memory_mb: int = 256
+    processes: int = 16
+    output_bytes: int = 64_000
+    file_bytes: int = 1_000_000
+    tmp_bytes: int = 4_000_000
+    open_files: int = 64
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    """The result of one program against its tests."""
+
+    passed: int
+    total: int
+    reason: str
+    detail: str = ""
+    seconds: float = 0.0
+
+    @property
+    def fraction(self) -> float:
+        return self.passed / self.total if self.total else 0.0
+
+
+@dataclass(frozen=True)
+class ParsedTest:
+    expr: str
+    expected: object  # a Python literal, or _TRUE
+
+
+def parse_test(test: str) -> ParsedTest:
+    """Split `assert EXPR == LITERAL` into the expression run in the sandbox and the literal kept in
+    the parent; any other single `assert` is judged `EXPR is True`. ValueError if not an assert.
+
+    >>> parse_test("assert f(2) == 8")
+    ParsedTest(expr='f(2)', expected=8)
+    >>> parse_test("assert 3 == f(1)").expected
+    3
+    """
+    try:
+        tree = ast.parse(test.strip(), mode="exec")
+    except SyntaxError as e:
+        raise ValueError(f"not valid Python ({e.msg})") from None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
+        raise ValueError("a test must be one `assert` statement")
+    node = tree.body[0].test
+    if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq):
+        for side, other in ((node.comparators[0], node.left), (node.left, node.comparators[0])):
+            try:
+                return ParsedTest(ast.unparse(other), ast.literal_eval(side))
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                continue
+    return ParsedTest(ast.unparse(node), _TRUE)
+
+
+# The trusted harness, run as `python -I -S -c HARNESS` with the job on stdin. It sets the limits,
+# runs the program in a fresh namespace, evaluates each test expression and reports on fd 1, one
+# nonce-tagged JSON record per line. It holds no expected values.
+HARNESS = r"""
+import errno, json, os, resource, sys
+def kind(e):
+    if isinstance(e, MemoryError): return "memory_limit"
+    if isinstance(e, OSError) and e.errno == errno.EFBIG: return "output_limit"
+    if isinstance(e, RecursionError): return "runtime_error"
+    return "runtime_error"
+def main():
+    job = json.loads(sys.stdin.read())
+    sys.stdin.close()
+    write, dumps, tag = os.write, json.dumps, job["nonce"]
+    def emit(*record):
+        write(1, ("\n" + tag + " " + dumps(record) + "\n").encode())
+    for name, soft, hard in job["rlimits"]:
+        resource.setrlimit(getattr(resource, name), (soft, hard))
+    try:
+        code = compile(job["program"], "<program>", "exec")
+        tests = [compile(t, "<test>", "eval") for t in job["tests"]]
+    except (SyntaxError, ValueError) as e:
+        emit("syntax_error", type(e).__name__ + ": " + str(e)[:200])
+        return
+    ns = {"__name__": "solution", "__builtins__": __builtins__}
+    try:
+        exec(code, ns)
+    except BaseException as e:
+        emit("program_error", kind(e), type(e).__name__ + ": " + str(e)[:200])
+        return
+    for i, test in enumerate(tests):
+        try:
+            value = eval(test, ns)
+            text = "True" if value is True else repr(value)
+        except BaseException as e:
+            emit("test_error", i, kind(e), type(e).__name__ + ": " + str(e)[:200])
+            continue
+        emit("value", i, text[:4097])
+    emit("done")
+main()
+"""
+
+
+def find_python() -> str:
+    """The interpreter run inside the sandbox: the system `python3` under /usr if there is one
+    (nothing else needs binding), else the base interpreter of this Python."""
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    if system:
+        return os.path.realpath(system)
+    import sys
+
+    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
+class Sandbox:
+    """Runs programs against tests, batched over a pool of `workers` processes at once.
+
+    Results of programs that finished (not timeouts or sandbox errors) are cached by
+    (program, tests): the G completions of a group often write the same program.
+    """
+
+    def __init__(self, limits: Limits = Limits(), workers: int = 0,
+                 allow_unsandboxed: bool = False, python: str = "", cache_size: int = 4096):
+        self.limits = limits
+        self.workers = workers or os.cpu_count() or 1
+        self.python = python or find_python()
+        self._cache: OrderedDict[tuple, TestOutcome] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        problem = bwrap_problem(self.python)
+        self.sandboxed = problem is None
+        if problem is not None:
+            if not allow_unsandboxed:
+                raise UserError(
+                    f"code execution needs the bubblewrap sandbox, which cannot run here: {problem}. "
+                    "Install it (Debian/Ubuntu: apt-get install bubblewrap; `make env` does it as "
+                    "root), or pass --unsafe-allow-unsandboxed (sandbox.unsafe_allow_unsandboxed="
+                    "true) to run model-written code UNCONFINED with only resource limits"
+                )
+            log.warning(
+                "!!! UNSAFE: running model-written code WITHOUT a sandbox (%s). It can read your "
+                "files, use the network and signal your processes; only resource limits apply. !!!",
+                problem,
+            )
+
+    # ------------------------------------------------------------------ public
+
+    def run(self, program: str, tests: list[str]) -> TestOutcome:
+        return self.run_many([(program, tests)])[0]
+
+    def run_many(self, jobs: list[tuple[str, list[str]]]) -> list[TestOutcome]:
+        """One outcome per `(program, tests)`, run in parallel; identical jobs run once."""
+        keys = [(program, tuple(tests)) for program, tests in jobs]
+        todo = []
+        with self._lock:
+            for key in dict.fromkeys(keys):
+                if key not in self._cache:
+                    todo.append(key)
+        fresh: dict[tuple, TestOutcome] = {}
+        if todo:
+            with ThreadPoolExecutor(max_workers=min(self.workers, len(todo))) as pool:
+                for key, outcome in zip(todo, pool.map(lambda k: self._run_one(*k), todo)):
+                    fresh[key] = outcome
+        with self._lock:
+            for key, outcome in fresh.items():
+                if outcome.reason not in ("timeout", "sandbox_error"):  # may pass on a calmer machine
+                    self._cache[key] = outcome
+                    if len(self._cache) > self._cache_size:
+                        self._cache.popitem(last=False)
+            out = []
+            for key in keys:
+                out.append(fresh[key] if key in fresh else self._cache[key])
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+        return out
+
+    # ------------------------------------------------------------------ one program
+
+    def _run_one(self, program: str, tests: tuple[str, ...]) -> TestOutcome:
+        t0 = time.monotonic()
+        try:
+            parsed = [parse_test(t) for t in tests]
+        except ValueError as e:
+            return TestOutcome(0, len(tests), "sandbox_error", f"bad test: {e}")
+        nonce = secrets.token_hex(16)
+        exprs = [f"(True if ({p.expr}) else False)" if p.expected is _TRUE else p.expr
+                 for p in parsed]  # a bare assert passes on any truthy value, as in Python
+        job = json.dumps({"program": program, "tests": exprs,
+                          "nonce": nonce, "rlimits": self._rlimits()}).encode()
+        workdir = None if self.sandboxed else tempfile.mkdtemp(prefix="r1kit-unsafe-")
+        try:
+            output, killed, rc = self._execute(job, workdir)
+        finally:
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+        outcome = grade(output, nonce, parsed, killed, rc)
+        return TestOutcome(outcome.passed, outcome.total, outcome.reason, outcome.detail,
+                           time.monotonic() - t0)
+
+    def _rlimits(self) -> list[tuple[str, int, int]]:
+        lim = self.limits
+        rl = [("RLIMIT_CPU", lim.cpu_s, lim.cpu_s + 1),
+              ("RLIMIT_AS", lim.memory_mb << 20, lim.memory_mb << 20),
+              ("RLIMIT_FSIZE", lim.file_bytes, lim.file_bytes),
+              ("RLIMIT_NOFILE", lim.open_files, lim.open_files),
+              ("RLIMIT_CORE", 0, 0)]
+        if self.sandboxed:  # outside a user namespace it would count all of this user's processes
+            rl.append(("RLIMIT_NPROC", lim.processes, lim.processes))
+        return rl
+
+    def _argv(self) -> list[str]:
+        run = [self.python, "-I", "-S", "-c", HARNESS]
+        if not self.sandboxed:
+            return run
+        return bwrap_argv(self.python, self.limits.tmp_bytes) + run
+
+    def _execute(self, job: bytes, workdir: str | None) -> tuple[bytes, str, int]:
+        """Run the harness; return (output, why it was killed or "", exit status)."""
+        as_nobody = self.sandboxed and os.geteuid() == 0
+        proc = subprocess.Popen(
+            self._argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd=workdir or "/",
+            start_new_session=True, close_fds=True,
+            **({"user": 65534, "group": 65534, "extra_groups": []} if as_nobody else {}),
+        )
+        deadline = time.monotonic() + self.limits.wall_s
+        try:
+            proc.stdin.write(job)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        chunks, size, killed = [], 0, ""
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    killed = "timeout"
+                    break
+                if not sel.select(timeout=left):
+                    continue
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > self.limits.output_bytes:
+                    killed = "output_limit"
+                    break
+        if killed:
+            _kill_group(proc)
+        try:
+            rc = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # cannot happen after SIGKILL unless the kernel stalls
+            _kill_group(proc)
+            rc = proc.wait()
+        proc.stdout.close()
+        return b"".join(chunks), killed, rc
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def bwrap_argv(python: str, tmp_bytes: int) -> list[str]:
+    """The bubblewrap command line (see the module docstring for why each part is there)."""
+    argv = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns",
+            "--uid", "65534", "--gid", "65534", "--die-with-parent", "--new-session",
+            "--cap-drop", "ALL", "--clearenv",
+            "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8",
+            "--setenv", "HOME", "/tmp",
+            "--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/lib", "/lib32", "/lib64", "/libx32", "/sbin"):
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    prefix = str(Path(python).resolve().parent.parent)
+    if not prefix.startswith("/usr"):  # e.g. pyenv or conda: bind only that installation
+        argv += ["--ro-bind", prefix, prefix]
+    if os.path.isfile("/etc/ld.so.cache"):
+        argv += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    argv += ["--dir", "/dev", "--dev-bind", "/dev/null", "/dev/null",
+             "--size", str(tmp_bytes), "--tmpfs", "/tmp",
+             "--remount-ro", "/", "--chdir", "/tmp", "--"]
+    return argv
+
+
+_PROBES: dict[str, str | None] = {}
+
+
+def bwrap_problem(python: str) -> str | None:
+    """None if the bubblewrap sandbox runs `python` here, else why not (cached per interpreter)."""
+    if python not in _PROBES:
+        if shutil.which("bwrap") is None:
+            _PROBES[python] = "bwrap is not installed"
+        else:
+            kw = {"user": 65534, "group": 65534, "extra_groups": []} if os.geteuid() == 0 else {}
+            try:
+                r = subprocess.run(bwrap_argv(python, 1 << 20) + [python, "-I", "-S", "-c",
+                                   "print(6*7)"], check=False, capture_output=True, timeout=30, env={}, **kw)
+                ok = r.returncode == 0 and r.stdout.strip() == b"42"
+                err = r.stderr.decode(errors="replace").strip()[:300]
+                _PROBES[python] = None if ok else f"bwrap failed ({err or f'exit {r.returncode}'})"
+            except (OSError, subprocess.TimeoutExpired) as e:
+                _PROBES[python] = f"bwrap failed ({e})"
+    return _PROBES[python]
+
+
+def grade(output: bytes, nonce: str, tests: list[ParsedTest], killed: str, rc: int) -> TestOutcome:
+    """Grade the harness's records in the parent, comparing values with the expected literals."""
+    total = len(tests)
+    values: dict[int, str] = {}
+    errors: dict[int, str] = {}
+    prefix = nonce + " "
+    program_error = syntax = None
+    done = tampered = False
+    for line in output.decode("utf-8", errors="replace").split("\n"):
+        if not line.startswith(prefix):
+            continue
+        try:
+            record = json.loads(line[len(prefix):])
+            kind = record[0]
+        except (ValueError, IndexError, TypeError):
+            tampered = True
+            continue
+        fresh = (len(record) > 1 and isinstance(record[1], int) and 0 <= record[1] < total
+                 and record[1] not in values and record[1] not in errors)
+        if kind == "value" and len(record) == 3 and fresh and isinstance(record[2], str):
+            values[record[1]] = record[2]
+        elif kind == "test_error" and len(record) == 4 and fresh:
+            errors[record[1]] = f"{record[2]}|{record[3]}"
+        elif kind == "program_error" and len(record) == 3 and program_error is None:
+            program_error = (record[1], record[2])
+        elif kind == "syntax_error" and syntax is None:
+            syntax = str(record[1])
+        elif kind == "done" and not done:
+            done = True
+        else:
+            tampered = True
+    if tampered:
+        return TestOutcome(0, total, "runtime_error", "harness output tampered with")
+    if syntax is not None:
+        return TestOutcome(0, total, "syntax_error", syntax)
+    passed = sum(1 for i, t in enumerate(tests) if i in values and _matches(values[i], t.expected))
+    if killed:
+        return TestOutcome(passed, total, killed, f"killed: {killed}")
+    if program_error is not None:
+        return TestOutcome(0, total, program_error[0], program_error[1])
+    # SIGXCPU at the soft CPU limit; SIGKILL at the hard one (a program that ignores SIGXCPU).
+    if rc in (128 + signal.SIGXCPU, -signal.SIGXCPU, 128 + signal.SIGKILL, -signal.SIGKILL):
+        return TestOutcome(passed, total, "timeout", "CPU time limit")
+    if not done:
+        detail = f"exited (status {rc}) before the tests finished"
+        if rc != 0 and not values and not errors and b"bwrap:" in output:
+            return TestOutcome(0, total, "sandbox_error", output.decode(errors="replace")[-300:])
+        return TestOutcome(passed, total, "runtime_error", detail)
+    if passed == total:
+        return TestOutcome(passed, total, "passed")
+    if errors:
+        kinds = [e.split("|", 1) for e in errors.values()]
+        reason = next((k for k, _ in kinds if k != "runtime_error"), "runtime_error")
+        return TestOutcome(passed, total, reason, kinds[0][1])
+    return TestOutcome(passed, total, "wrong_answer")
+
+
+def _matches(text: str, expected: object) -> bool:
+    if expected is _TRUE:
+        return text == "True"
+    if len(text) > _MAX_REPR:
+        return False
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+    try:
+        return bool(value == expected)
+    except Exception:  # noqa: BLE001 -- literals compare safely, but be defensive
+        return False

@@ -1,0 +1,112 @@
+"""The sandbox's parts: test parsing, grading in the parent, the refusal path, the unsafe fallback,
+batching and the cache (hostile programs: test_sandbox_adversarial.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pytest
+
+from r1kit import sandbox as sb
+from r1kit.errors import UserError
+from r1kit.sandbox import Limits, Sandbox, bwrap_problem, find_python, grade, parse_test
+
+NEEDS_BWRAP = pytest.mark.skipif(
+    bwrap_problem(find_python()) is not None,
+    reason=f"bubblewrap unavailable: {bwrap_problem(find_python())}",
+)
+TESTS = ["assert f(1) == 5", "assert f(2) == 8", "assert f(7) == 23"]
+FAST = Limits(wall_s=2.0, cpu_s=1)
+
+
+def test_parse_test_keeps_the_literal_in_the_parent():
+    assert parse_test("assert f(2) == 8") == sb.ParsedTest("f(2)", 8)
+    assert parse_test("assert [1, 'a'] == g('x')") == sb.ParsedTest("g('x')", [1, "a"])
+    assert parse_test("assert f(1) > 0").expected is sb._TRUE
+    assert parse_test("assert f(1) == g(1)") == sb.ParsedTest("f(1) == g(1)", sb._TRUE)
+    for bad in ("f(1) == 2", "assert f(1) ==", "import os", "assert 1\nassert 2"):
+        with pytest.raises(ValueError):
+            parse_test(bad)
+
+
+def _records(nonce: str, *records) -> bytes:
+    return "".join(f"\n{nonce} {json.dumps(list(r))}\n" for r in records).encode()
+
+
+def test_grade_compares_values_in_the_parent_and_ignores_untagged_lines():
+    tests = [parse_test(t) for t in TESTS]
+    out = b"all tests passed\n3/3\n" + _records("n1", ("value", 0, "5"), ("value", 1, "8"),
+                                                ("value", 2, "22"), ("done",))
+    o = grade(out, "n1", tests, "", 0)
+    assert (o.passed, o.total, o.reason) == (2, 3, "wrong_answer")
+    assert grade(out, "other-nonce", tests, "", 0).passed == 0
+    forged_twice = _records("n1", ("value", 0, "5")) + out
+    assert grade(forged_twice, "n1", tests, "", 0).reason == "runtime_error"
+    early_exit = _records("n1", ("value", 0, "5"))
+    assert grade(early_exit, "n1", tests, "", 0).reason == "runtime_error"
+    bogus = _records("n1", ("value", 7, "5"), ("done",))
+    assert grade(bogus, "n1", tests, "", 0).reason == "runtime_error"
+    huge = _records("n1", ("value", 0, "[" * 5000), ("value", 1, "8"), ("value", 2, "23"),
+                    ("done",))
+    assert grade(huge, "n1", tests, "", 0).passed == 2
+
+
+def test_refuses_without_bubblewrap_unless_explicitly_allowed(monkeypatch, caplog):
+    monkeypatch.setitem(sb._PROBES, "/fake/python3", "bwrap is not installed")
+    with pytest.raises(UserError, match="--unsafe-allow-unsandboxed"):
+        Sandbox(FAST, python="/fake/python3")
+    python = find_python()
+    monkeypatch.setitem(sb._PROBES, python, "bwrap is not installed")
+    with caplog.at_level(logging.WARNING, logger="r1kit"):
+        unsafe = Sandbox(FAST, allow_unsandboxed=True)
+    assert not unsafe.sandboxed
+    assert "UNSAFE" in caplog.text
+    # Same harness, limits and grading, without isolation.
+    assert unsafe.run("def f(x):\n    return 3 * x + 2", TESTS).reason == "passed"
+    assert unsafe.run("while True:\n    pass", TESTS).reason == "timeout"
+    assert unsafe.run("def f(x):\n    return x", TESTS).reason == "wrong_answer"
+
+
+@NEEDS_BWRAP
+def test_reasons_for_ordinary_failures():
+    box = Sandbox(FAST)
+    programs = {
+        "def f(x):\n    return 3 * x + 2": ("passed", 3),
+        "def f(x):\n    return {1: 5, 2: 8}[x]": ("runtime_error", 2),
+        "def f(x):\n    return 3 * x + 1": ("wrong_answer", 0),
+        "def f(x) return x": ("syntax_error", 0),
+        "import nonexistent_module": ("runtime_error", 0),
+        "def g(x):\n    return x": ("runtime_error", 0),
+    }
+    outcomes = box.run_many([(p, TESTS) for p in programs])
+    for (program, (reason, passed)), o in zip(programs.items(), outcomes):
+        assert (o.reason, o.passed) == (reason, passed), program
+
+
+@NEEDS_BWRAP
+def test_bare_asserts_and_values_of_any_literal_type():
+    box = Sandbox(FAST)
+    tests = ["assert is_even(4)", "assert not is_even(3)", "assert pair(2) == (2, [2.5])"]
+    good = "def is_even(n):\n    return n % 2 == 0\ndef pair(n):\n    return (n, [n + 0.5])"
+    assert box.run(good, tests).reason == "passed"
+    truthy = "def is_even(n):\n    return 1\ndef pair(n):\n    return None"
+    outcome = box.run(truthy, tests)  # 1 is truthy, as for `assert`; the others fail
+    assert (outcome.passed, outcome.reason) == (1, "wrong_answer")
+
+
+@NEEDS_BWRAP
+def test_one_hung_program_does_not_hold_up_the_batch_and_results_are_cached():
+    box = Sandbox(Limits(wall_s=1.5, cpu_s=1), workers=2)
+    jobs = [("import time\ntime.sleep(30)", TESTS)] + [
+        (f"def f(x):\n    return 3 * x + {i % 4}", TESTS) for i in range(12)
+    ]
+    t0 = time.monotonic()
+    outcomes = box.run_many(jobs)
+    assert time.monotonic() - t0 < 6
+    assert outcomes[0].reason == "timeout"
+    assert [o.reason for o in outcomes[1:]].count("passed") == 3  # every "+ 2" program
+    t0 = time.monotonic()
+    again = box.run_many(jobs[1:])  # finished programs come from the cache
+    assert time.monotonic() - t0 < 0.05 and again == outcomes[1:]
