@@ -129,6 +129,10 @@ class RewardsConfig:
         "reward name -> weight; the total is the weighted sum (R1-SPEC §2.2)",
     )
     timeout_s: float = opt(5.0, "per-call time limit; a reward over it scores as a failure")
+    active_last: dict = opt(
+        {}, "reward name -> N: that reward counts only in the last N steps (R1-SPEC §3.2: the "
+        "preference reward, reward_model:PATH, ran in the last 400 of 1,700 steps)",
+    )
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,17 @@ class RejectionSamplingConfig:
         False, "rewrite kept completions as <think>…</think> summary <answer>…</answer> "
         "(R1-SPEC §5; needs the 'correct' filter)",
     )
+    readable: bool = opt(
+        True, "with cold_start_format, also put the reasoning in the task's readable form "
+        "(built-in arithmetic: '47+8 is 55, then 55-9 is 46'; r1kit/filters.py READABLE)",
+    )
+    general_data: str = opt(
+        "", "non-reasoning SFT data mixed in, answered without <think> (R1-SPEC §3.2): '' (none), "
+        "'builtin' (greetings, one-step number questions) or a JSONL of {prompt, completion}",
+    )
+    general_samples: int = opt(
+        0, "how many non-reasoning records: generated for 'builtin', the first N of a file (0 = all)"
+    )
     language_tolerance: float = opt(
         0.0, "single_language keeps reasoning with a target-language word share >= 1 - this"
     )
@@ -250,7 +265,7 @@ class SampleConfig:
 @dataclass(frozen=True)
 class PipelineStagesConfig:
     zero_steps: int = opt(300, "01-zero: GRPO steps from the base model (recipes/tiny/zero.yaml)")
-    cold_start_prompts: int = opt(300, "02-cold-start: train prompts sampled from Zero")
+    cold_start_prompts: int = opt(800, "02-cold-start: train prompts sampled from Zero")
     cold_start_samples: int = opt(4, "02-cold-start: completions per prompt (T = 1.0)")
     reasoning_rl_steps: int = opt(100, "04-dev2: GRPO steps from Dev1 (reasoning RL)")
     language_reward: float = opt(
@@ -259,10 +274,27 @@ class PipelineStagesConfig:
     format_reward: float = opt(
         0.1, "04-dev2 and 07-r1: weight of summary_format, the cold-start format Dev1 learns"
     )
-    rejection_prompts: int = opt(300, "05-rejection: train prompts sampled from Dev2")
+    rejection_prompts: int = opt(1500, "05-rejection: train prompts sampled from Dev2")
     rejection_samples: int = opt(4, "05-rejection: completions per prompt")
-    final_rl_steps: int = opt(50, "07-r1: GRPO steps from Dev3")
+    final_rl_steps: int = opt(150, "07-r1: GRPO steps from Dev3")
     final_temperature: float = opt(0.7, "07-r1: rollout temperature (R1-SPEC §3.2: 0.7)")
+    language_form: str = opt(
+        "language", "the language reward of 04-dev2 and 07-r1: 'language' (the paper's proportion) "
+        "or 'language_threshold' (1 when the share is >= 0.95)",
+    )
+    general_samples: int = opt(
+        100, "05-rejection: built-in non-reasoning records mixed into Dev3's SFT data (0 = none; "
+        "sample.general_data names a JSONL of your own instead)",
+    )
+    preference_model: str = opt(
+        "", "07-r1: a sequence-classification model scoring the summary (reward_model:PATH); "
+        "'' = none",
+    )
+    preference_weight: float = opt(1.0, "07-r1: weight of the preference reward")
+    preference_steps: int = opt(
+        0, "07-r1: the preference reward counts only in the last N steps (0 = all; R1: 400 of "
+        "1,700)",
+    )
     distill: bool = opt(False, "reserved: distillation into a student is not part of the pipeline yet")
 
 
@@ -278,7 +310,11 @@ class PipelineConfig:
     run: RunConfig = section(RunConfig, "pipeline folder, seed, device (stages are sub-folders)")
     model: ModelConfig = section(ModelConfig, "the base model (Zero, Dev1 and Dev3 start from it)")
     data: DataConfig = section(DataConfig, "problems for every stage and the held-out table")
-    rollout: RolloutConfig = section(RolloutConfig, "sampling in RL and sampling stages")
+    rollout: RolloutConfig = field(
+        default_factory=lambda: RolloutConfig(max_new_tokens=96),
+        metadata={"help": "sampling in RL and sampling stages (96 tokens: the readable "
+                          "cold-start form is longer than R1-Zero's)"},
+    )
     rl: RLConfig = field(
         default_factory=lambda: RLConfig(beta=1e-3, ref_reset_every=100),
         metadata={"help": "GRPO settings of the three RL stages (steps: pipeline.*_steps)"},
@@ -294,7 +330,10 @@ class PipelineConfig:
         default_factory=lambda: RejectionSamplingConfig(cold_start_format=True),
         metadata={"help": "filters and format of both sampling stages (sizes: pipeline.*)"},
     )
-    eval: EvalConfig = section(EvalConfig, "held-out evaluation inside stages and for the table")
+    eval: EvalConfig = field(
+        default_factory=lambda: EvalConfig(max_new_tokens=96),
+        metadata={"help": "held-out evaluation inside stages and for the table"},
+    )
     pipeline: PipelineStagesConfig = section(PipelineStagesConfig, "per-stage sizes and rewards")
 
 

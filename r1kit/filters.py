@@ -24,7 +24,10 @@ Choices the papers leave open:
   suit the short traces of the built-in task; long CoT repeats phrases legitimately ("let me
   check this"), so raise `n` for it.
 - the cold-start rewrite is deterministic, with no LLM to refine it (R1 used DeepSeek-V3 and
-  humans): the reasoning is kept as written and a one-line summary carries the answer,
+  humans): the reasoning is kept as written, or put in the task's readable form when the task has
+  one (`READABLE`; the built-in arithmetic writes `47+8 is 55, then 55-9 is 46`, so the reasoning
+  has words whose language can be measured and rewarded), and a one-line summary carries the
+  answer,
   `<think> reasoning </think> The answer is <answer> 46 </answer>`. It ends at `</answer>` so the
   default stop string still ends generation, the `accuracy` reward reads it, and the
   `summary_format` reward checks it (the R1-Zero `format` reward rejects text between `</think>`
@@ -42,6 +45,7 @@ from functools import partial
 from r1kit.errors import UserError
 from r1kit.language import language_consistency, problem_language, reasoning_part
 from r1kit.rewards import get_reward
+from r1kit.tasks.arithmetic import readable_reasoning
 from r1kit.tasks.base import Problem
 
 Verdict = tuple[bool, str]  # (kept, why it was rejected; "" when kept)
@@ -88,6 +92,14 @@ def well_formed(c: Candidate) -> Verdict:
     if _reward(c, "format") == 1.0:
         return True, ""
     return False, "not <think>…</think> <answer>…</answer>"
+
+
+def any_format(c: Candidate) -> Verdict:
+    """Keeps a completion in the R1-Zero format or the cold-start summary format (a teacher may
+    write either: R1-Zero the first, a pipeline's R1 the second); distillation's default."""
+    if _reward(c, "format") == 1.0 or _reward(c, "summary_format") == 1.0:
+        return True, ""
+    return False, "neither <think>…</think> <answer>…</answer> nor the summary format"
 
 
 def single_language(c: Candidate, tolerance: float = 0.0) -> Verdict:
@@ -154,8 +166,8 @@ def no_code_blocks(c: Candidate) -> Verdict:
     return True, ""
 
 
-FILTER_NAMES = ("not_truncated", "correct", "well_formed", "single_language", "no_repetition",
-                "short_paragraphs", "no_code_blocks")
+FILTER_NAMES = ("not_truncated", "correct", "well_formed", "any_format", "single_language",
+                "no_repetition", "short_paragraphs", "no_code_blocks")
 
 
 def build_filters(
@@ -167,6 +179,7 @@ def build_filters(
         "not_truncated": not_truncated,
         "correct": correct,
         "well_formed": well_formed,
+        "any_format": any_format,
         "single_language": partial(single_language, tolerance=language_tolerance),
         "no_repetition": partial(no_repetition, n=repeat_ngram, max_repeats=max_repeats),
         "short_paragraphs": partial(short_paragraphs, max_chars=max_paragraph_chars),
@@ -221,12 +234,21 @@ class FilterChain:
         return kept, rejected
 
 
-def to_cold_start(completion: str, answer: str) -> str:
-    """Rewrite a kept completion into the readable cold-start format: its reasoning, then a
-    one-line summary with the answer (see the module).
+READABLE: dict[str, Callable[[str], str]] = {"arithmetic": readable_reasoning}
+"""Readable rewrites of the reasoning, by `Problem.meta["task"]` (the cold start's "readable
+pattern", R1-SPEC §5); tasks without one keep their reasoning as written."""
+
+
+def to_cold_start(completion: str, answer: str, task: str | None = None) -> str:
+    """Rewrite a kept completion into the readable cold-start format: its reasoning (in the
+    readable form of `task`, when `READABLE` has one), then a one-line summary with the answer.
 
     >>> to_cold_start("<think>47+8=55, 55-9=46</think>\\n<answer>46</answer>", "46")
     '<think> 47+8=55, 55-9=46 </think> The answer is <answer> 46 </answer>'
+    >>> to_cold_start("<think>47+8=55, 55-9=46</think> <answer>46</answer>", "46", "arithmetic")
+    '<think> 47+8 is 55, then 55-9 is 46 </think> The answer is <answer> 46 </answer>'
     """
     reasoning = reasoning_part(completion).strip()
+    if task in READABLE:
+        reasoning = READABLE[task](reasoning)
     return f"<think> {reasoning} </think> The answer is <answer> {answer.strip()} </answer>"

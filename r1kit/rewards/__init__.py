@@ -6,7 +6,9 @@ The contract: a reward is a pure, deterministic function `(completion, problem) 
 and counts as 0 in the weighted total. A reward never runs or `eval`s model output and never prints.
 
 Length-aware rewards set the attribute `fn.needs_length = True`; they are then called as
-`fn(completion, problem, num_tokens=int, max_tokens=int)` (see `length.overlong`).
+`fn(completion, problem, num_tokens=int, max_tokens=int)` (see `length.overlong`). A reward with a
+`score_batch(completions, problems)` method is called once per batch instead (a neural reward
+model, `reward_model:PATH`, see `preference`).
 
 Rewards are combined with weights by `scoring.score`, which also bounds each call in time and
 counts failures. R1-Zero sums accuracy and format with equal weight [R1-SPEC.md §2.2].
@@ -27,6 +29,7 @@ from r1kit.errors import UserError
 RewardFn = Callable[..., "float | None"]
 
 _REGISTRY: dict[str, RewardFn] = {}
+_BUILT: dict[str, RewardFn] = {}  # parametrised rewards (`reward_model:PATH`), built on first use
 
 
 def register(name: str) -> Callable[[RewardFn], RewardFn]:
@@ -42,12 +45,16 @@ def register(name: str) -> Callable[[RewardFn], RewardFn]:
 
 
 def get_reward(name: str) -> RewardFn:
-    """The reward registered as `name`; a `UserError` listing the known names otherwise."""
-    try:
+    """The reward registered as `name`, or built from a `reward_model:PATH` name (loaded once);
+    a `UserError` listing the known names otherwise."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise UserError(f"unknown reward {name!r}; known rewards: {known}") from None
+    if name.startswith(preference.PREFIX):
+        if name not in _BUILT:
+            _BUILT[name] = preference.make_preference_reward(name)
+        return _BUILT[name]
+    known = ", ".join(sorted(_REGISTRY) + [preference.PREFIX + "PATH"])
+    raise UserError(f"unknown reward {name!r}; known rewards: {known}")
 
 
 def available_rewards() -> list[str]:
@@ -56,4 +63,4 @@ def available_rewards() -> list[str]:
 
 
 # Importing the reward modules registers them; they import `register` from above.
-from r1kit.rewards import accuracy, format, language, length  # noqa: F401
+from r1kit.rewards import accuracy, format, language, length, preference  # noqa: F401

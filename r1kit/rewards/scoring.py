@@ -103,26 +103,11 @@ def score(
     with _alarm_handler() as time_limit:
         for spec in specs:
             fn = fns[spec.name]
-            needs_length = getattr(fn, "needs_length", False)
-            values: list[float | None] = []
-            first_error = ""
-            count = 0
-            for completion, problem, length in zip(completions, problems, num_tokens):
-                kwargs = {"num_tokens": length, "max_tokens": max_tokens} if needs_length else {}
-                try:
-                    with time_limit(timeout_s):
-                        value = fn(completion, problem, **kwargs)
-                    if value is not None:
-                        value = float(value)
-                        if not math.isfinite(value):
-                            raise ValueError(f"returned {value}")
-                except _RewardTimeout:
-                    value, count = 0.0, count + 1
-                    first_error = first_error or f"timed out after {timeout_s:g}s on {problem.id}"
-                except Exception as e:  # noqa: BLE001 -- a broken reward must not end the run
-                    value, count = 0.0, count + 1
-                    first_error = first_error or f"{type(e).__name__}: {e} (on {problem.id})"
-                values.append(value)
+            if hasattr(fn, "score_batch"):  # one call for all (a neural reward model); no timer
+                values, count, first_error = _score_batch(fn, completions, problems)
+            else:
+                values, count, first_error = _score_each(
+                    fn, completions, problems, num_tokens, max_tokens, time_limit, timeout_s)
             if count:
                 logger.warning(
                     "reward %r failed on %d of %d completions, scored 0; first: %s",
@@ -137,6 +122,48 @@ def score(
                 if value is not None:
                     total[i] += spec.weight * value
     return Scores(total=total, per_reward=per_reward, failures=failures)
+
+
+def _score_each(fn, completions, problems, num_tokens, max_tokens, time_limit, timeout_s
+                ) -> tuple[list[float | None], int, str]:
+    """(values, failures, first error) of a per-completion reward, each call time-bounded."""
+    needs_length = getattr(fn, "needs_length", False)
+    values: list[float | None] = []
+    first_error, count = "", 0
+    for completion, problem, length in zip(completions, problems, num_tokens):
+        kwargs = {"num_tokens": length, "max_tokens": max_tokens} if needs_length else {}
+        try:
+            with time_limit(timeout_s):
+                value = fn(completion, problem, **kwargs)
+            if value is not None:
+                value = float(value)
+                if not math.isfinite(value):
+                    raise ValueError(f"returned {value}")
+        except _RewardTimeout:
+            value, count = 0.0, count + 1
+            first_error = first_error or f"timed out after {timeout_s:g}s on {problem.id}"
+        except Exception as e:  # noqa: BLE001 -- a broken reward must not end the run
+            value, count = 0.0, count + 1
+            first_error = first_error or f"{type(e).__name__}: {e} (on {problem.id})"
+        values.append(value)
+    return values, count, first_error
+
+
+def _score_batch(fn, completions: list[str], problems: list[Problem]
+                 ) -> tuple[list[float | None], int, str]:
+    """(values, failures, first error) of a batched reward; a raise fails the whole batch."""
+    try:
+        values = [None if v is None else float(v) for v in fn.score_batch(completions, problems)]
+        if len(values) != len(completions):
+            raise ValueError(f"returned {len(values)} scores for {len(completions)} completions")
+        bad = [i for i, v in enumerate(values) if v is not None and not math.isfinite(v)]
+        for i in bad:
+            values[i] = 0.0
+        return values, len(bad), "returned a non-finite score" if bad else ""
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- a broken reward must not end the run
+        return [0.0] * len(completions), len(completions), f"{type(e).__name__}: {e}"
 
 
 @contextmanager

@@ -132,8 +132,14 @@ def stage_configs(cfg: PipelineConfig, root: Path) -> dict[str, tuple[str, objec
     """Stage folder name -> (kind, the config its stage `main` runs with), in order."""
     p = cfg.pipeline
     later_rewards = {"accuracy": 1.0, "summary_format": p.format_reward,
-                     "language": p.language_reward}
+                     p.language_form: p.language_reward}
     later_rewards = {k: w for k, w in later_rewards.items() if w}
+    final_rewards, active_last = dict(later_rewards), {}
+    if p.preference_model:  # R1's last stage adds a preference model on the summary (§3.2)
+        name = f"reward_model:{p.preference_model}"
+        final_rewards[name] = p.preference_weight
+        if p.preference_steps:
+            active_last[name] = p.preference_steps
     base = cfg.model.path
 
     def run_section(name: str):
@@ -142,15 +148,22 @@ def stage_configs(cfg: PipelineConfig, root: Path) -> dict[str, tuple[str, objec
     def model(path: str) -> ModelConfig:
         return dataclasses.replace(cfg.model, path=path)
 
-    def grpo(name: str, start: str, steps: int, weights: dict, temperature: float) -> ZeroConfig:
+    def grpo(name: str, start: str, steps: int, weights: dict, temperature: float,
+             active_last: dict | None = None) -> ZeroConfig:
+        rewards = RewardsConfig(weights=weights, active_last=active_last or {})
         return ZeroConfig(run=run_section(name), model=model(start), data=cfg.data,
                           rollout=dataclasses.replace(cfg.rollout, temperature=temperature),
-                          rl=dataclasses.replace(cfg.rl, steps=steps),
-                          rewards=RewardsConfig(weights=weights), eval=cfg.eval)
+                          rl=dataclasses.replace(cfg.rl, steps=steps), rewards=rewards,
+                          eval=cfg.eval)
 
-    def sampler(name: str, start: str, prompts: int, samples: int, filters: list) -> SampleConfig:
+    def sampler(name: str, start: str, prompts: int, samples: int, filters: list,
+                general: bool = False) -> SampleConfig:
         s = dataclasses.replace(cfg.sample, num_prompts=prompts, samples_per_prompt=samples,
                                 filters=filters)
+        if not general:  # non-reasoning data goes to Dev3's SFT only, as in R1 (§3.2)
+            s = dataclasses.replace(s, general_data="", general_samples=0)
+        elif not s.general_data and p.general_samples:
+            s = dataclasses.replace(s, general_data="builtin", general_samples=p.general_samples)
         return SampleConfig(run=run_section(name), model=model(start), data=cfg.data,
                             rollout=cfg.rollout, sample=s)
 
@@ -175,10 +188,10 @@ def stage_configs(cfg: PipelineConfig, root: Path) -> dict[str, tuple[str, objec
         "04-dev2": ("rl", grpo("04-dev2", final("03-dev1"), p.reasoning_rl_steps, later_rewards,
                                cfg.rollout.temperature)),
         "05-rejection": ("sample", sampler("05-rejection", final("04-dev2"), p.rejection_prompts,
-                                           p.rejection_samples, rejection_filters)),
+                                           p.rejection_samples, rejection_filters, general=True)),
         "06-dev3": ("sft", sft("06-dev3", "05-rejection")),
-        "07-r1": ("rl", grpo("07-r1", final("06-dev3"), p.final_rl_steps, later_rewards,
-                             p.final_temperature)),
+        "07-r1": ("rl", grpo("07-r1", final("06-dev3"), p.final_rl_steps, final_rewards,
+                             p.final_temperature, active_last)),
     }
 
 
@@ -233,6 +246,13 @@ def _check(cfg: PipelineConfig) -> None:
                 "cold_start_samples", "rejection_prompts", "rejection_samples"):
         if getattr(p, key) < 1:
             raise UserError(f"pipeline.{key} must be at least 1, got {getattr(p, key)}")
+    if p.language_form not in ("language", "language_threshold"):
+        raise UserError(f"pipeline.language_form must be 'language' or 'language_threshold', got "
+                        f"{p.language_form!r}")
+    if p.preference_steps < 0 or p.general_samples < 0:
+        raise UserError("pipeline.preference_steps and pipeline.general_samples must be >= 0")
+    if p.preference_model:
+        get_reward(f"reward_model:{p.preference_model}")  # loads it: a bad path fails now
     if p.language_reward < 0 or p.format_reward < 0:
         raise UserError("pipeline.language_reward and pipeline.format_reward must be >= 0")
     if cfg.sample.cold_start_format and "correct" not in cfg.sample.filters:

@@ -19,7 +19,9 @@ statistics. generation.json records the model and sampling settings.
 
 sft.jsonl rows are {"prompt": the bare question, "completion", "id", "answer", "sample"} (+
 "original" when rewritten): `r1kit sft` renders the prompt template itself, so train it with the
-same data.template as used here (generation.json has it).
+same data.template as used here (generation.json has it). Non-reasoning records
+(`sample.general_data`, r1kit/tasks/general.py) follow the reasoning rows, marked "kind": "general";
+counts.json's `general` says how many.
 
 Resume: each batch's rows are appended and flushed before progress.json records them, so a killed
 run loses at most the batch in flight; `--resume` cuts sft.jsonl back to the recorded rows and goes
@@ -27,8 +29,9 @@ on. Each batch samples with its own generator, seeded by run.seed and the batch 
 run writes the same rows as an uninterrupted one.
 
 Departures from the paper, on purpose: no generative judge for answers rules cannot check
-(DeepSeek-V3 in R1), no non-reasoning data, and a deterministic cold-start rewrite instead of
-DeepSeek-V3 and human refinement.
+(DeepSeek-V3 in R1), non-reasoning data from a file or a tiny built-in generator rather than
+DeepSeek-V3's SFT set, and a deterministic cold-start rewrite instead of DeepSeek-V3 and human
+refinement.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from r1kit.rewards.scoring import RewardSpec, score
 from r1kit.rollout.hf import sample
 from r1kit.runs import RunFolder, load_problems
 from r1kit.tasks.base import Problem
+from r1kit.tasks.general import load_general
 from r1kit.templates import render_prompt
 
 log = logging.getLogger("r1kit")
@@ -64,9 +68,9 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
     if resume:
         run = RunFolder.open(cfg, "sample", resume, checkpoints=False)
         cfg = run.cfg
-        chain, problems = _inputs(cfg)
+        chain, problems, general = _inputs(cfg)
     else:
-        chain, problems = _inputs(cfg)  # bad settings fail before a run folder is made
+        chain, problems, general = _inputs(cfg)  # bad settings fail before a run folder is made
         run = RunFolder.open(cfg, "sample")
         cfg = run.cfg
     if cfg.run.threads:
@@ -84,7 +88,7 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
     out = run.path / "sft.jsonl"
 
     state = _load_progress(run, chain)
-    _cut_rows(out, state["rows"])
+    _cut_rows(out, state["rows"] + state.get("general_rows", 0))
     if state["batches_done"]:
         log.warning(f"resumed {run.path} after batch {state['batches_done']} "
                     f"({state['rows']} rows kept so far)")
@@ -120,7 +124,7 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
                 for r in range(i * G, (i + 1) * G)
             ]
             rows += keep_for_prompt(candidates, chain, s.max_per_prompt, s.cold_start_format,
-                                    tally)
+                                    tally, readable=s.readable)
         t3 = time.perf_counter()
 
         # ---------------------------------------------------------------- write
@@ -133,7 +137,13 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
         bar.set_postfix(kept=tally["kept"], generated=tally["generated"])
     bar.close()
 
+    if general and not state.get("general_rows"):
+        # After the reasoning rows, once: a resumed run cut sft.jsonl back to those above.
+        _append_rows(out, general)
+        state["general_rows"] = len(general)
+        run.write_json("progress.json", state)
     counts = _counts(tally)
+    counts["general"] = state.get("general_rows", 0)
     run.write_json("counts.json", counts)
     _print_counts(counts, out)
     print(f"run folder: {run.path}")
@@ -144,7 +154,7 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
 
 
 def keep_for_prompt(candidates: list[Candidate], chain: FilterChain, max_per_prompt: int,
-                    cold_start: bool, tally: dict) -> list[dict]:
+                    cold_start: bool, tally: dict, readable: bool = True) -> list[dict]:
     """The SFT rows kept from one prompt's samples; every sample is counted in `tally`, as kept or
     under the first reason it was dropped (a filter, `duplicate`, `max_per_prompt`)."""
     rows, seen, passing = [], set(), 0
@@ -165,7 +175,9 @@ def keep_for_prompt(candidates: list[Candidate], chain: FilterChain, max_per_pro
         row = {"prompt": c.problem.prompt, "completion": c.text, "id": c.problem.id,
                "answer": c.problem.answer, "sample": j}
         if cold_start:
-            row["completion"] = to_cold_start(c.text, extract_answer(c.text) or c.problem.answer)
+            task = c.problem.meta.get("task") if readable else None
+            row["completion"] = to_cold_start(c.text, extract_answer(c.text) or c.problem.answer,
+                                              task)
             row["original"] = c.text
         if row["completion"] in seen:
             tally["rejected"]["duplicate"] += 1
@@ -182,8 +194,9 @@ def keep_for_prompt(candidates: list[Candidate], chain: FilterChain, max_per_pro
     return rows
 
 
-def _inputs(cfg: SampleConfig) -> tuple[FilterChain, list[Problem]]:
-    """(filter chain, the train problems to sample), checking the settings a user can get wrong."""
+def _inputs(cfg: SampleConfig) -> tuple[FilterChain, list[Problem], list[dict]]:
+    """(filter chain, the train problems to sample, the non-reasoning rows to mix in), checking
+    the settings a user can get wrong."""
     s = cfg.sample
     for key, value, least in [
         ("sample.samples_per_prompt", s.samples_per_prompt, 1),
@@ -191,6 +204,7 @@ def _inputs(cfg: SampleConfig) -> tuple[FilterChain, list[Problem]]:
         ("sample.max_per_prompt", s.max_per_prompt, 0), ("sample.repeat_ngram", s.repeat_ngram, 1),
         ("sample.max_repeats", s.max_repeats, 1),
         ("sample.max_paragraph_chars", s.max_paragraph_chars, 1),
+        ("sample.general_samples", s.general_samples, 0),
         ("rollout.max_new_tokens", cfg.rollout.max_new_tokens, 1),
     ]:
         if value < least:
@@ -209,7 +223,8 @@ def _inputs(cfg: SampleConfig) -> tuple[FilterChain, list[Problem]]:
                     "problems; sampling all of them")
     rng = random.Random(f"sample-{cfg.run.seed}")
     picked = rng.sample(range(len(train)), min(s.num_prompts, len(train)))
-    return chain, [train[i] for i in picked]
+    general = load_general(s.general_data, s.general_samples, cfg.run.seed) if s.general_data else []
+    return chain, [train[i] for i in picked], general
 
 
 def _new_tally(chain: FilterChain) -> dict:
@@ -267,7 +282,8 @@ def _generation_info(cfg: SampleConfig, num_prompts: int) -> dict:
         "samples_per_prompt": s.samples_per_prompt, "temperature": r.temperature,
         "top_p": r.top_p, "max_new_tokens": r.max_new_tokens, "stop": list(r.stop),
         "seed": cfg.run.seed, "filters": list(s.filters), "max_per_prompt": s.max_per_prompt,
-        "cold_start_format": s.cold_start_format,
+        "cold_start_format": s.cold_start_format, "readable": s.readable,
+        "general_data": s.general_data, "general_samples": s.general_samples,
     }
 
 
@@ -296,5 +312,7 @@ def _print_counts(c: dict, out: Path) -> None:
           f"({c['prompts_with_kept']} prompts with at least one) -> {out}")
     for name, count in c["rejected"].items():
         print(f"  rejected by {name:<18}{count:>8}")
+    if c.get("general"):
+        print(f"  plus {c['general']} non-reasoning records (sample.general_data)")
     print(f"  sampler accuracy {c['accuracy']:.3f}  format {c['format']:.3f}  "
           f"truncated {c['truncated']:.3f}")

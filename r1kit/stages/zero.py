@@ -28,6 +28,7 @@ from tqdm import tqdm
 from r1kit import checkpoint as ckpt
 from r1kit import grpo
 from r1kit.config import ZeroConfig
+from r1kit.errors import UserError
 from r1kit.evaluation import evaluate
 from r1kit.logprobs import completion_logprobs
 from r1kit.models import load_model, prepare_torch
@@ -66,6 +67,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     specs = [RewardSpec(name, float(w)) for name, w in cfg.rewards.weights.items()]
     for spec in specs:
         get_reward(spec.name)
+    _check_active_last(cfg.rewards.active_last, cfg.rewards.weights)
     run = RunFolder.open(cfg, stage, resume)
     cfg = run.cfg
     device = prepare_torch(cfg.run)
@@ -122,7 +124,9 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         # ---------------------------------------------------------------- score
         with timer("score"):
             per_row = [p for p in problems for _ in range(G)]
-            scores = score(ro.texts, per_row, specs, ro.num_tokens, cfg.rollout.max_new_tokens,
+            active = [spec for spec in specs if state["step"] >= rl.steps - int(
+                cfg.rewards.active_last.get(spec.name, rl.steps))]
+            scores = score(ro.texts, per_row, active, ro.num_tokens, cfg.rollout.max_new_tokens,
                            timeout_s=cfg.rewards.timeout_s)
             rewards = torch.tensor(scores.total, dtype=torch.float32)  # (B*G,)
         # ---------------------------------------------------------------- advantage
@@ -202,6 +206,15 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
 
 
 # -------------------------------------------------------------------------------- helpers
+
+
+def _check_active_last(active_last: dict, weights: dict) -> None:
+    for name, n in active_last.items():
+        if name not in weights:
+            raise UserError(f"rewards.active_last: {name!r} is not in rewards.weights")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise UserError(f"rewards.active_last.{name} must be a whole number of steps >= 1, "
+                            f"got {n!r}")
 
 
 def _next_problems(state: dict, train_set: list, n: int, seed: int) -> list:
