@@ -78,7 +78,8 @@ class ModelConfig:
 class DataConfig:
     source: str = opt(
         "builtin",
-        "'builtin' (arithmetic chains), a .jsonl file of {prompt, answer}, or hf:NAME_OR_PATH",
+        "'builtin' (arithmetic chains), 'builtin:carry' (the harder tier: every step carries), "
+        "a .jsonl file of {prompt, answer}, or hf:NAME_OR_PATH",
     )
     split: str = opt("train", "split for hf: sources")
     eval_source: str = opt("", "held-out problems; empty = builtin held-out split, or the same file")

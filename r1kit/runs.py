@@ -97,16 +97,18 @@ def _load_source(source: str, split: str, data: DataConfig) -> list[Problem]:
     if source.endswith(".jsonl") or Path(source).is_file():
         return load_jsonl(source, data.prompt_key, data.answer_key)
     raise UserError(
-        f"data source '{source}': use 'builtin', a .jsonl file, or hf:NAME_OR_PATH"
+        f"data source '{source}': use 'builtin', 'builtin:carry', a .jsonl file, or "
+        "hf:NAME_OR_PATH"
     )
 
 
 def load_problems(data: DataConfig, num_eval: int) -> tuple[list[Problem], list[Problem]]:
     """(train, held-out) problems. Without an eval source, a fixed 1-in-10 hash bucket of the
     training source's ids is held out, so the two never overlap."""
-    if data.source == "builtin":
-        train = sample_problems(data.train_size, "train", seed=0)
-        heldout = sample_problems(num_eval, "heldout", seed=0)
+    if data.source in ("builtin", "builtin:carry"):  # the carry tier: R1-SPEC §6, reflection
+        carry = data.source == "builtin:carry"
+        train = sample_problems(data.train_size, "train", seed=0, carry_only=carry)
+        heldout = sample_problems(num_eval, "heldout", seed=0, carry_only=carry)
         return train, heldout
     problems = _load_source(data.source, data.split, data)
     if data.eval_source:

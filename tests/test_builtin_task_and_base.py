@@ -90,3 +90,27 @@ def test_base_build_is_deterministic(tiny_base_config, tmp_path):
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert all((wa[k] == wb[k]).all() for k in wa)
     assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
+
+
+def test_carry_tier_makes_most_steps_carry_and_keeps_the_default_task():
+    from r1kit.config import DataConfig
+    from r1kit.runs import load_problems
+    from r1kit.tasks.arithmetic import _needs_carry, sample_problems
+
+    def carry_share(problems):
+        n = c = 0
+        for p in problems:
+            total = p.meta["start"]
+            for op, d in p.meta["steps"]:
+                n, c = n + 1, c + _needs_carry(total, op, d)
+                total = total + d if op == "+" else total - d
+        return c / n
+
+    easy = sample_problems(500, "train", seed=0)
+    hard = sample_problems(500, "train", seed=0, carry_only=True)
+    assert carry_share(easy) < 0.6 and carry_share(hard) > 0.8
+    train, heldout = load_problems(DataConfig(source="builtin:carry", train_size=300), 50)
+    assert {p.id for p in train}.isdisjoint(p.id for p in heldout)
+    assert carry_share(heldout) > 0.8
+    for p in hard[:50]:  # answers are still the true totals
+        assert str(eval(p.id)) == p.answer  # our own generated expression

@@ -49,15 +49,23 @@ def is_heldout(expression: str) -> bool:
     return int(hashlib.sha1(expression.encode()).hexdigest(), 16) % 10 == 0
 
 
-def _random_chain(rng: random.Random, min_terms: int, max_terms: int) -> tuple[int, list[tuple[str, int]]]:
+def _random_chain(rng: random.Random, min_terms: int, max_terms: int, carry_only: bool = False
+                  ) -> tuple[int, list[tuple[str, int]]]:
     start = rng.randint(10, 99)
     steps, total = [], start
+
+    def digits(op: str) -> list[int]:
+        ok = [d for d in range(2, 10) if 0 <= (total + d if op == "+" else total - d) <= 99]
+        carry = [d for d in ok if _needs_carry(total, op, d)]
+        return carry if carry_only and carry else ok
+
     for _ in range(rng.randint(min_terms, max_terms) - 1):
         op = rng.choice("+-")
-        choices = [d for d in range(2, 10) if 0 <= (total + d if op == "+" else total - d) <= 99]
-        if not choices:  # near a bound: flip the operation
-            op = "-" if op == "+" else "+"
-            choices = [d for d in range(2, 10) if 0 <= (total + d if op == "+" else total - d) <= 99]
+        choices = digits(op)
+        other = digits("-" if op == "+" else "+")
+        if not choices or (carry_only and not _needs_carry(total, op, choices[0])
+                           and other and _needs_carry(total, op, other[0])):
+            op, choices = ("-" if op == "+" else "+"), other  # near a bound, or no carry this way
         d = rng.choice(choices)
         total = total + d if op == "+" else total - d
         steps.append((op, d))
@@ -78,19 +86,21 @@ def chain_problem(start: int, steps: list[tuple[str, int]]) -> Problem:
 
 
 def sample_problems(
-    n: int, split: str, seed: int, min_terms: int = 4, max_terms: int = 5
+    n: int, split: str, seed: int, min_terms: int = 4, max_terms: int = 5, carry_only: bool = False
 ) -> list[Problem]:
-    """`n` distinct problems of one split ("train" or "heldout"), deterministic for `seed`."""
+    """`n` distinct problems of one split ("train" or "heldout"), deterministic for `seed`.
+    `carry_only` draws the harder tier (`builtin:carry`): every step needs a carry or a borrow
+    wherever the 0..99 range allows one, so the base slips often and only re-checks save it."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    rng = random.Random(f"arithmetic-{split}-{seed}")
+    rng = random.Random(f"arithmetic-{split}-{seed}" + ("-carry" if carry_only else ""))
     problems: dict[str, Problem] = {}
     attempts = 0
     while len(problems) < n:
         attempts += 1
         if attempts > 200 * n + 10_000:
             raise ValueError(f"could not draw {n} distinct {split} problems; ask for fewer")
-        p = chain_problem(*_random_chain(rng, min_terms, max_terms))
+        p = chain_problem(*_random_chain(rng, min_terms, max_terms, carry_only))
         if is_heldout(p.id) == (split == "heldout"):
             problems.setdefault(p.id, p)
     return list(problems.values())
