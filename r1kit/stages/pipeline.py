@@ -5,13 +5,16 @@ writes its own run folder inside the pipeline folder:
     01-zero        GRPO from the base model, accuracy + format (R1-Zero)
     02-cold-start  sample Zero on train prompts at T = 1.0; keep the correct, well-formed,
                    single-language, repetition-free samples, rewritten as `<think>…</think> summary
-                   <answer>…</answer>` (R1-SPEC §5)
+                   <answer>…</answer>` with the reasoning in the task's readable form (R1-SPEC §5)
     03-dev1        SFT of the BASE model on them (cold start)
     04-dev2        GRPO from Dev1, accuracy + summary_format + language consistency (reasoning RL)
     05-rejection   sample Dev2 several times per prompt, keep the correct ones, filtered, in the
-                   same summary format
+                   same summary format; mix in non-reasoning data answered without <think>
+                   (`pipeline.general_samples` built-in queries, or `sample.general_data`)
     06-dev3        SFT of the BASE model on them
-    07-r1          GRPO from Dev3 with the same rewards at temperature 0.7 (R1-SPEC §3.2)
+    07-r1          GRPO from Dev3 with the same rewards at temperature 0.7 (R1-SPEC §3.2), plus
+                   a preference model on the summary when `pipeline.preference_model` is set, for
+                   the last `pipeline.preference_steps` steps only
 then every checkpoint (Base, Zero, Dev1, Dev2, Dev3, R1) is evaluated on the same held-out
 problems and the per-stage table (R1-SPEC §4.2) is printed and written as pipeline.json and
 pipeline.md.
@@ -35,8 +38,8 @@ form the cold-start data teaches) instead of R1-Zero's `format`; the language re
 does not outweigh accuracy; both SFT stages use lr 1e-3 -> 1e-4, batch 16, 3 epochs (the paper's
 5e-5 barely moves the tiny model on a few hundred examples); rejection sampling drops the
 `well_formed` filter (R1-Zero's format, which the summary form fails) and relies on the rewrite
-into the summary form; no non-reasoning data, no preference reward model and no distillation
-(`pipeline.distill` is reserved).
+into the summary form; the built-in non-reasoning data is a few hundred trivial queries, not
+DeepSeek-V3's SFT set; no preference model by default (give `pipeline.preference_model`).
 """
 
 from __future__ import annotations
