@@ -1,4 +1,4 @@
-"""The one entry point: `r1kit base | zero | rl | sft | sample | eval | pipeline`.
+"""The one entry point: `r1kit base | zero | rl | sft | sample | eval | pipeline | report`.
 
 Every stage takes `--config FILE.yaml` (overrides only) and any number of `--set key=value`;
 `r1kit STAGE --help` lists every key with its default and meaning.
@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(pipeline: skip finished stages)")
         if name == "eval":
             p.add_argument("--model", help="model folder or hub name (same as --set model.path=)")
+        if name in ("zero", "rl", "sft", "pipeline"):
+            p.add_argument("--report-to", metavar="WRITERS",
+                           help="comma-separated metric writers, e.g. tensorboard,wandb; the same "
+                                "as --set run.report_to=[WRITERS] (none = metrics.jsonl only)")
+    p = sub.add_parser("report", help=REPORT_HELP, description=REPORT_HELP)
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder or a pipeline folder")
     return parser
 
 
@@ -65,8 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.stage == "report":
+        return _report(args.run)
     cls = STAGES[args.stage][0]
     overrides = list(args.set)
+    if getattr(args, "report_to", None):
+        overrides.append(f"run.report_to=[{args.report_to}]")
     if getattr(args, "model", None):
         overrides.append(f"model.path={args.model}")
     try:
@@ -103,6 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"r1kit {args.stage}: interrupted", file=sys.stderr)
         return 130
+    return 0
+
+
+REPORT_HELP = "write report.html (curves, tables, sample completions) in a run or pipeline folder"
+
+
+def _report(folder: str) -> int:
+    from r1kit.report import write_report
+
+    try:
+        print(f"report: {write_report(folder)}")
+    except UserError as e:
+        print(f"r1kit report: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -66,6 +66,11 @@ class RunConfig:
     threads: int = opt(0, "torch intra-op threads on CPU; 0 = torch's default")
     checkpoint_every: int = opt(25, "write a resumable checkpoint every N steps (0 = only at end)")
     log_completions: int = opt(4, "completions per step written to completions.jsonl")
+    report_to: list = opt(
+        ["tensorboard"],
+        "metric writers besides metrics.jsonl: tensorboard (the run folder's tb/), wandb "
+        "(pip install 'r1kit[wandb]'; offline without an API key); [] = none",
+    )
 
 
 @dataclass(frozen=True)

@@ -67,11 +67,13 @@ from r1kit.errors import UserError
 from r1kit.evaluation import EvalResult, evaluate
 from r1kit.language import language_consistency, problem_language, reasoning_part
 from r1kit.models import load_model, pick_device
+from r1kit.report import write_report_safely
 from r1kit.rewards import get_reward
 from r1kit.runs import RunFolder, load_problems
 from r1kit.stages import sample as sample_stage
 from r1kit.stages import sft as sft_stage
 from r1kit.stages import zero as rl_stage
+from r1kit.tracking import check_report_to
 
 log = logging.getLogger("r1kit")
 
@@ -124,6 +126,7 @@ def main(cfg: PipelineConfig, resume: str | None = None) -> dict:
         + table + "\n" + TABLE_NOTE + "\n"
     )
     print("\n" + table)
+    write_report_safely(run.path)
     print(f"pipeline folder: {run.path}")
     return result
 
@@ -242,6 +245,7 @@ def require_sft_data(sample_folder: Path, stage: str) -> None:
 
 def _check(cfg: PipelineConfig) -> None:
     p = cfg.pipeline
+    check_report_to(cfg.run.report_to)
     if p.distill:
         raise UserError("pipeline.distill is reserved: distillation is not part of the pipeline "
                         "yet; run `r1kit sft` on a student with the 05-rejection data instead")

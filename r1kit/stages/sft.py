@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from r1kit import checkpoint as ckpt
-from r1kit.config import DataConfig, SFTConfig
+from r1kit.config import DataConfig, SFTConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.evaluation import evaluate
 from r1kit.models import load_model, prepare_torch
@@ -39,6 +39,7 @@ from r1kit.sft import (
     target_count,
 )
 from r1kit.templates import render_prompt
+from r1kit.tracking import Tracker, check_report_to
 
 log = logging.getLogger("r1kit")
 
@@ -85,13 +86,17 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
         for name in ("metrics.jsonl", "eval.jsonl"):  # rows written after the checkpoint
             _drop_rows_after(run, name, state["step"])
         log.warning(f"resumed {run.path} from {resume_from.name} (step {state['step']})")
+    tracker = Tracker(run.path, cfg.run.report_to, config=to_dict(cfg),
+                      resume_step=state["step"] if resume_from else None)
 
     def evaluate_now(tag: str) -> dict:
         if not eval_set:
             return {}
         res = evaluate(model, tokenizer, eval_set, cfg.eval, template=d.template,
                        seed=cfg.run.seed)
-        return run.record_eval(state["step"], tag, res)
+        metrics = run.record_eval(state["step"], tag, res)
+        tracker.log(metrics, state["step"])
+        return metrics
 
     t_start = time.time() - state["wall_seconds"]
     if state["base_eval"] is None:
@@ -145,6 +150,7 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
         state["first_loss"] = loss_sum if state["first_loss"] is None else state["first_loss"]
         state["last_loss"] = loss_sum
         run.append("metrics.jsonl", {"step": state["step"], "epoch": epoch + 1, **metrics})
+        tracker.log(metrics, state["step"])
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}")
 
@@ -165,6 +171,7 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
     summary = _summary(state, final, cfg.eval.k, examples=len(examples), truncated=truncated,
                        epochs=s.epochs)
     run.write_json("summary.json", summary)
+    tracker.close()
     _print_eval("final", final, base=state["base_eval"])
     print(f"run folder: {run.path}")
     return summary
@@ -178,6 +185,7 @@ def _inputs(cfg: SFTConfig) -> tuple[list, list]:
     d, s = cfg.data, cfg.sft
     if not d.train_file:
         raise UserError("data.train_file is required (a JSONL of {prompt, completion} pairs)")
+    check_report_to(cfg.run.report_to)
     for key, value, least in [("sft.epochs", s.epochs, 1), ("sft.batch_size", s.batch_size, 1),
                               ("sft.micro_batch_size", s.micro_batch_size, 1),
                               ("data.max_len", d.max_len, 2), ("eval.k", cfg.eval.k, 1)]:

@@ -27,16 +27,20 @@ from tqdm import tqdm
 
 from r1kit import checkpoint as ckpt
 from r1kit import grpo
-from r1kit.config import ZeroConfig
+from r1kit.config import ZeroConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.evaluation import evaluate
+from r1kit.language import language_consistency, problem_language, reasoning_part
 from r1kit.logprobs import completion_logprobs
+from r1kit.metrics import reflection_rate
 from r1kit.models import load_model, prepare_torch
+from r1kit.report import write_report_safely
 from r1kit.rewards import get_reward
 from r1kit.rewards.scoring import RewardSpec, score
 from r1kit.rollout.hf import Rollouts, sample
 from r1kit.runs import RunFolder, load_problems
 from r1kit.templates import render_prompt
+from r1kit.tracking import Tracker, check_report_to
 
 log = logging.getLogger("r1kit")
 
@@ -68,6 +72,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     for spec in specs:
         get_reward(spec.name)
     _check_active_last(cfg.rewards.active_last, cfg.rewards.weights)
+    check_report_to(cfg.run.report_to)
     run = RunFolder.open(cfg, stage, resume)
     cfg = run.cfg
     device = prepare_torch(cfg.run)
@@ -95,11 +100,15 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         if ref is not None:
             ref.load_state_dict(saved["ref"])
         log.warning(f"resumed {run.path} from {resume_from.name} (step {state['step']})")
+    tracker = Tracker(run.path, cfg.run.report_to, config=to_dict(cfg),
+                      resume_step=state["step"] if resume_from else None)
 
     def evaluate_now(tag: str) -> dict:
         res = evaluate(policy, tokenizer, eval_set, cfg.eval, template=cfg.data.template,
                        stop=cfg.rollout.stop, seed=cfg.run.seed)
-        return run.record_eval(state["step"], tag, res)
+        metrics = run.record_eval(state["step"], tag, res)
+        tracker.log(metrics, state["step"])
+        return metrics
 
     t_start = time.time() - state["wall_seconds"]
     if state["base_eval"] is None:
@@ -137,7 +146,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         mask = ro.completion_mask.clone()  # (B*G, T)
         if rl.overlong_filter:
             mask[torch.tensor(ro.truncated)] = 0
-        metrics = _rollout_metrics(ro, scores, rewards, group_equal)
+        metrics = _rollout_metrics(ro, scores, rewards, group_equal, per_row)
 
         # ---------------------------------------------------------------- update
         if len(rows) > 0 and mask[rows].any() and rewards.isfinite().all():
@@ -173,6 +182,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         metrics.update(timer.times)
         metrics["train/lr"] = sched.get_last_lr()[0]
         run.append("metrics.jsonl", {"step": state["step"], **metrics})
+        tracker.log(metrics, state["step"])
         run.append_many("completions.jsonl", [
             {"step": state["step"], "id": per_row[i].id, "answer": per_row[i].answer,
              "completion": ro.texts[i], "reward": scores.total[i]}
@@ -199,6 +209,8 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     if stopped is None:
         ckpt.save_hf_folder(policy, tokenizer, run.path / "final")
     run.write_json("summary.json", summary)
+    tracker.close()
+    write_report_safely(run.path)
     if final:
         _print_eval("final", final, cfg.eval.k, base=state["base_eval"])
     print(f"run folder: {run.path}")
@@ -289,6 +301,8 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
             )
             loss.backward()
             cm = data["c_mask"][idx].float()
+            # Entropy of the full next-token distribution (already computed with the log-probs),
+            # averaged over the completion tokens of the rows being updated.
             m["entropy"] = ((ent * cm).sum() / cm.sum().clamp(min=1)).item()
             # loss and pg_loss are partial sums (exact denominator); the rest are per-call means
             sums["train/loss"] = sums.get("train/loss", 0.0) + loss.item() / len(minibatches)
@@ -310,15 +324,26 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
     return sums
 
 
-def _rollout_metrics(ro: Rollouts, scores, rewards, group_equal) -> dict:
+def _rollout_metrics(ro: Rollouts, scores, rewards, group_equal, problems: list) -> dict:
+    """Per-step rollout statistics; `problems` holds each completion's problem (B*G).
+
+    `train/language`: mean share of target-language words in the reasoning, over completions whose
+    reasoning has words (NaN when none has), as in the pipeline table; `train/reflection`: share of
+    completions with a reflection word (R1-SPEC §6). Both are regex passes over the texts.
+    """
     m = scores.means()
     n_tok = torch.tensor(ro.num_tokens, dtype=torch.float32)
+    shares = [language_consistency(reasoning_part(t), problem_language(p))
+              for t, p in zip(ro.texts, problems)]
+    shares = [s for s in shares if s is not None]
     m.update({
         "train/completion_tokens": n_tok.mean().item(),
         "train/completion_tokens_max": n_tok.max().item(),
         "train/truncated": sum(ro.truncated) / len(ro),
         "train/zero_adv_groups": group_equal.float().mean().item(),
         "train/reward_std": rewards.std().item(),
+        "train/reflection": reflection_rate(ro.texts),
+        "train/language": sum(shares) / len(shares) if shares else math.nan,
     })
     return m
 
