@@ -2,7 +2,9 @@
 
 pass@1 is the mean accuracy over the k samples of each problem, averaged over problems; pass@k
 uses the unbiased estimator; cons@k is the majority vote over the extracted answers. Each comes
-with a 95% bootstrap confidence interval over problems.
+with a 95% bootstrap confidence interval over problems. A problem with tests (code) is solved
+when its program passes every test in the sandbox (r1kit/rewards/code.py), and cons@k votes over
+the programs.
 """
 
 from __future__ import annotations
@@ -12,11 +14,19 @@ from dataclasses import dataclass, field
 import torch
 
 from r1kit.config import EvalConfig
-from r1kit.metrics import bootstrap_ci, majority_vote, pass_at_k, reflection_rate
+from r1kit.metrics import (
+    bootstrap_ci,
+    majority_vote,
+    normalize_answer,
+    pass_at_k,
+    reflection_rate,
+)
+from r1kit.rewards import code as code_reward
 from r1kit.rewards import get_reward
 from r1kit.rewards.extract import extract_answer
 from r1kit.rollout.hf import sample
 from r1kit.tasks.base import Problem
+from r1kit.tasks.code import extract_program
 from r1kit.templates import render_prompt
 
 
@@ -65,12 +75,21 @@ def evaluate(
         prompts = [render_prompt(p.prompt, template, tokenizer) for p in chunk]
         ro = sample(model, tokenizer, prompts, cfg.k, max_new_tokens=cfg.max_new_tokens,
                     temperature=cfg.temperature, top_p=cfg.top_p, stop=list(stop), generator=gen)
+        passed = _code_passes(ro.texts, [p for p in chunk for _ in range(cfg.k)])
         for i, p in enumerate(chunk):
             rows = range(i * cfg.k, (i + 1) * cfg.k)
-            hits = [accuracy(ro.texts[r], p) == 1.0 for r in rows]
-            correct.append(sum(hits))
-            vote = majority_vote([extract_answer(ro.texts[r]) for r in rows])
-            voted.append(vote is not None and accuracy(f"<answer>{vote}</answer>", p) == 1.0)
+            if code_reward.has_tests(p):  # all tests pass; the vote is over the programs
+                hits = [passed[r] for r in rows]
+                programs = [extract_program(ro.texts[r]) for r in rows]
+                keys = [None if x is None else normalize_answer(x) for x in programs]
+                vote = majority_vote(programs)
+                voted.append(vote is not None and hits[keys.index(vote)])
+                correct.append(sum(hits))
+            else:
+                hits = [accuracy(ro.texts[r], p) == 1.0 for r in rows]
+                correct.append(sum(hits))
+                vote = majority_vote([extract_answer(ro.texts[r]) for r in rows])
+                voted.append(vote is not None and accuracy(f"<answer>{vote}</answer>", p) == 1.0)
             for r in rows:
                 formats.append(fmt(ro.texts[r], p) == 1.0)
                 tokens.append(ro.num_tokens[r])
@@ -95,3 +114,15 @@ def evaluate(
         samples=samples,
         completions=texts,
     )
+
+
+def _code_passes(texts: list[str], problems: list[Problem]) -> list[bool]:
+    """Per completion: whether its program passes every test of its problem (in the sandbox, one
+    batch); False for problems without tests (they are graded by accuracy)."""
+    rows = [i for i, p in enumerate(problems) if code_reward.has_tests(p)]
+    out = [False] * len(texts)
+    if rows:
+        verdicts = code_reward.run_tests([texts[i] for i in rows], [problems[i] for i in rows])
+        for i, v in zip(rows, verdicts):
+            out[i] = v is not None and v.reason == "passed"
+    return out

@@ -33,11 +33,12 @@ def prepare_torch(run_cfg) -> torch.device:
 
 
 def resolve_model_path(path: str) -> str:
-    """'builtin' -> the built-in base model folder (built on first use); anything else as given."""
-    if path == "builtin":
-        from r1kit.stages.base import ensure_builtin_base
+    """'builtin' -> the built-in base model folder (built on first use), 'builtin:code' -> the one
+    that also learned the built-in coding task; anything else as given."""
+    if path in ("builtin", "builtin:code"):
+        from r1kit.stages.base import CODE_BASE, ensure_builtin_base
 
-        return str(ensure_builtin_base())
+        return str(ensure_builtin_base(CODE_BASE if path == "builtin:code" else None))
     return path
 
 

@@ -97,7 +97,7 @@ def _load_source(source: str, split: str, data: DataConfig) -> list[Problem]:
     if source.endswith(".jsonl") or Path(source).is_file():
         return load_jsonl(source, data.prompt_key, data.answer_key)
     raise UserError(
-        f"data source '{source}': use 'builtin', 'builtin:carry', a .jsonl file, or "
+        f"data source '{source}': use 'builtin', 'builtin:carry', 'builtin:code', a .jsonl file, or "
         "hf:NAME_OR_PATH"
     )
 
@@ -110,6 +110,11 @@ def load_problems(data: DataConfig, num_eval: int) -> tuple[list[Problem], list[
         train = sample_problems(data.train_size, "train", seed=0, carry_only=carry)
         heldout = sample_problems(num_eval, "heldout", seed=0, carry_only=carry)
         return train, heldout
+    if data.source == "builtin:code":  # one-line Python functions, graded by tests in the sandbox
+        from r1kit.tasks import code
+
+        return (code.sample_problems(data.train_size, "train", seed=0),
+                code.sample_problems(num_eval, "heldout", seed=0))
     problems = _load_source(data.source, data.split, data)
     if data.eval_source:
         heldout = _load_source(data.eval_source, data.eval_split, data)

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from r1kit.errors import UserError
 from r1kit.rewards import get_reward
@@ -40,13 +40,31 @@ class RewardSpec:
     weight: float
 
 
+class Verdict(float):
+    """A reward value with the reason for it (the code reward's "passed", "timeout", ...); `score`
+    keeps the reasons in `Scores.reasons`, logged per completion and as shares in the metrics."""
+
+    reason: str
+
+    def __new__(cls, value: float, reason: str):
+        obj = super().__new__(cls, value)
+        obj.reason = reason
+        return obj
+
+
 @dataclass
 class Scores:
-    """Per-completion totals, each reward's values (None: not scorable), failures per reward."""
+    """Per-completion totals, each reward's values (None: not scorable), failures per reward, and
+    the reasons of rewards that give them (`Verdict`)."""
 
     total: list[float]
     per_reward: dict[str, list[float | None]]
     failures: dict[str, int]
+    reasons: dict[str, list[str | None]] = field(default_factory=dict)
+
+    def row_reasons(self, i: int) -> dict[str, str]:
+        """The reasons given for completion `i`, by reward name."""
+        return {name: r[i] for name, r in self.reasons.items() if r[i] is not None}
 
     def means(self) -> dict[str, float]:
         """Flat metrics: `reward/total`, `reward/NAME` (None skipped; NaN if all None), and
@@ -59,6 +77,9 @@ class Scores:
         for name, values in self.per_reward.items():
             out[f"reward/{name}"] = _mean([v for v in values if v is not None])
             out[f"reward/{name}_failures"] = float(self.failures.get(name, 0))
+        for name, reasons in self.reasons.items():  # e.g. reward/code/timeout: share of all
+            for reason in sorted({r for r in reasons if r is not None}):
+                out[f"reward/{name}/{reason}"] = reasons.count(reason) / len(reasons)
         return out
 
 
@@ -100,6 +121,7 @@ def score(
     total = [0.0] * n
     per_reward: dict[str, list[float | None]] = {}
     failures: dict[str, int] = {}
+    reasons: dict[str, list[str | None]] = {}
     with _alarm_handler() as time_limit:
         for spec in specs:
             fn = fns[spec.name]
@@ -118,10 +140,12 @@ def score(
                 )
             per_reward[spec.name] = values
             failures[spec.name] = count
+            if any(isinstance(v, Verdict) for v in values):
+                reasons[spec.name] = [getattr(v, "reason", None) for v in values]
             for i, value in enumerate(values):
                 if value is not None:
                     total[i] += spec.weight * value
-    return Scores(total=total, per_reward=per_reward, failures=failures)
+    return Scores(total=total, per_reward=per_reward, failures=failures, reasons=reasons)
 
 
 def _score_each(fn, completions, problems, num_tokens, max_tokens, time_limit, timeout_s
@@ -136,7 +160,7 @@ def _score_each(fn, completions, problems, num_tokens, max_tokens, time_limit, t
             with time_limit(timeout_s):
                 value = fn(completion, problem, **kwargs)
             if value is not None:
-                value = float(value)
+                value = _as_value(value)
                 if not math.isfinite(value):
                     raise ValueError(f"returned {value}")
         except _RewardTimeout:
@@ -153,7 +177,7 @@ def _score_batch(fn, completions: list[str], problems: list[Problem]
                  ) -> tuple[list[float | None], int, str]:
     """(values, failures, first error) of a batched reward; a raise fails the whole batch."""
     try:
-        values = [None if v is None else float(v) for v in fn.score_batch(completions, problems)]
+        values = [None if v is None else _as_value(v) for v in fn.score_batch(completions, problems)]
         if len(values) != len(completions):
             raise ValueError(f"returned {len(values)} scores for {len(completions)} completions")
         bad = [i for i, v in enumerate(values) if v is not None and not math.isfinite(v)]
@@ -203,6 +227,11 @@ def _time_limit(seconds: float) -> Iterator[None]:
 @contextmanager
 def _no_limit(seconds: float) -> Iterator[None]:
     yield
+
+
+def _as_value(v) -> float:
+    """A reward's value as a float, keeping a `Verdict` (and its reason) as it is."""
+    return v if isinstance(v, Verdict) else float(v)
 
 
 def _mean(values: list[float]) -> float:

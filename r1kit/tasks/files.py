@@ -5,6 +5,10 @@ Each record has a string `prompt` and an `answer` (a string, or a number that be
 an optional `id`, and anything else, which goes to `Problem.meta` for rewards to read. The keys
 for prompt and answer are configurable (`problem`/`solution` in many datasets). Every mistake in
 the data is a `UserError` naming the file, line (or row) and key.
+
+A coding problem carries `tests` (a non-empty list of `assert` statements, run against the
+program in the sandbox by the `code` reward) instead of an answer, and optionally `entry_point`
+(the function name) and `language` (only "python"); they go to `Problem.meta`, checked on load.
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ def load_hf_dataset(
 
     columns = list(data.column_names)
     for key in (prompt_key, answer_key):
-        if key not in columns:
+        if key not in columns and not (key == answer_key and "tests" in columns):
             raise UserError(f"{name}: no column {key!r}; columns: {', '.join(columns)}")
     stem = path.name or name
     records = ((f"{name} row {i}", f"{stem}-{i}", row) for i, row in enumerate(data))
@@ -111,15 +115,18 @@ def _to_problems(
     for where, default_id, record in records:
         if not isinstance(record, Mapping):
             raise UserError(f"{where}: expected a JSON object, got {_type_name(record)}")
+        has_tests = "tests" in record  # a coding problem: graded by its tests, no answer needed
         for key in (prompt_key, answer_key):
-            if key not in record:
+            if key not in record and not (key == answer_key and has_tests):
                 raise UserError(f"{where}: missing field {key!r}")
         prompt = record[prompt_key]
         if not isinstance(prompt, str):
             raise UserError(
                 f"{where}: field {prompt_key!r} must be a string, got {_type_name(prompt)}"
             )
-        answer = record[answer_key]
+        if has_tests:
+            _check_code_fields(record, where)
+        answer = record.get(answer_key, "")
         if isinstance(answer, (int, float)) and not isinstance(answer, bool):
             answer = str(answer)
         elif not isinstance(answer, str):
@@ -142,6 +149,31 @@ def _to_problems(
     if not problems:
         raise UserError(f"{name}: file is empty (no problems)")
     return problems
+
+
+def _check_code_fields(record: Mapping, where: str) -> None:
+    """`tests`: a non-empty list of `assert` statements (r1kit/sandbox.py grades them);
+    `entry_point`: an identifier; `language`: python (the only one the sandbox runs)."""
+    from r1kit.sandbox import parse_test
+
+    tests = record["tests"]
+    if not isinstance(tests, list) or not tests:
+        raise UserError(f"{where}: field 'tests' must be a non-empty list of assert statements, "
+                        f"got {_type_name(tests)}")
+    for j, test in enumerate(tests):
+        if not isinstance(test, str):
+            raise UserError(f"{where}: field 'tests' item {j} must be a string, "
+                            f"got {_type_name(test)}")
+        try:
+            parse_test(test)
+        except ValueError as e:
+            raise UserError(f"{where}: field 'tests' item {j} ({test[:60]!r}): {e}") from None
+    entry = record.get("entry_point")
+    if entry is not None and not (isinstance(entry, str) and entry.isidentifier()):
+        raise UserError(f"{where}: field 'entry_point' must be a function name, got {entry!r}")
+    language = record.get("language", "python")
+    if language != "python":
+        raise UserError(f"{where}: field 'language' is {language!r}; only 'python' can be run")
 
 
 def _type_name(value: Any) -> str:

@@ -1,0 +1,143 @@
+"""The built-in coding task: write a one-line Python function from two of its values.
+
+A problem gives `f(1)` and `f(2)` of a linear function and asks for `f`; its tests are asserts the
+generator knows, at the two given points and three hidden ones:
+
+    Write f with f(1)=5, f(2)=8
+    tests: assert f(1) == 5, assert f(2) == 8, assert f(0) == 2, assert f(5) == 17, assert f(10) == 32
+
+Two families, so both borrows and carries occur: rising `x*a+b` (a = f(2)-f(1), b = f(1)-a) and
+falling `c-x*a` (a = f(1)-f(2), c = f(1)+a). A worked solution does the two steps in `<think>`
+and puts the program in a fenced block inside `<answer>`; a tiny model (about 1M parameters) can
+learn to write it. The pretraining corpus is sloppy like the arithmetic one (`CodeStyle`): forgotten
+borrows and carries, off-by-one slips, sometimes caught with `wait, ...`; a `+` for the `*`; a
+missing colon (a syntax error); an answer without a code block. RL has those to fix.
+
+Train and held-out problems are disjoint: the same 1-in-10 hash bucket as arithmetic, on the id.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from r1kit.tasks.arithmetic import is_heldout
+from r1kit.tasks.base import Problem
+
+TEST_POINTS = (1, 2, 0, 5, 10)  # the first two are given in the prompt
+
+_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
+_ANSWER_RE = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class CodeStyle:
+    """How sloppy the worked programs of the pretraining corpus are."""
+
+    carry_slip: float = 0.7
+    slip: float = 0.05
+    recheck: float = 0.2
+    wrong_op: float = 0.08
+    syntax_slip: float = 0.03
+    no_fence: float = 0.03
+
+
+def all_problems() -> list[Problem]:
+    """Every problem of the task, in a fixed order."""
+    out = []
+    for a in range(2, 10):
+        for b in range(1, 61):
+            out.append(_problem("up", a, b))
+        for c in range(20, 100):
+            if c - 2 * a >= 2:
+                out.append(_problem("down", a, c))
+    return out
+
+
+def _problem(family: str, a: int, k: int) -> Problem:
+    fn = (lambda x: x * a + k) if family == "up" else (lambda x: k - x * a)
+    values = {x: fn(x) for x in TEST_POINTS}
+    pid = f"code-{family}-{a}-{k}"
+    return Problem(
+        id=pid,
+        prompt=f"Write f with f(1)={values[1]}, f(2)={values[2]}",
+        answer=reference_program({"family": family, "a": a, "k": k}),
+        meta={"tests": [f"assert f({x}) == {values[x]}" for x in TEST_POINTS],
+              "entry_point": "f", "language": "python", "task": "code",
+              "family": family, "a": a, "k": k},
+    )
+
+
+def sample_problems(n: int, split: str, seed: int) -> list[Problem]:
+    """Up to `n` distinct problems of one split ("train" or "heldout"), in a seeded order."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    pool = [p for p in all_problems() if is_heldout(p.id) == (split == "heldout")]
+    random.Random(f"code-{split}-{seed}").shuffle(pool)
+    return pool[:n]
+
+
+def reference_program(meta: dict) -> str:
+    a, k = meta["a"], meta["k"]
+    body = f"x*{a}+{k}" if meta["family"] == "up" else f"{k}-x*{a}"
+    return f"def f(x): return {body}"
+
+
+def _slipped(x: int, y: int, op: str, rng: random.Random, style: CodeStyle) -> int:
+    """x op y as a sloppy student writes it: a forgotten carry/borrow, or off by one."""
+    right = x - y if op == "-" else x + y
+    carry = (x % 10 < y % 10) if op == "-" else (x % 10 + y % 10 >= 10)
+    if carry and rng.random() < style.carry_slip:
+        return right + 10 if op == "-" else right - 10
+    if rng.random() < style.slip:
+        return right + rng.choice((-1, 1))
+    return right
+
+
+def worked_solution(problem: Problem, rng: random.Random, style: CodeStyle) -> str:
+    """A completion for `problem` written with the slips of `style`."""
+    m = problem.meta
+    up, a0, k0 = m["family"] == "up", m["a"], m["k"]
+    f1, f2 = (a0 + k0, 2 * a0 + k0) if up else (k0 - a0, k0 - 2 * a0)
+    parts = []
+
+    def step(x: int, op: str, y: int) -> int:
+        right = x - y if op == "-" else x + y
+        got = _slipped(x, y, op, rng, style)
+        parts.append(f"{x}{op}{y}={got}")
+        if got != right and rng.random() < style.recheck:
+            parts.append(f"wait, {x}{op}{y}={right}")
+            got = right
+        return got
+
+    a = step(f2, "-", f1) if up else step(f1, "-", f2)
+    k = step(f1, "-", a) if up else step(f1, "+", a)
+    op = "+" if rng.random() < style.wrong_op else "*"
+    body = f"x{op}{a}+{k}" if up else f"{k}-x{op}{a}"
+    colon = "" if rng.random() < style.syntax_slip else ":"
+    program = f"def f(x){colon} return {body}"
+    answer = program if rng.random() < style.no_fence else f"```python\n{program}\n```"
+    return f"<think> {', '.join(parts)}, so f(x)={body} </think> <answer> {answer} </answer>"
+
+
+def correct_solution(problem: Problem) -> str:
+    """The clean worked solution: a reference and a test oracle."""
+    return worked_solution(problem, random.Random(0), CodeStyle(0, 0, 0, 0, 0, 0))
+
+
+def extract_program(completion: str) -> str | None:
+    """The last fenced code block inside the last `<answer>` block; without answer tags, the last
+    fenced block of the completion; None if there is none (an unclosed fence does not count).
+
+    >>> extract_program("<think> x </think> <answer> ```python\\ndef f(x): return x\\n``` </answer>")
+    'def f(x): return x'
+    >>> extract_program("<answer> def f(x): return x </answer>") is None
+    True
+    """
+    answers = _ANSWER_RE.findall(completion)
+    blocks = _FENCE_RE.findall(answers[-1] if answers else completion)
+    if not blocks:
+        return None
+    program = blocks[-1][1].strip("\n")
+    return program if program.strip() else None
