@@ -8,8 +8,10 @@ data for "mixed languages"; how words are tokenized and what the target language
 - a word's language is its script: Latin "en", Cyrillic "ru", CJK ideographs "zh"; any other script
   (Greek letters such as `α` included) or several scripts in one word is "other". This tells
   English from Russian and Chinese, which is what the built-in task mixes, but not English from
-  French. A library detector plugs in as a `labeler`: a function from a text to one language
-  label per word, passed to `language_consistency` and `target_language`.
+  French. For that, `lingua_labeler()` asks the lingua library about Latin-script words; any
+  labeler (a function from a text to one language label per word) plugs into
+  `language_consistency`, `mixing_rate` and `target_language`, and the rewards
+  `language:lingua` / `language_threshold:lingua` use lingua's.
 - the target language is the prompt's: the majority language of its words ("other" does not
   vote; "en" when nothing votes), unless the problem sets `meta["language"]`.
 - the reasoning is what is inside `<think>…</think>` (see `reasoning_part`).
@@ -84,6 +86,57 @@ def language_consistency(
     if not labels:
         return None
     return sum(1 for label in labels if label == target) / len(labels)
+
+
+def mixing_rate(texts: list[str], targets: list[str], labeler: Labeler = script_labels) -> float:
+    """Language-mixing rate: the share of texts with words whose words are not all in their
+    target language (texts without words do not count); 0.0 when no text has words.
+
+    >>> mixing_rate(["so 47 plus 8", "47 плюс 8, so", "47+8=55"], ["en", "en", "en"])
+    0.5
+    """
+    shares = [language_consistency(t, target, labeler) for t, target in zip(texts, targets)]
+    shares = [s for s in shares if s is not None]
+    return sum(1 for s in shares if s < 1.0) / len(shares) if shares else 0.0
+
+
+LINGUA_LANGUAGES = ("en", "fr", "de", "es", "it", "pt")
+"""The languages `lingua_labeler` tells apart by default; more cost load time and memory."""
+
+
+def lingua_labeler(languages: tuple[str, ...] = LINGUA_LANGUAGES) -> Labeler:
+    """A labeler for real text that tells apart languages sharing a script: each word keeps its
+    script's label unless it is in Latin script, where lingua (`lingua-language-detector`,
+    `pip install 'r1kit[lingua]'`) decides, by the span of the text it assigns the word to. The
+    ISO 639-1 codes in `languages` are the candidates (load time and memory grow with them).
+    """
+    try:
+        from lingua import IsoCode639_1, LanguageDetectorBuilder
+    except ImportError:
+        from r1kit.errors import UserError
+
+        raise UserError("the lingua language detector is not installed: "
+                        "pip install 'r1kit[lingua]'") from None
+    try:
+        codes = [getattr(IsoCode639_1, code.upper()) for code in languages]
+    except AttributeError as e:
+        from r1kit.errors import UserError
+
+        raise UserError(f"lingua: unknown ISO 639-1 language code {e.name.lower()!r}") from None
+    detector = LanguageDetectorBuilder.from_iso_codes_639_1(*codes).build()
+
+    def labels(text: str) -> list[str]:
+        spans = [(r.start_index, r.end_index, r.language.iso_code_639_1.name.lower())
+                 for r in detector.detect_multiple_languages_of(text)]
+        out = []
+        for m in _WORD_RE.finditer(text):
+            label = detect_word_language(m.group())
+            if label == "en":  # Latin script: English or another Latin-script language
+                label = next((lang for a, b, lang in spans if a <= m.start() < b), "other")
+            out.append(label)
+        return out
+
+    return labels
 
 
 def target_language(prompt: str, labeler: Labeler = script_labels) -> str:

@@ -1,5 +1,5 @@
-r"""Evaluation statistics: pass@k, majority vote (cons@k), bootstrap intervals, reflection and
-language-mixing rates [R1-SPEC.md §4.4, §5, §6].
+r"""Evaluation statistics: pass@k, majority vote (cons@k), bootstrap intervals and the reflection
+rate [R1-SPEC.md §4.4, §6] (language consistency and mixing: `r1kit.language`).
 
 R1 reports pass@1 as the mean correctness over k samples per question (T = 0.6, top-p 0.95) and
 cons@64 as the majority vote over 64 samples [R1-SPEC.md §4.4]. For pass@k with k > 1 we use the
@@ -29,8 +29,6 @@ REFLECTION_WORDS = (
 """The reflective words whose frequency R1 tracks [R1-SPEC.md §6], plus Russian "wait"."""
 
 _REFLECTION_RE = re.compile(r"\b(?:" + "|".join(REFLECTION_WORDS) + r")\b", re.IGNORECASE)
-_WORD_RE = re.compile(r"[^\W\d_]+")  # runs of letters, any script
-_CYRILLIC_RE = re.compile(r"[\u0400-\u04FF]")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -114,16 +112,3 @@ def reflection_rate(texts: list[str]) -> float:
     if not texts:
         return 0.0
     return sum(1 for t in texts if _REFLECTION_RE.search(t)) / len(texts)
-
-
-def non_ascii_word_share(text: str) -> float:
-    """Share of words (runs of letters) that contain a Cyrillic letter; 0.0 for no words.
-    A language-mixing statistic for the second language of the built-in corpus [R1-SPEC.md §5].
-
-    >>> non_ascii_word_share("47 плюс 8 равно 55, so 55")
-    0.6666666666666666
-    """
-    words = _WORD_RE.findall(text)
-    if not words:
-        return 0.0
-    return sum(1 for w in words if _CYRILLIC_RE.search(w)) / len(words)

@@ -319,3 +319,37 @@ def test_summary_format_reward():
     assert summary("<think> a </think> So <answer> 1 </answer> <answer> 2 </answer>", EN) == 0.0
     prefilled = Problem("p", "?", "2", {"prefilled_think": True})
     assert summary(" a </think> So <answer> 2 </answer>", prefilled) == 1.0
+
+
+def test_mixing_rate_counts_texts_with_foreign_words():
+    from r1kit.language import mixing_rate
+
+    texts = ["so 47 plus 8 is 55", "47 plus 8 равно 55", "47+8=55", "сорок семь"]
+    assert mixing_rate(texts, ["en", "en", "en", "ru"]) == pytest.approx(1 / 3)
+    assert mixing_rate(["47+8=55"], ["en"]) == 0.0
+
+
+def test_lingua_tells_apart_languages_that_share_a_script():
+    pytest.importorskip("lingua")
+    from r1kit.language import language_consistency, lingua_labeler, script_labels
+    from r1kit.rewards import get_reward
+
+    text = "Donc nous ajoutons les nombres et nous vérifions le résultat. Then we check it again."
+    assert language_consistency(text, "en", script_labels) == 1.0  # one script: all "en"
+    share = language_consistency(text, "en", lingua_labeler())
+    assert 0.2 < share < 0.6  # 5 English words of 15
+    labels = lingua_labeler()("Сначала сложим числа, then check the sum once more")
+    assert labels[:3] == ["ru", "ru", "ru"]  # other scripts keep their script's label
+    p = Problem("p", "Compute the sum of 47 and 8", "55")
+    reward = get_reward("language:lingua")
+    assert reward(f"<think> {text} </think> 55", p) == pytest.approx(share)
+    assert get_reward("language_threshold:lingua")(f"<think> {text} </think>", p) == 0.0
+    assert reward("<think> We add them and then we check the sum. </think>", p) == 1.0
+
+
+def test_unknown_language_detector_is_a_clear_error():
+    from r1kit.errors import UserError
+    from r1kit.rewards import get_reward
+
+    with pytest.raises(UserError, match="only language detector"):
+        get_reward("language:fasttext")

@@ -1,5 +1,5 @@
-"""Evaluation statistics: pass@k against brute force, majority vote, bootstrap CI, reflection and
-language-mixing rates (R1-SPEC.md §4.4, §6)."""
+"""Evaluation statistics: pass@k against brute force, majority vote, bootstrap CI, reflection rate
+(R1-SPEC.md §4.4, §6)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from r1kit import metrics
 from r1kit.metrics import (
     bootstrap_ci,
     majority_vote,
-    non_ascii_word_share,
     pass_at_k,
     reflection_rate,
 )
@@ -101,12 +100,3 @@ def test_reflection_rate():
     assert reflection_rate([]) == 0.0
     for word in metrics.REFLECTION_WORDS:
         assert reflection_rate([f"x {word.upper()}."]) == 1.0
-
-
-def test_non_ascii_word_share():
-    assert non_ascii_word_share("47 плюс 8 равно 55") == 1.0
-    assert non_ascii_word_share("47 plus 8 is 55") == 0.0
-    assert non_ascii_word_share("47 plus 8 равно 55, so") == pytest.approx(1 / 3)
-    assert non_ascii_word_share("mixedслово") == 1.0
-    assert non_ascii_word_share("47 + 8 = 55") == 0.0
-    assert non_ascii_word_share("") == 0.0

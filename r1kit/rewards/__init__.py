@@ -45,15 +45,17 @@ def register(name: str) -> Callable[[RewardFn], RewardFn]:
 
 
 def get_reward(name: str) -> RewardFn:
-    """The reward registered as `name`, or built from a `reward_model:PATH` name (loaded once);
-    a `UserError` listing the known names otherwise."""
+    """The reward registered as `name`, or built once from a parametrised name (`reward_model:PATH`,
+    `language:lingua`); a `UserError` listing the known names otherwise."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name.startswith(preference.PREFIX):
+    factory = _FACTORIES.get(name.partition(":")[0]) if ":" in name else None
+    if factory is not None:
         if name not in _BUILT:
-            _BUILT[name] = preference.make_preference_reward(name)
+            _BUILT[name] = factory(name)
         return _BUILT[name]
-    known = ", ".join(sorted(_REGISTRY) + [preference.PREFIX + "PATH"])
+    known = ", ".join(sorted(_REGISTRY) + ["reward_model:PATH", "language:lingua",
+                                            "language_threshold:lingua"])
     raise UserError(f"unknown reward {name!r}; known rewards: {known}")
 
 
@@ -63,4 +65,10 @@ def available_rewards() -> list[str]:
 
 
 # Importing the reward modules registers them; they import `register` from above.
-from r1kit.rewards import accuracy, format, language, length, preference  # noqa: F401
+from r1kit.rewards import accuracy, code, format, language, length, preference  # noqa: F401
+
+_FACTORIES = {  # parametrised reward names: "PREFIX:ARGUMENT" -> factory(name)
+    "reward_model": preference.make_preference_reward,
+    "language": language.make_language_reward,
+    "language_threshold": language.make_language_reward,
+}

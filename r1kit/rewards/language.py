@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from r1kit.errors import UserError
 from r1kit.language import (
     Labeler,
     language_consistency,
+    lingua_labeler,
     reasoning_part,
     script_labels,
     target_language,
@@ -86,3 +88,14 @@ language, 0.0 if fewer, None if it has no words.
 >>> language_threshold("<think> " + "so " * 19 + "итак </think>", p)
 1.0
 """
+
+
+def make_language_reward(name: str):
+    """`language:lingua` and `language_threshold:lingua`: the two forms with `lingua_labeler`."""
+    form, _, detector = name.partition(":")
+    if detector != "lingua":
+        raise UserError(f"reward {name!r}: the only language detector besides the built-in "
+                        "script one is 'lingua' (language:lingua)")
+    labeler = lingua_labeler()
+    return make_language(labeler) if form == "language" else make_language_threshold(
+        labeler=labeler)
