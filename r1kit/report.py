@@ -134,7 +134,8 @@ def _pipeline_page(folder: Path) -> str:
     else:
         body.append("<h2>Per-stage table</h2><p>Not written yet: the table is made after the "
                     "last stage (pipeline.json).</p>")
-    stage_rows = [{"stage": name, "kind": s.get("kind", ""), "seconds": s.get("seconds")}
+    stage_rows = [{"stage": name, "kind": s.get("kind", ""),
+                   "seconds": f"{s['seconds']:.1f}" if _is_number(s.get("seconds")) else None}
                   for name, s in manifest.get("stages", {}).items()]
     if stage_rows:
         body.append("<h2>Stages</h2>" + _rows_table(stage_rows, ["stage", "kind", "seconds"]))
@@ -261,14 +262,19 @@ def _plots_section(runs: list[Run]) -> str:
         else:
             keys.append((key, title))
     figures, missing = [], []
+    is_rl = any("reward/total" in m for r in runs for m in r.metrics)
+    colors = {r.label: f"C{i}" for i, r in enumerate(runs)}  # a stage keeps its colour throughout
     for key, title in keys:
         lines = [(r.label, *r.series(key)) for r in runs]
         lines = [(label, x, y) for label, x, y in lines if x]
         if not lines:
+            if not is_rl:  # an SFT run: only what it logs
+                continue
             missing.append(f"{title} (<code>{html.escape(key)}</code>): "
                            f"{WHY_MISSING.get(key, 'not logged')}")
             continue
-        png = plot_png(title, lines, bands=_ci_bands(runs) if key == "eval/pass@1" else None)
+        png = plot_png(title, lines, bands=_ci_bands(runs) if key == "eval/pass@1" else None,
+                       colors=colors, legend=len(runs) > 1)
         figures.append(
             f'<figure><img alt="{html.escape(title)}" data-metric="{html.escape(key)}" '
             f'src="data:image/png;base64,{base64.b64encode(png).decode()}">'
@@ -293,16 +299,17 @@ def _ci_bands(runs: list[Run]) -> dict[str, tuple[list[float], list[float], list
 
 
 def plot_png(title: str, lines: list[tuple[str, list[float], list[float]]],
-             bands: dict | None = None) -> bytes:
+             bands: dict | None = None, colors: dict | None = None, legend: bool = False) -> bytes:
     """One line per (label, steps, values) as PNG bytes. Long noisy curves get a moving average
     drawn over the faint raw values. The Figure is used without pyplot: it renders with the Agg
     canvas, needs no display and keeps no global figure state."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(5.2, 3.0), dpi=100, layout="constrained")
     ax = fig.subplots()
     for i, (label, x, y) in enumerate(lines):
-        color = f"C{i}"
+        color = (colors or {}).get(label, f"C{i}")
         if bands and label in bands:
             bx, lo, hi = bands[label]
             ax.fill_between(bx, lo, hi, color=color, alpha=0.15, linewidth=0)
@@ -314,9 +321,10 @@ def plot_png(title: str, lines: list[tuple[str, list[float], list[float]]],
             ax.plot(x, y, color=color, marker="o", markersize=3, linewidth=1.4, label=label)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("step", fontsize=9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
-    if len(lines) > 1:
+    if legend:
         ax.legend(fontsize=8, frameon=False)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

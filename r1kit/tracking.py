@@ -95,7 +95,7 @@ def _start_wandb(path: Path, config: dict, resumed: bool):
     if not os.environ.get("WANDB_MODE") and not wandb_key_configured():
         os.environ["WANDB_MODE"] = "offline"
         log.warning(f"wandb: no API key configured (WANDB_API_KEY or `wandb login`), so logging "
-                    f"offline to {path / 'wandb'}; upload later with `wandb sync {path / 'wandb'}`")
+                    f"offline to {path / 'wandb'}; upload later with `wandb sync {path / 'wandb'}/offline-run-*`")
     # A pipeline's stages are separate W&B runs, grouped under the pipeline folder's name.
     group = path.parent.name if (path.parent / "manifest.json").is_file() else None
     # The same id for the same run folder, so a resumed run continues its W&B run.
