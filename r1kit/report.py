@@ -29,7 +29,7 @@ from pathlib import Path
 
 from r1kit.checkpoint import atomic_write_text
 from r1kit.errors import UserError
-from r1kit.tasks.files import jsonl_records
+from r1kit.tasks.files import read_lines
 
 log = logging.getLogger("r1kit")
 
@@ -163,16 +163,31 @@ def _subtitle(folder: Path, run: Run) -> str:
 
 def _load_run(folder: Path, label: str) -> Run:
     return Run(label, folder, _by_step(_read_jsonl(folder / "metrics.jsonl")),
-               _read_jsonl(folder / "eval.jsonl"))
+               _by_step(_read_jsonl(folder / "eval.jsonl")))
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """The records of a run's log. A last line cut off mid-write (a killed run: no final newline,
+    not JSON) is skipped with a warning; any other bad line is a `UserError` naming it."""
     if not path.is_file():
         return []
+    lines = read_lines(path)
+    if lines[-1].strip():  # no final newline
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            log.warning(f"{path}:{len(lines)}: skipped an unfinished last line")
+            lines = lines[:-1]
     rows = []
-    for where, _, record in jsonl_records(path):
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
         if not isinstance(record, dict):
-            raise UserError(f"{where}: expected a JSON object")
+            raise UserError(f"{path}:{lineno}: expected a JSON object")
         rows.append(record)
     return rows
 

@@ -191,10 +191,14 @@ def test_split_completion_doctests():
 def test_bad_folders_are_clear_errors(tmp_path, capsys):
     assert cli(["report", str(tmp_path)]) == 2
     assert f"{tmp_path}: not a run folder" in capsys.readouterr().err
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2\n')
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2\n{"step": 3}\n')
     assert cli(["report", str(tmp_path)]) == 2
     assert f"{tmp_path / 'metrics.jsonl'}:2: invalid JSON" in capsys.readouterr().err
     assert not (tmp_path / "report.html").exists()
+    # A run killed while appending leaves a cut-off last line: skipped, the rest is reported.
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "reward/total": 0.5}\n{"step": 2, "rew')
+    assert cli(["report", str(tmp_path)]) == 0
+    assert "reward/total" in _figures((tmp_path / "report.html").read_text())
 
 
 def test_rollout_metrics_reflection_and_language():

@@ -92,7 +92,8 @@ def test_rl_and_sft_loops_write_tensorboard(tiny_base, tmp_path):
 def test_wandb_runs_offline_without_an_api_key(tmp_path, monkeypatch, caplog):
     wandb = pytest.importorskip("wandb")
     for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")  # recorded, so the WANDB_MODE the tracker sets is undone
+        monkeypatch.delenv(var)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
