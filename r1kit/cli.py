@@ -1,4 +1,4 @@
-"""The one entry point: `r1kit base | zero | rl | sft | sample | eval | pipeline | report`.
+"""The one entry point: `r1kit base | zero | rl | sft | sample | distill | eval | pipeline | report`.
 
 Every stage takes `--config FILE.yaml` (overrides only) and any number of `--set key=value`;
 `r1kit STAGE --help` lists every key with its default and meaning.
@@ -12,6 +12,7 @@ import sys
 
 from r1kit.config import (
     BaseConfig,
+    DistillConfig,
     EvalStageConfig,
     PipelineConfig,
     SampleConfig,
@@ -28,7 +29,8 @@ STAGES = {
     "rl": (ZeroConfig, "GRPO from any checkpoint (e.g. Dev1), any rewards (e.g. + language)"),
     "sft": (SFTConfig, "completion-only SFT on {prompt, completion} pairs (cold start, distill)"),
     "sample": (SampleConfig, "rejection sampling / cold-start data: filtered samples -> SFT JSONL"),
-    "eval": (EvalStageConfig, "pass@1 / pass@k / cons@k of a model on held-out problems"),
+    "distill": (DistillConfig, "sample a teacher, keep verified samples, SFT small students"),
+    "eval": (EvalStageConfig, "pass@1 / pass@k / cons@k of models on held-out problems, side by side"),
     "pipeline": (PipelineConfig, "the R1 recipe, Zero -> ... -> R1, and the per-stage table"),
 }
 
@@ -52,12 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML file of overrides (e.g. recipes/tiny/zero.yaml)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, e.g. --set rl.beta=0.001 (repeatable)")
-        if name in ("zero", "rl", "sft", "sample", "pipeline"):
+        if name in ("zero", "rl", "sft", "sample", "pipeline", "distill"):
             p.add_argument("--resume", metavar="RUN_DIR",
                            help="continue a killed run from its last checkpoint or batch "
                                 "(pipeline: skip finished stages)")
         if name == "eval":
             p.add_argument("--model", help="model folder or hub name (same as --set model.path=)")
+            p.add_argument("models", nargs="*", metavar="MODEL",
+                           help="model folders or hub names to compare side by side in one table")
+            p.add_argument("--problems", metavar="FILE|builtin",
+                           help="problems to evaluate on: a .jsonl of {prompt, answer}, hf:NAME, "
+                                "or builtin (the held-out split; the default)")
+            p.add_argument("--out", metavar="DIR",
+                           help="write comparison.md and comparison.json here (default: a run "
+                                "folder)")
+        if name == "distill":
+            p.add_argument("--teacher", help="teacher model, run or pipeline folder "
+                                             "(same as --set distill.teacher=)")
+            p.add_argument("--students", metavar="A,B",
+                           help="comma-separated students: tiny-qwen, tiny-llama, model folders "
+                                "or hub names (same as --set distill.students=[A,B])")
         if name in ("zero", "rl", "sft", "pipeline"):
             p.add_argument("--report-to", metavar="WRITERS",
                            help="comma-separated metric writers, e.g. tensorboard,wandb; the same "
@@ -79,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"run.report_to=[{args.report_to}]")
     if getattr(args, "model", None):
         overrides.append(f"model.path={args.model}")
+    if getattr(args, "problems", None):
+        overrides += (["data.source=builtin"] if args.problems == "builtin" else
+                      [f"data.source={args.problems}", f"data.eval_source={args.problems}"])
+    if getattr(args, "teacher", None):
+        overrides.append(f"distill.teacher={args.teacher}")
+    if getattr(args, "students", None):
+        overrides.append(f"distill.students=[{args.students}]")
     try:
         cfg = load_config(cls, args.config, overrides)
         if args.stage == "base":
@@ -102,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "eval":
             from r1kit.stages import evaluate
 
-            evaluate.main(cfg)
+            evaluate.main(cfg, models=args.models, out=args.out)
+        elif args.stage == "distill":
+            from r1kit.stages import distill
+
+            distill.main(cfg, resume=args.resume)
         elif args.stage == "pipeline":
             from r1kit.stages import pipeline
 

@@ -41,10 +41,14 @@ class BaseConfig:
 
     out: str = opt("", "output folder; empty = the cache folder (R1KIT_CACHE or ~/.cache/r1kit)")
     seed: int = opt(0, "seed for corpus, initialisation and batches (the build is deterministic)")
+    arch: str = opt("llama", "llama | qwen2: the transformers architecture (students: tiny-qwen)")
     hidden_size: int = opt(128, "model width")
     intermediate_size: int = opt(384, "MLP width")
     num_layers: int = opt(3, "transformer layers")
     num_heads: int = opt(4, "attention heads")
+    num_kv_heads: int = opt(0, "key/value heads (grouped-query attention); 0 = num_heads")
+    device: str = opt("cpu", "where to pretrain: cpu | cuda (not part of the cache key; a cuda "
+                             "build is the same recipe, not bit-identical to a cpu one)")
     vocab_size: int = opt(1024, "BPE vocabulary size before the tag tokens")
     corpus_docs: int = opt(200_000, "number of worked solutions in the pretraining corpus")
     steps: int = opt(3000, "pretraining optimizer steps")
@@ -265,6 +269,58 @@ class SampleConfig:
     )
 
 
+# ----------------------------------------------------------------------------- distillation
+
+
+@dataclass(frozen=True)
+class DistillStagesConfig:
+    teacher: str = opt(
+        "", "teacher (required): a model folder, a run folder with final/, or a pipeline folder "
+        "(its 07-r1/final)",
+    )
+    students: list = opt(
+        ["tiny-qwen", "tiny-llama"],
+        "students: presets tiny-qwen | tiny-llama (r1kit/students.py), model folders or hub names",
+    )
+    dtype: str = opt("float32", "dtype of teacher and students: float32 | bfloat16 | float16")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """`r1kit distill`: sample the teacher, keep verified samples, SFT each student (R1-SPEC §3.5).
+
+    Sizes are for the built-in task on a CPU; the paper used ~800k samples and 2-3 epochs.
+    """
+
+    run: RunConfig = section(RunConfig, "distill folder, seed, device (parts are sub-folders)")
+    distill: DistillStagesConfig = section(DistillStagesConfig, "teacher and students")
+    data: DataConfig = section(DataConfig, "problems: the train split is sampled, held-out compared")
+    rollout: RolloutConfig = field(
+        default_factory=lambda: RolloutConfig(temperature=0.6, top_p=0.95),
+        metadata={"help": "teacher sampling (T = 0.6, top-p 0.95: R1's recommended settings)"},
+    )
+    sample: RejectionSamplingConfig = field(
+        default_factory=lambda: RejectionSamplingConfig(
+            num_prompts=3000, batch_size=64, max_per_prompt=1,
+            filters=["not_truncated", "correct", "any_format", "single_language",
+                     "no_repetition"],
+        ),
+        metadata={"help": "teacher samples per prompt, prompts and the verification filters"},
+    )
+    sft: SFTTrainConfig = field(
+        default_factory=lambda: SFTTrainConfig(
+            epochs=3, lr=1e-3, min_lr=1e-4, warmup_steps=10, batch_size=32, micro_batch_size=32
+        ),
+        metadata={"help": "student SFT, no RL (R1-SPEC §3.5: 2-3 epochs, cosine to lr/10; lr "
+                          "sized for the tiny students)"},
+    )
+    eval: EvalConfig = field(
+        default_factory=lambda: EvalConfig(max_new_tokens=96),
+        metadata={"help": "teacher and students on the same held-out problems (96 tokens: a "
+                          "Qwen2-style student spells numbers digit by digit)"},
+    )
+
+
 # ----------------------------------------------------------------------------- R1 pipeline
 
 
@@ -301,7 +357,13 @@ class PipelineStagesConfig:
         0, "07-r1: the preference reward counts only in the last N steps (0 = all; R1: 400 of "
         "1,700)",
     )
-    distill: bool = opt(False, "reserved: distillation into a student is not part of the pipeline yet")
+    distill: bool = opt(
+        False, "08-distill: distil R1 into pipeline.students by SFT (r1kit distill, R1-SPEC §3.5); "
+        "their rows join the table",
+    )
+    students: list = opt(["tiny-qwen", "tiny-llama"], "08-distill: presets, model folders or hub names")
+    distill_prompts: int = opt(3000, "08-distill: train prompts sampled from R1")
+    distill_samples: int = opt(4, "08-distill: completions per prompt (at most one kept per prompt)")
 
 
 @dataclass(frozen=True)

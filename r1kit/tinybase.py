@@ -20,6 +20,7 @@ Departures from a real base model, on purpose:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -27,16 +28,19 @@ import time
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     AutoTokenizer,
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 
 from r1kit.config import BaseConfig
+from r1kit.errors import UserError
 from r1kit.tasks.arithmetic import RU_EQUALS, RU_OPS, RU_WAIT, sample_problems, worked_solution
 from r1kit.templates import render_prompt
 
@@ -61,14 +65,31 @@ def corpus(n: int, cfg: BaseConfig, seed: int) -> list[str]:
     ]
 
 
-def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+# Qwen2's own pre-tokenization (transformers' Qwen2Tokenizer): words, single digits, punctuation.
+QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
+               r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
+def build_tokenizer(texts: list[str], vocab_size: int, arch: str = "llama"
+                    ) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `texts`. For `qwen2` it uses Qwen2's own normalizer and
+    pre-tokenizer, because transformers reloads any Qwen2 folder as `Qwen2Tokenizer`, which
+    rebuilds them from the vocabulary whatever tokenizer.json says; numbers are then single digits,
+    as in a real Qwen2.5 student."""
     tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=False),
+    if arch == "qwen2":
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+        ])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -93,15 +114,23 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return hf_tok
 
 
-def build_model(cfg: BaseConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+ARCHS = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+
+
+def build_model(cfg: BaseConfig, tokenizer: PreTrainedTokenizerFast):
+    """A freshly initialised causal LM of `cfg.arch` (Llama for the teacher lineage; Qwen2 or
+    Llama for the distillation students, R1-SPEC §3.5)."""
+    if cfg.arch not in ARCHS:
+        raise UserError(f"arch: unknown architecture {cfg.arch!r}; use one of {sorted(ARCHS)}")
+    config_cls, model_cls = ARCHS[cfg.arch]
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
-    config = LlamaConfig(
+    config = config_cls(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads or cfg.num_heads,
         max_position_embeddings=256,
         tie_word_embeddings=True,
         bos_token_id=eos_id,
@@ -109,7 +138,7 @@ def build_model(cfg: BaseConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaFor
         pad_token_id=eos_id,
     )
     torch.manual_seed(cfg.seed)
-    model = LlamaForCausalLM(config)
+    model = model_cls(config)
     model.generation_config = GenerationConfig(
         bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id
     )
@@ -136,6 +165,8 @@ def pretrain(model, tokenizer, texts: list[str], cfg: BaseConfig, log=print) -> 
     """Plain next-token pretraining with AdamW, warm-up and cosine decay; returns the loss curve."""
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     batches = _batches(ids, cfg.batch_size, tokenizer.pad_token_id, random.Random(cfg.seed))
+    device = torch.device(cfg.device)
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
 
     def lr_at(step: int) -> float:
@@ -149,6 +180,7 @@ def pretrain(model, tokenizer, texts: list[str], cfg: BaseConfig, log=print) -> 
     losses, t0 = [], time.time()
     for step in range(cfg.steps):
         x, mask = next(batches)  # (N, L)
+        x, mask = x.to(device), mask.to(device)
         labels = x.masked_fill(mask == 0, -100)  # (N, L); each doc's own EOS stays a target
         loss = model(input_ids=x, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
@@ -159,7 +191,7 @@ def pretrain(model, tokenizer, texts: list[str], cfg: BaseConfig, log=print) -> 
         losses.append(loss.item())
         if step % 100 == 0 or step == cfg.steps - 1:
             log(f"pretrain step {step:5d}/{cfg.steps}  loss {loss.item():.4f}  {time.time() - t0:6.1f}s")
-    model.eval()
+    model.to("cpu").eval()
     return losses
 
 
@@ -168,16 +200,18 @@ def build_base(cfg: BaseConfig, out: Path, log=print) -> dict:
     torch.manual_seed(cfg.seed)
     t0 = time.time()
     texts = corpus(cfg.corpus_docs, cfg, cfg.seed)
-    tokenizer = build_tokenizer(texts[:5000], cfg.vocab_size)
+    tokenizer = build_tokenizer(texts[:5000], cfg.vocab_size, cfg.arch)
     model = build_model(cfg, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"base model: Llama, {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
+    log(f"base model: {cfg.arch}, {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
     losses = pretrain(model, tokenizer, texts, cfg, log=log)
     record = {
         "params": n_params,
         "vocab": len(tokenizer),
         "final_loss": sum(losses[-50:]) / len(losses[-50:]),
         "build_seconds": time.time() - t0,
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "device")},
+        "device": cfg.device,
     }
     from r1kit.checkpoint import save_hf_folder
 

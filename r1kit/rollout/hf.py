@@ -1,11 +1,19 @@
 """Sampling with a plain transformers model and its KV cache: the default rollout engine.
 
 `sample` is leaner than `model.generate` where it matters on a CPU (FEASIBILITY.md: generation
-dominates the step):
+dominates the step; benchmarks/results/rollout_speed.md has the before/after profile):
 - each distinct prompt is prefilled once and its cache repeated G times;
-- rows that have finished (EOS or a stop string) leave the batch, so the decode cost follows the
-  live rows instead of the slowest one;
-- no logits processors beyond temperature and top-p.
+- the KV cache is preallocated for the whole completion and written in place (`_KVBuffer`): a
+  decode step copies one token's keys instead of concatenating the whole cache (`DynamicCache`'s
+  `torch.cat` was ~45% of the decode time);
+- with SDPA the padding mask is built once as a 4D mask and sliced per step;
+- sampling is inverse-CDF on one uniform per row (`torch.multinomial` draws an exponential for
+  every vocabulary entry, ~15x slower here; same distribution);
+- finished rows (EOS or a stop string) stop costing compute: they leave the batch as soon as they
+  are an eighth of it (compacting the cache is a copy, so not at every finished row);
+- the log-prob of each sampled token is kept (`Rollouts.logprobs`), so mu > 1 needs no pi_old pass.
+The sampled distribution is that of `generate` with the same temperature and top-p (tests compare
+greedy tokens exactly and sampled token frequencies statistically).
 """
 
 from __future__ import annotations
@@ -13,8 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
-from r1kit.logprobs import prefill_groups
+from r1kit.logprobs import cache_kwarg
 
 
 @dataclass
@@ -29,46 +38,117 @@ class Rollouts:
     num_tokens: list[int]
     truncated: list[bool]  # hit max_new_tokens without EOS or a stop string
     group_size: int
+    # (B*G, T) log-prob of each sampled token under the sampling policy at the sampling
+    # temperature (full softmax, before top-p), 0 on padding; None if the engine gives none
+    logprobs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
 
 
-_ENDERS: dict[tuple, set[int]] = {}  # (tokenizer, stop chars) -> ids of tokens that may end a stop
+_ENDERS: dict[tuple, torch.Tensor] = {}  # (tokenizer, stop chars) -> which tokens may end a stop
 
 
 class _StopChecker:
     """Does a token sequence end a stop string? Checked on text, not token ids: a model can spell
     `</answer>` with other tokens than the one it encodes to. Only tokens whose text holds the
-    last character of some stop string trigger the (short) decode, so the check costs little."""
+    last character of some stop string (`enders`, a bool table over the vocabulary) trigger the
+    short decode, so the check costs little."""
 
-    def __init__(self, tokenizer, stop: list[str]):
+    def __init__(self, tokenizer, stop: list[str], vocab: int):
         self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
         self.window = max((len(s) for s in self.stop), default=0)  # a token spells >= 1 char
-        key = (id(tokenizer), len(tokenizer), "".join(sorted({s[-1] for s in self.stop})))
+        key = (id(tokenizer), len(tokenizer), vocab, "".join(sorted({s[-1] for s in self.stop})))
         if self.stop and key not in _ENDERS:
             texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
             last = {s[-1] for s in self.stop}
-            _ENDERS[key] = {i for i, t in enumerate(texts) if any(c in t for c in last)}
-        self.enders = _ENDERS.get(key, set())
+            table = torch.zeros(max(vocab, len(texts)), dtype=torch.bool)
+            table[[i for i, t in enumerate(texts) if any(c in t for c in last)]] = True
+            _ENDERS[key] = table
+        self.enders = _ENDERS.get(key)
 
     def __call__(self, seq: list[int]) -> bool:
-        if not self.stop or seq[-1] not in self.enders:
-            return False
         tail = self.tokenizer.decode(seq[-self.window :])
         return any(s in tail for s in self.stop)
 
 
-def _sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen) -> torch.Tensor:
+class _KVBuffer(DynamicLayer):
+    """A `DynamicLayer` whose keys/values live in a buffer with room for the whole completion:
+    `update` writes the new token in place and returns views, so nothing is concatenated.
+    Everything else (mask sizes, sequence length) behaves as `DynamicLayer`."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, repeats: int, capacity: int):
+        super().__init__()
+        b, h, p, _ = keys.shape
+        self.k_buf = keys.new_empty(b * repeats, h, capacity, keys.shape[-1])
+        self.v_buf = values.new_empty(b * repeats, h, capacity, values.shape[-1])
+        self.k_buf.view(b, repeats, h, capacity, -1)[:, :, :, :p] = keys[:, None]
+        self.v_buf.view(b, repeats, h, capacity, -1)[:, :, :, :p] = values[:, None]
+        self.length, self.device, self.is_initialized = p, keys.device, True
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self.k_buf[:, :, : self.length]
+        self.values = self.v_buf[:, :, : self.length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        t = key_states.shape[-2]
+        self.k_buf[:, :, self.length : self.length + t] = key_states
+        self.v_buf[:, :, self.length : self.length + t] = value_states
+        self.length += t
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.k_buf, self.v_buf = self.k_buf[indices], self.v_buf[indices]
+        self._views()
+
+
+def _inverse_cdf(probs: torch.Tensor, gen) -> torch.Tensor:
+    """One draw per row from `probs` (N, V): the first index whose cumulative sum exceeds
+    u ~ U[0, total). Exactly the categorical distribution (zero-probability entries are never
+    picked: their cumulative sum equals the previous one); float64 keeps rounding negligible."""
+    cdf = probs.double().cumsum(-1)  # (N, V)
+    u = torch.rand(probs.shape[0], 1, generator=gen, device=probs.device,
+                   dtype=torch.float64) * cdf[:, -1:]  # (N, 1)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
+def _sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen):
+    """(tokens (N,), their log-probs (N,) under softmax(logits / T), before top-p)."""
     if temperature <= 0:
-        return logits.argmax(-1)
+        tokens = logits.argmax(-1)
+        return tokens, torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None])[:, 0]
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (N, V)
     if top_p < 1.0:
         sorted_p, idx = probs.sort(dim=-1, descending=True)
         drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+        choice = _inverse_cdf(sorted_p.masked_fill(drop, 0.0), gen)  # (N,)
+        tokens = idx.gather(-1, choice[:, None])[:, 0]
+    else:
+        tokens = _inverse_cdf(probs, gen)
+    # a drawn token has p > 0, so its log is finite (and cheaper than a logsumexp)
+    return tokens, probs.gather(-1, tokens[:, None])[:, 0].log()
+
+
+def _prefill(model, p_ids, p_mask, g: int, capacity: int):
+    """Run the B distinct prompts once; return (cache for B*G rows, its kwarg, first logits (N, V),
+    position of the first completion token (N,))."""
+    pos = (p_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+    out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=pos, use_cache=True,
+                logits_to_keep=1)
+    kw = cache_kwarg(model)
+    cache = out[kw]
+    layers = getattr(cache, "layers", None)
+    if layers is not None and all(type(layer) is DynamicLayer for layer in layers):
+        cache.layers = [_KVBuffer(la.keys, la.values, g, capacity) for la in layers]
+    else:  # sliding-window or other layer types: keep transformers' own cache
+        cache.batch_repeat_interleave(g)
+    logits = out.logits[:, -1].repeat_interleave(g, dim=0)  # (N, V)
+    return cache, kw, logits, pos[:, -1].repeat_interleave(g) + 1
 
 
 @torch.no_grad()
@@ -87,58 +167,74 @@ def sample(
     """Sample `group_size` completions for each prompt (rows grouped contiguously)."""
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_ids = set(_as_list(model.generation_config.eos_token_id) or [tokenizer.eos_token_id])
-    hits_stop = _StopChecker(tokenizer, list(stop))
-
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
                     padding_side="left")
     p_ids = enc["input_ids"].to(device)  # (B, P)
     p_mask = enc["attention_mask"].to(device)  # (B, P)
-    cache, cache_kw, logits, next_pos, attn = prefill_groups(model, p_ids, p_mask, group_size)
+    P, T = p_ids.shape[1], max_new_tokens
+    cache, cache_kw, logits, pos = _prefill(model, p_ids, p_mask, group_size, P + T)
 
-    n = len(prompts) * group_size
-    generated: list[list[int]] = [[] for _ in range(n)]
-    finished = [False] * n
-    live = torch.arange(n, device=device)  # rows still decoding, in cache order
-    for step in range(max_new_tokens):
-        tokens = _sample_next(logits, temperature, top_p, generator)  # (L,)
-        keep = []
-        for j, (row, tok) in enumerate(zip(live.tolist(), tokens.tolist())):
-            generated[row].append(tok)
-            seq = generated[row]
-            if tok in eos_ids or hits_stop(seq):
-                finished[row] = True
-            else:
-                keep.append(j)
-        if not keep or step == max_new_tokens - 1:
+    n, vocab = len(prompts) * group_size, logits.shape[-1]
+    eos = torch.zeros(max(vocab, len(tokenizer)), dtype=torch.bool, device=device)  # (V,)
+    eos[_as_list(model.generation_config.eos_token_id) or [tokenizer.eos_token_id]] = True
+    hits_stop = _StopChecker(tokenizer, list(stop), vocab)
+    enders = hits_stop.enders.to(device) if hits_stop.enders is not None else None
+    if model.config._attn_implementation == "sdpa":  # a ready 4D mask skips mask building
+        attn = torch.ones(n, 1, 1, P + T, dtype=torch.bool, device=device)  # (N, 1, 1, P+T)
+        attn[:, 0, 0, :P] = p_mask.bool().repeat_interleave(group_size, dim=0)
+    else:  # e.g. eager or flash attention: a 2D padding mask, preallocated, sliced per step
+        attn = torch.ones(n, P + T, dtype=p_mask.dtype, device=device)  # (N, P+T)
+        attn[:, :P] = p_mask.repeat_interleave(group_size, dim=0)
+
+    out_ids = torch.full((n, T), pad_id, dtype=torch.long, device=device)  # (N, T)
+    out_lp = torch.zeros((n, T), dtype=torch.float32, device=device)  # (N, T)
+    lengths = torch.full((n,), T, dtype=torch.long, device=device)  # (N,)
+    rows = torch.arange(n, device=device)  # batch slot -> row
+    alive = torch.ones(n, dtype=torch.bool, device=device)  # per slot: still decoding
+    finished = torch.zeros(n, dtype=torch.bool, device=device)  # per row: ended by EOS/stop
+    for step in range(T):
+        tokens, logp = _sample_next(logits, temperature, top_p, generator)  # (L,), (L,)
+        out_ids[rows[alive], step] = tokens[alive]
+        out_lp[rows[alive], step] = logp[alive]
+        ends = eos[tokens] & alive  # (L,)
+        if enders is not None:
+            for slot in (enders[tokens] & alive & ~ends).nonzero().flatten().tolist():
+                r = int(rows[slot])
+                ends[slot] = hits_stop(out_ids[r, max(0, step + 1 - hits_stop.window) : step + 1]
+                                       .tolist())
+        if ends.any():
+            lengths[rows[ends]] = step + 1
+            finished[rows[ends]] = True
+            alive &= ~ends
+        n_alive = int(alive.sum())
+        if n_alive == 0 or step == T - 1:
             break
-        if len(keep) < len(live):
-            sel = torch.tensor(keep, device=device)
-            cache.batch_select_indices(sel)
-            live, tokens, attn, next_pos = live[sel], tokens[sel], attn[sel], next_pos[sel]
-        attn = torch.cat([attn, attn.new_ones(len(live), 1)], dim=1)  # (L, P+t+1)
-        out = model(input_ids=tokens[:, None], attention_mask=attn,
-                    position_ids=next_pos[:, None], use_cache=True, **{cache_kw: cache})
+        if len(alive) - n_alive >= max(1, len(alive) // 8):  # drop finished rows from the batch
+            keep = alive.nonzero().flatten()
+            cache.batch_select_indices(keep)
+            rows, tokens, attn, pos, alive = rows[keep], tokens[keep], attn[keep], pos[keep], alive[keep]
+        kv = P + step + 1  # cache length once this token is in
+        out = model(input_ids=tokens[:, None], attention_mask=attn[..., :kv],
+                    position_ids=(pos + step)[:, None], use_cache=True, **{cache_kw: cache})
         cache = out[cache_kw]
         logits = out.logits[:, -1]  # (L, V)
-        next_pos = next_pos + 1
 
-    width = max(len(g) for g in generated)
-    c_ids = torch.full((n, width), pad_id, dtype=torch.long)  # (N, T)
-    c_mask = torch.zeros((n, width), dtype=torch.long)  # (N, T)
-    for i, g in enumerate(generated):
-        c_ids[i, : len(g)] = torch.tensor(g, dtype=torch.long)
-        c_mask[i, : len(g)] = 1
-    texts = [_cut_at_stop(tokenizer.decode(g, skip_special_tokens=True), stop) for g in generated]
+    width = int(lengths.max())
+    c_mask = (torch.arange(width, device=device) < lengths[:, None]).long()  # (N, T')
+    num_tokens = lengths.tolist()
+    ids = out_ids[:, :width].cpu()
+    texts = [_cut_at_stop(tokenizer.decode(ids[i, : num_tokens[i]], skip_special_tokens=True), stop)
+             for i in range(n)]
     return Rollouts(
         prompt_ids=p_ids.repeat_interleave(group_size, dim=0).cpu(),
         prompt_mask=p_mask.repeat_interleave(group_size, dim=0).cpu(),
-        completion_ids=c_ids,
-        completion_mask=c_mask,
+        completion_ids=ids,
+        completion_mask=c_mask.cpu(),
         texts=texts,
-        num_tokens=[len(g) for g in generated],
-        truncated=[not f for f in finished],
+        num_tokens=num_tokens,
+        truncated=(~finished).tolist(),
         group_size=group_size,
+        logprobs=(out_lp[:, :width] * c_mask).cpu(),
     )
 
 

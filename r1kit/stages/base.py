@@ -21,8 +21,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("R1KIT_CACHE", Path.home() / ".cache" / "r1kit"))
 
 
+# Fields added after the first cached builds: left out of the key at their default, so those
+# builds keep their cache folders.
+_LATER_FIELDS = {"arch": "llama", "num_kv_heads": 0, "tasks": ["arithmetic"]}
+
+
 def config_key(cfg: BaseConfig) -> str:
-    blob = json.dumps({k: v for k, v in to_dict(cfg).items() if k != "out"}, sort_keys=True)
+    fields = {k: v for k, v in to_dict(cfg).items()
+              if k not in ("out", "device") and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 

@@ -1,18 +1,28 @@
-"""`r1kit eval`: evaluate any model folder (or hub name) on held-out problems (R1-SPEC §4.4)."""
+"""`r1kit eval`: evaluate model folders (or hub names) on held-out problems (R1-SPEC §4.4).
+
+`r1kit eval --model M` reports one model; `r1kit eval M1 M2 ...` evaluates each on the same
+problems with the same sampling and seed and prints one comparison table (r1kit/comparison.py),
+also written as comparison.md and comparison.json to `--out DIR` (default: the run folder).
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
+from r1kit.comparison import evaluate_row, write_comparison
 from r1kit.config import EvalStageConfig
+from r1kit.errors import UserError
 from r1kit.evaluation import evaluate
-from r1kit.models import load_model, pick_device
+from r1kit.models import load_model, pick_device, resolve_model_path
 from r1kit.runs import RunFolder, load_problems
 
 
-def main(cfg: EvalStageConfig) -> dict:
+def main(cfg: EvalStageConfig, models: list[str] | None = None, out: str | None = None) -> dict:
+    if models:
+        return compare(cfg, models, out)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     # Inputs first: a bad problem file or model path leaves no run folder behind.
@@ -34,3 +44,48 @@ def main(cfg: EvalStageConfig) -> dict:
           f"reflection {res.reflection:.3f}")
     print(json.dumps({"summary": str(run.path / "summary.json")}))
     return metrics
+
+
+def compare(cfg: EvalStageConfig, models: list[str], out: str | None = None) -> dict:
+    """Evaluate every model of `models` on the same problems; one table, printed and written."""
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    for path in models:  # every path checked before any model is evaluated
+        if path != "builtin" and (Path(path).exists() or path.startswith((".", "/", "~"))) \
+                and not (Path(path) / "config.json").is_file():
+            raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
+    _, problems = load_problems(cfg.data, cfg.eval.num_problems)
+    if out:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        run_path = folder
+    else:
+        run = RunFolder.open(cfg, "eval")
+        cfg, run_path = run.cfg, run.path
+    device = pick_device(cfg.run.device)
+    labels = _labels(models)
+    rows = []
+    for label, path in zip(labels, models):
+        print(f"evaluating {label} ({path}) on {len(problems)} problems, k={cfg.eval.k}")
+        row, _ = evaluate_row(label, resolve_model_path(path), problems, cfg.eval,
+                              dtype=cfg.model.dtype, device=device, template=cfg.data.template,
+                              stop=cfg.rollout.stop, seed=cfg.run.seed)
+        rows.append(row)
+    table = write_comparison(run_path, "comparison", "Model comparison", rows, cfg.eval,
+                             len(problems), extra={"problems": cfg.data.eval_source or
+                                                   cfg.data.source, "seed": cfg.run.seed})
+    print("\n" + table)
+    print(json.dumps({"comparison": str(run_path / "comparison.md")}))
+    return {"rows": rows}
+
+
+def _labels(models: list[str]) -> list[str]:
+    """Short, distinct row labels: the folder name, or the parent's name for a `final/` folder."""
+    labels = []
+    for m in models:
+        p = Path(m)
+        label = f"{p.parent.name}/{p.name}" if p.name == "final" and p.parent.name else p.name or m
+        while label in labels:
+            label += "'"
+        labels.append(label)
+    return labels

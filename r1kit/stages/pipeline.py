@@ -99,7 +99,8 @@ def main(cfg: PipelineConfig, resume: str | None = None) -> dict:
     t_start = time.time()
 
     # ---------------------------------------------------------------- stages
-    for name, (kind, stage_cfg) in stage_configs(cfg, run.path).items():
+    stages = {**stage_configs(cfg, run.path), **distill_stage_config(cfg, run.path)}
+    for name, (kind, stage_cfg) in stages.items():
         if name in manifest["stages"]:
             print(f"[pipeline] {name}: finished earlier, skipped")
             continue
@@ -132,6 +133,33 @@ def main(cfg: PipelineConfig, resume: str | None = None) -> dict:
 
 
 # -------------------------------------------------------------------------------- stages
+
+
+DISTILLED = "Distill"
+"""Row label prefix of the students distilled from R1 in 08-distill (`Distill tiny-qwen`)."""
+
+
+def distill_stage_config(cfg: PipelineConfig, root: Path) -> dict[str, tuple[str, object]]:
+    """08-distill when `pipeline.distill`: R1's verified samples -> SFT of each student
+    (r1kit/stages/distill.py; the students' rows are evaluated with the others')."""
+    if not cfg.pipeline.distill:
+        return {}
+    from r1kit.config import DistillConfig, DistillStagesConfig
+
+    p, default = cfg.pipeline, DistillConfig()
+    return {"08-distill": ("distill", DistillConfig(
+        run=dataclasses.replace(cfg.run, name="08-distill", out_dir=str(root)),
+        distill=DistillStagesConfig(teacher=str(root / "07-r1" / "final"),
+                                    students=list(p.students), dtype=cfg.model.dtype),
+        data=cfg.data,
+        rollout=dataclasses.replace(default.rollout, max_new_tokens=cfg.rollout.max_new_tokens,
+                                    stop=list(cfg.rollout.stop)),
+        # R1 writes the summary format: R1-Zero's `well_formed` would reject all of it.
+        sample=dataclasses.replace(
+            default.sample, num_prompts=p.distill_prompts, samples_per_prompt=p.distill_samples,
+            filters=["any_format" if f == "well_formed" else f for f in cfg.sample.filters]),
+        sft=default.sft, eval=cfg.eval,
+    ))}
 
 
 def stage_configs(cfg: PipelineConfig, root: Path) -> dict[str, tuple[str, object]]:
@@ -203,6 +231,13 @@ def stage_configs(cfg: PipelineConfig, root: Path) -> dict[str, tuple[str, objec
 
 def run_stage(name: str, kind: str, cfg, folder: Path) -> dict:
     """Run (or resume, or recognise as finished) one stage; its summary."""
+    if kind == "distill":  # resumable part by part through its own manifest.json
+        from r1kit.stages import distill as distill_stage
+
+        if (folder / "config.yaml").is_file() and not (folder / "manifest.json").is_file():
+            shutil.rmtree(folder)  # killed before it recorded anything
+        started = (folder / "manifest.json").is_file()
+        return distill_stage.main(cfg, resume=str(folder) if started else None, table=False)
     done_file = folder / ("counts.json" if kind == "sample" else "summary.json")
     if done_file.is_file() and (kind == "sample" or (folder / "final").is_dir()):
         log.warning(f"{folder}: finished before the manifest recorded it; not run again")
@@ -247,8 +282,13 @@ def _check(cfg: PipelineConfig) -> None:
     p = cfg.pipeline
     check_report_to(cfg.run.report_to)
     if p.distill:
-        raise UserError("pipeline.distill is reserved: distillation is not part of the pipeline "
-                        "yet; run `r1kit sft` on a student with the 05-rejection data instead")
+        from r1kit.students import check_student
+
+        for name in p.students:
+            check_student(str(name))
+        if not p.students or p.distill_prompts < 1 or p.distill_samples < 1:
+            raise UserError("pipeline.distill needs pipeline.students and pipeline.distill_prompts, "
+                            "pipeline.distill_samples >= 1")
     for key in ("zero_steps", "reasoning_rl_steps", "final_rl_steps", "cold_start_prompts",
                 "cold_start_samples", "rejection_prompts", "rejection_samples"):
         if getattr(p, key) < 1:
@@ -287,7 +327,7 @@ def evaluate_checkpoints(cfg: PipelineConfig, run: RunFolder, manifest: dict) ->
     """One table row per checkpoint, each evaluated once (recorded in the manifest)."""
     problems = _heldout(cfg)
     device = pick_device(cfg.run.device)
-    for label, folder in CHECKPOINTS:
+    for label, folder in checkpoints(cfg):
         if label in manifest["evals"]:
             continue
         path = cfg.model.path if folder is None else str(run.path / folder / "final")
@@ -298,7 +338,18 @@ def evaluate_checkpoints(cfg: PipelineConfig, run: RunFolder, manifest: dict) ->
         run.write_jsonl(f"eval/{label}.jsonl", res.samples)
         manifest["evals"][label] = table_row(label, res, problems)
         run.write_json("manifest.json", manifest)
-    return [manifest["evals"][label] for label, _ in CHECKPOINTS]
+    return [manifest["evals"][label] for label, _ in checkpoints(cfg)]
+
+
+def checkpoints(cfg: PipelineConfig) -> list[tuple[str, str | None]]:
+    """CHECKPOINTS, then the distilled students of 08-distill when `pipeline.distill`."""
+    from r1kit.stages.distill import student_labels
+
+    rows = list(CHECKPOINTS)
+    if cfg.pipeline.distill:
+        rows += [(f"{DISTILLED} {s}", f"08-distill/students/{s}")
+                 for s in student_labels(list(cfg.pipeline.students))]
+    return rows
 
 
 def table_row(label: str, res: EvalResult, problems: list) -> dict:
@@ -316,7 +367,8 @@ def table_row(label: str, res: EvalResult, problems: list) -> dict:
     return {
         "model": label,
         "pass@1": res.pass1, "pass@1_ci": list(res.pass1_ci), "cons@k": res.cons_k,
-        "format_rate": formats["summary_format" if label in TRAINED_ON_SUMMARY else "format"],
+        "format_rate": formats["summary_format" if label in TRAINED_ON_SUMMARY
+                               or label.startswith(DISTILLED) else "format"],
         **formats,
         "language": sum(shares) / len(shares) if shares else None,
         "with_words": len(shares) / len(texts),

@@ -1,0 +1,138 @@
+"""Distillation vs RL on the same small student, in miniature (R1-SPEC §4.3, R1v1 Table 6).
+
+The paper: for a small model, SFT on a strong teacher's verified samples beats R1-Zero-style RL
+on the same base (R1-Distill-Qwen-32B 72.6 vs R1-Zero-Qwen-32B 47.0 AIME pass@1). Here:
+    1. `r1kit distill --teacher T --students S1,S2`: sample the teacher, filter, SFT each student,
+       and evaluate teacher, student bases and distilled students on the same held-out problems;
+    2. `r1kit zero` (R1-Zero GRPO, recipes/tiny/zero.yaml) straight from the RL student's base, with
+       a held-out evaluation every `--eval-every` steps;
+    3. the GRPO checkpoint whose training time (sum of its steps' time) first reaches the
+       distilled student's budget (teacher sampling + dataset + that student's SFT), and GRPO's
+       last checkpoint, next to the distill table: same 200 problems, k = 4, T = 0.6, seed 0.
+The teacher's own training is not counted in the distillation budget (as in the paper).
+Both sides run at `run.threads` threads; run them on a quiet machine, or note the load.
+
+    python benchmarks/distill_vs_rl.py --teacher benchmarks/out/zero-seeds/seed0-*/final
+
+Writes benchmarks/out/distill/results.json and prints the combined table (Markdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+R1KIT = [sys.executable, "-m", "r1kit.cli"]
+
+
+def run(cmd: list[str]) -> float:
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return time.time() - t0
+
+
+def distill(args, out: Path) -> dict:
+    folder = out / "distill"
+    if (folder / "manifest.json").is_file():
+        run([*R1KIT, "distill", "--resume", str(folder)])
+    else:
+        run([*R1KIT, "distill", "--teacher", args.teacher, "--students", args.students,
+             "--set", f"run.out_dir={out}", "--set", "run.name=distill",
+             "--set", f"run.threads={args.threads}"])
+    return json.loads((folder / "distill.json").read_text())
+
+
+def grpo(args, out: Path, base: str) -> Path:
+    folder = out / f"zero-{args.rl_student}"
+    if (folder / "summary.json").is_file():
+        return folder
+    cmd = [*R1KIT, "zero", "--config", "recipes/tiny/zero.yaml"]
+    if (folder / "checkpoints" / "latest").is_file():
+        cmd += ["--resume", str(folder)]
+    else:
+        cmd += ["--set", f"model.path={base}", "--set", f"rl.steps={args.rl_steps}",
+                "--set", f"eval.every={args.eval_every}", "--set", "eval.max_new_tokens=96",
+                "--set", f"run.out_dir={out}",
+                "--set", f"run.name={folder.name}", "--set", f"run.threads={args.threads}"]
+    run(cmd)
+    return folder
+
+
+def grpo_curve(folder: Path) -> list[dict]:
+    """Held-out evaluations of the GRPO run with the training seconds spent before each."""
+    steps = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    spent, total = {}, 0.0
+    for m in steps:
+        total += m.get("time/step", 0.0)
+        spent[m["step"]] = total
+    curve = []
+    for e in (json.loads(line) for line in (folder / "eval.jsonl").read_text().splitlines()):
+        curve.append({"step": e["step"], "train_seconds": round(spent.get(e["step"], 0.0), 1),
+                      "pass@1": e["eval/pass@1"], "pass@1_ci": [e["eval/pass@1_lo"],
+                                                                e["eval/pass@1_hi"]],
+                      "cons@k": next(v for k, v in e.items() if k.startswith("eval/cons@")),
+                      "format": e["eval/format"]})
+    return curve
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--students", default="tiny-llama,tiny-qwen")
+    ap.add_argument("--rl-student", default="tiny-llama")
+    ap.add_argument("--rl-steps", type=int, default=300)
+    ap.add_argument("--eval-every", type=int, default=25)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="benchmarks/out/distill")
+    args = ap.parse_args()
+    out = ROOT / args.out
+
+    sys.path.insert(0, str(ROOT))
+    from r1kit.students import student_path
+
+    table = distill(args, out)
+    base = student_path(args.rl_student)
+    zero = grpo(args, out, base)
+
+    manifest = json.loads((out / "distill" / "manifest.json").read_text())
+    parts = {name: p["seconds"] for name, p in manifest["parts"].items()}
+    budget = parts["samples"] + parts["dataset"] + parts[f"sft-{args.rl_student}"]
+    curve = grpo_curve(zero)
+    matched = next((c for c in curve if c["train_seconds"] >= budget), curve[-1])
+    rows = {r["model"]: r for r in table["rows"]}
+    teacher = rows["Teacher"]["pass@1"]
+    result = {
+        "machine": f"{platform.machine()}, {platform.processor() or '?'}",
+        "python": platform.python_version(), "teacher": args.teacher,
+        "distill_part_seconds": parts, "distill_budget_seconds": round(budget, 1),
+        "distill_table": table["rows"], "grpo_student": args.rl_student, "grpo_base": base,
+        "grpo_curve": curve, "grpo_matched": matched, "grpo_final": curve[-1],
+        "ratios_to_teacher": {m: round(r["pass@1"] / teacher, 3) for m, r in rows.items()},
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    s = args.rl_student
+    print(f"\n| {s} | pass@1 | 95% CI | cons@4 | training seconds |")
+    print("|---|---|---|---|---|")
+    for label, r, secs in [
+        ("base", rows[f"{s} base"], 0.0),
+        ("distilled (SFT on teacher samples)", rows[f"{s} distilled"], budget),
+        (f"GRPO, step {matched['step']} (matched budget)", matched, matched["train_seconds"]),
+        (f"GRPO, step {curve[-1]['step']} (last)", curve[-1], curve[-1]["train_seconds"]),
+    ]:
+        lo, hi = r["pass@1_ci"]
+        print(f"| {label} | {r['pass@1']:.3f} | [{lo:.3f}, {hi:.3f}] | {r['cons@k']:.3f} | "
+              f"{secs:.0f} |")
+    print(f"\nteacher pass@1 {teacher:.3f}; ratios to it: {result['ratios_to_teacher']}")
+    print(f"results: {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

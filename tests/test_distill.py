@@ -1,0 +1,341 @@
+"""`r1kit distill` and `r1kit eval MODEL...` on toy models: the verification filter, the dataset
+round trip (JSONL and `datasets`), a tiny distillation that trains the students, resume of the
+teacher sampling and of the whole run, the comparison table, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from datasets import load_from_disk
+from safetensors.torch import load_file
+
+from r1kit.cli import main as cli
+from r1kit.config import DistillConfig, describe
+from r1kit.errors import UserError
+from r1kit.filters import Candidate, build_filters
+from r1kit.sft import load_sft_jsonl
+from r1kit.sft_dataset import write_sft_dataset
+from r1kit.stages import distill
+from r1kit.stages import sample as sample_stage
+from r1kit.stages import sft as sft_stage
+from r1kit.students import PRESETS, check_student
+from r1kit.tasks.base import Problem
+
+P = Problem("p1", "Compute 47+8-9", "46")
+
+
+@pytest.fixture(scope="module")
+def qwen_student(tmp_path_factory) -> str:
+    """A toy Qwen2 student with Qwen2 tokenizer rules, built like the tiny-qwen preset."""
+    from r1kit.stages.base import main as build
+    from tests.conftest import TINY_BASE
+
+    cfg = dataclasses.replace(TINY_BASE, arch="qwen2", num_kv_heads=1, steps=10)
+    out = tmp_path_factory.mktemp("qwen-student") / "model"
+    build(cfg, out=out, log=lambda *_: None)  # fails if AutoTokenizer does not round-trip
+    return str(out)
+
+
+def _correct_sampler(model, tokenizer, prompts, group_size, **kw):
+    """A teacher that is always right: one verified completion and one wrong one per prompt
+    (group_size 2), so the filters have something to reject."""
+    texts = []
+    for prompt in prompts:
+        expr = re.search(r"User: Compute ([0-9+-]+)\.", prompt).group(1)
+        ans = sum(int(t) for t in re.findall(r"[+-]?\d+", expr))
+        texts += [f"<think> {expr}={ans} </think> <answer> {ans} </answer>",
+                  f"<think> {expr}={ans + 1} </think> <answer> {ans + 1} </answer>"][:group_size]
+    return SimpleNamespace(texts=texts, truncated=[False] * len(texts),
+                           num_tokens=[8] * len(texts))
+
+
+def _sets(tmp_path: Path, name: str, *extra: str) -> list[str]:
+    sets = [f"run.out_dir={tmp_path}", f"run.name={name}", "run.threads=2",
+            "data.train_size=200", "sample.num_prompts=24", "sample.samples_per_prompt=2",
+            "sample.batch_size=8", "rollout.max_new_tokens=16", "sft.epochs=3",
+            "sft.batch_size=8", "sft.micro_batch_size=8", "sft.warmup_steps=1", "sft.lr=3e-3",
+            "eval.num_problems=4", "eval.k=2", "eval.max_new_tokens=16", *extra]
+    return [arg for s in sets for arg in ("--set", s)]
+
+
+# ------------------------------------------------------------------------- filter and dataset
+
+
+def test_any_format_filter_keeps_verified_answers_in_either_format():
+    chain = build_filters(["not_truncated", "correct", "any_format"])
+    keep = [Candidate("<think> 47+8=55, 55-9=46 </think> <answer> 46 </answer>", P),
+            Candidate("<think> 47+8=55, 55-9=46 </think> The answer is <answer> 46 </answer>", P)]
+    drop = [Candidate("<think> 47+8=55, 55-9=47 </think> <answer> 47 </answer>", P),  # wrong
+            Candidate("<think> 47+8=55 </think> <answer> 46 </answer> more", P),  # trailing text
+            Candidate("<think> 47+8=55, 55-9=46 </think> <answer> 46 </answer>", P,
+                      truncated=True)]
+    kept, rejected = chain.apply(keep + drop)
+    assert kept == keep
+    assert rejected == {"not_truncated": 1, "correct": 1, "any_format": 1}
+
+
+def test_dataset_round_trips_through_jsonl_and_load_from_disk(tmp_path):
+    rows = [{"prompt": f"Compute {i}+1", "completion": f"<think> {i}+1={i + 1} </think> "
+             f"<answer> {i + 1} </answer>", "id": f"t{i}", "answer": str(i + 1), "sample": 0}
+            for i in range(5)]
+    rows[2]["completion"] += " \u2028 ünïcode"
+    src = tmp_path / "sft.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gen, counts = {"model": "teacher", "temperature": 0.6}, {"kept": 5, "rejected": {"correct": 3}}
+    assert write_sft_dataset(src, tmp_path / "ds", gen, counts) == 5
+    ds = load_from_disk(str(tmp_path / "ds" / "hf"))
+    assert ds.column_names == ["prompt", "completion", "id", "answer", "sample"]
+    assert ds.to_list() == rows
+    assert json.loads(ds.info.description) == {"generation": gen, "counts": counts}
+    jsonl = load_sft_jsonl(tmp_path / "ds" / "train.jsonl")
+    assert [(e.prompt, e.completion) for e in jsonl] == [(r["prompt"], r["completion"])
+                                                         for r in rows]
+    assert json.loads((tmp_path / "ds" / "counts.json").read_text()) == counts
+    assert json.loads((tmp_path / "ds" / "generation.json").read_text()) == gen
+    # a malformed source leaves no half-written dataset behind
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n')
+    with pytest.raises(UserError, match="bad.jsonl:1: missing field 'completion'"):
+        write_sft_dataset(tmp_path / "bad.jsonl", tmp_path / "ds2", gen, counts)
+    assert not (tmp_path / "ds2").exists()
+
+
+# ------------------------------------------------------------------------- students
+
+
+def test_student_presets_are_smaller_than_the_teacher_and_of_two_architectures():
+    from r1kit.config import BaseConfig
+
+    teacher = BaseConfig()
+    assert {c.arch for c in PRESETS.values()} == {"qwen2", "llama"}
+    for cfg in PRESETS.values():
+        assert cfg.hidden_size * cfg.num_layers < teacher.hidden_size * teacher.num_layers
+
+
+def test_qwen_student_reloads_with_its_own_tokenizer(qwen_student):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(qwen_student)
+    assert type(tok).__name__ == "Qwen2Tokenizer"  # what transformers gives any Qwen2 folder
+    text = "<think> 47+8=55 </think> <answer> 55 </answer>"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    assert "</think>" in tok.convert_ids_to_tokens(tok("</think>")["input_ids"])
+    assert AutoModelForCausalLM.from_pretrained(qwen_student).config.model_type == "qwen2"
+
+
+# ------------------------------------------------------------------------- distill end to end
+
+
+def test_distill_trains_students_and_resumes(tiny_base, qwen_student, tmp_path, monkeypatch,
+                                             capsys):
+    monkeypatch.setattr(sample_stage, "sample", _correct_sampler)
+    calls = {"sft": 0}
+    real_sft = sft_stage.main
+
+    def sft_then_kill_once(*args, **kwargs):
+        calls["sft"] += 1
+        summary = real_sft(*args, **kwargs)
+        if calls["sft"] == 1:
+            raise KeyboardInterrupt  # killed after the first student finished its SFT
+        return summary
+
+    monkeypatch.setattr(sft_stage, "main", sft_then_kill_once)
+    args = ["distill", "--teacher", tiny_base, "--students", f"{qwen_student},{tiny_base}",
+            *_sets(tmp_path, "d")]
+    assert cli(args) == 130
+    root = tmp_path / "d"
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert list(manifest["parts"]) == ["samples", "dataset"]
+
+    capsys.readouterr()
+    assert cli(["distill", "--resume", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "samples: finished earlier, skipped" in out
+    assert calls["sft"] == 2  # the first student was recognised as finished, not trained again
+
+    # the dataset: only verified samples, the same rows in JSONL and datasets
+    counts = json.loads((root / "dataset" / "counts.json").read_text())
+    assert counts["generated"] == 48 and counts["kept"] == 24
+    assert counts["rejected"]["correct"] == 24
+    gen = json.loads((root / "dataset" / "generation.json").read_text())
+    assert gen["model"] == tiny_base and gen["temperature"] == 0.6 and gen["top_p"] == 0.95
+    ds = load_from_disk(str(root / "dataset" / "hf"))
+    jsonl = [json.loads(line) for line in (root / "dataset" / "train.jsonl").read_text()
+             .splitlines()]
+    assert len(ds) == 24 and ds.to_list() == [{k: r[k] for k in ds.column_names} for r in jsonl]
+
+    # each student: every parameter changed, and the SFT loss went down
+    for label, base in (("model", qwen_student), ("model-2", tiny_base)):
+        folder = root / "students" / label
+        before = load_file(Path(base) / "model.safetensors")
+        after = load_file(folder / "final" / "model.safetensors")
+        assert set(before) == set(after)
+        assert all(not torch.equal(before[k], after[k]) for k in before), label
+        losses = [json.loads(line)["train/loss"]
+                  for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert losses[-1] < 0.9 * losses[0], (label, losses)
+
+    result = json.loads((root / "distill.json").read_text())
+    assert [r["model"] for r in result["rows"]] == [
+        "Teacher", "model base", "model distilled", "model-2 base", "model-2 distilled"]
+    assert {r["arch"] for r in result["rows"]} == {"llama", "qwen2"}
+    assert "| Teacher |" in out and "vs Teacher" in (root / "distill.md").read_text()
+
+    # a finished run resumed again trains and samples nothing
+    assert cli(["distill", "--resume", str(root)]) == 0
+    assert calls["sft"] == 2
+
+
+def test_teacher_sampling_resumes_without_duplicates(tiny_base, tmp_path, monkeypatch):
+    monkeypatch.setattr(sample_stage, "sample", _correct_sampler)
+    assert cli(["distill", "--teacher", tiny_base, "--students", tiny_base,
+                *_sets(tmp_path, "full", "sft.epochs=1")]) == 0
+
+    calls = {"n": 0}
+
+    def killed_in_batch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return _correct_sampler(*args, **kwargs)
+
+    monkeypatch.setattr(sample_stage, "sample", killed_in_batch_2)
+    assert cli(["distill", "--teacher", tiny_base, "--students", tiny_base,
+                *_sets(tmp_path, "killed", "sft.epochs=1")]) == 130
+    samples = tmp_path / "killed" / "samples"
+    progress = json.loads((samples / "progress.json").read_text())
+    assert progress["batches_done"] == 1 and progress["rows"] == 8
+    with open(samples / "sft.jsonl", "a") as f:  # the batch in flight had written part of a row
+        f.write('{"prompt": "Compute 1+2", "compl')
+
+    monkeypatch.setattr(sample_stage, "sample", _correct_sampler)
+    assert cli(["distill", "--resume", str(tmp_path / "killed")]) == 0
+    full = (tmp_path / "full" / "dataset" / "train.jsonl").read_text()
+    resumed = (tmp_path / "killed" / "dataset" / "train.jsonl").read_text()
+    assert resumed == full
+    ids = [json.loads(line)["id"] for line in resumed.splitlines()]
+    assert len(ids) == len(set(ids)) == 24
+
+
+# ------------------------------------------------------------------------- eval and errors
+
+
+def test_eval_compares_two_models_in_one_table(tiny_base, qwen_student, tmp_path, capsys):
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({"prompt": f"Compute {a}+{b}", "answer": str(a + b)})
+                                + "\n" for a, b in [(12, 3), (40, 5), (7, 8)]))
+    out = tmp_path / "cmp"
+    assert cli(["eval", tiny_base, qwen_student, "--problems", str(problems), "--out", str(out),
+                "--set", "eval.k=2", "--set", "eval.max_new_tokens=12"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("| model | arch |") == 1  # one table
+    result = json.loads((out / "comparison.json").read_text())
+    assert result["num_problems"] == 3 and result["k"] == 2
+    assert [r["arch"] for r in result["rows"]] == ["llama", "qwen2"]
+    assert len({r["model"] for r in result["rows"]}) == 2
+    for r in result["rows"]:
+        assert 0.0 <= r["pass@1"] <= 1.0 and r["params"] > 0
+        assert f"| {r['model']} |" in printed
+    assert (out / "comparison.md").read_text().count("| llama |") == 1
+
+    # the single-model usage is unchanged
+    assert cli(["eval", "--model", tiny_base, "--set", f"run.out_dir={tmp_path}",
+                "--set", "eval.num_problems=2", "--set", "eval.k=1",
+                "--set", "eval.max_new_tokens=8"]) == 0
+    assert "pass@1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--teacher", "no/such/teacher-dir"], "teacher no/such/teacher-dir: no such folder"),
+        (["--teacher", "{base}", "--students", "tiny-gpt"], "unknown student 'tiny-gpt'"),
+        (["--students", "tiny-llama"], "no teacher: give --teacher"),
+        (["--teacher", "{tmp}"], "not a model folder (no config.json)"),
+        (["--teacher", "{base}", "--set", "sample.filters=[correct, fast]"],
+         "unknown filter 'fast'"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tiny_base, tmp_path, capsys, args, message):
+    args = [a.format(base=tiny_base, tmp=tmp_path) for a in args]
+    code = cli(["distill", *args, "--set", f"run.out_dir={tmp_path}", "--set", "run.name=bad"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+
+
+def test_eval_of_a_missing_model_folder_is_a_clear_error(tiny_base, tmp_path, capsys):
+    assert cli(["eval", tiny_base, str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a Hugging Face model folder" in capsys.readouterr().err
+
+
+def test_check_student_and_help():
+    check_student("tiny-qwen")
+    check_student("Qwen/Qwen2.5-Math-1.5B")  # a hub name is accepted (and loaded later)
+    with pytest.raises(UserError, match="unknown student 'qwen'"):
+        check_student("qwen")
+    with pytest.raises(SystemExit):
+        cli(["distill", "--help"])
+    keys = [k for k, _, _ in describe(DistillConfig)]
+    assert "distill.teacher" in keys and "distill.students" in keys
+
+
+def test_resume_needs_a_distill_folder(tmp_path, capsys):
+    assert cli(["distill", "--resume", str(tmp_path)]) == 2
+    assert "not a distill folder" in capsys.readouterr().err
+
+
+def test_teacher_resolution(tiny_base, tmp_path):
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "config.json").write_text("{}")
+    assert distill.resolve_teacher(str(run)) == str(run / "final")
+    pipe = tmp_path / "pipe"
+    (pipe / "07-r1" / "final").mkdir(parents=True)
+    (pipe / "07-r1" / "final" / "config.json").write_text("{}")
+    assert distill.resolve_teacher(str(pipe)) == str(pipe / "07-r1" / "final")
+    assert distill.resolve_teacher(tiny_base) == tiny_base
+
+
+# ------------------------------------------------------------------------- pipeline stage
+
+
+def test_pipeline_distill_stage_and_its_table_rows(tiny_base, tmp_path, monkeypatch):
+    from r1kit.config import PipelineConfig, load_config
+    from r1kit.stages import pipeline
+
+    sets = ["pipeline.distill=true", f"pipeline.students=[{tiny_base}]",
+            "pipeline.distill_prompts=8", "pipeline.distill_samples=2", "data.train_size=100",
+            "sample.filters=[not_truncated, correct, well_formed]", "run.threads=2"]
+    cfg = load_config(PipelineConfig, None, sets)
+    pipeline._check(cfg)
+    (kind, dcfg), = pipeline.distill_stage_config(cfg, tmp_path).values()
+    assert kind == "distill" and dcfg.distill.teacher == str(tmp_path / "07-r1" / "final")
+    assert dcfg.sample.filters == ["not_truncated", "correct", "any_format"]  # R1's summary form
+    assert dcfg.sample.num_prompts == 8 and dcfg.sample.samples_per_prompt == 2
+    assert pipeline.checkpoints(cfg)[-1] == ("Distill model", "08-distill/students/model")
+    off = load_config(PipelineConfig, None, [])
+    assert pipeline.distill_stage_config(off, tmp_path) == {}
+    assert pipeline.checkpoints(off) == list(pipeline.CHECKPOINTS)
+    with pytest.raises(UserError, match="unknown student 'tiny-gpt'"):
+        pipeline._check(load_config(PipelineConfig, None, [*sets, "pipeline.students=[tiny-gpt]"]))
+
+    # the stage itself: R1's samples -> each student's SFT; a second call redoes nothing
+    import shutil
+
+    shutil.copytree(tiny_base, tmp_path / "07-r1" / "final")
+    monkeypatch.setattr(sample_stage, "sample", _correct_sampler)
+    dcfg = dataclasses.replace(dcfg, sft=dataclasses.replace(dcfg.sft, batch_size=4,
+                                                             micro_batch_size=4, epochs=1))
+    out = pipeline.run_stage("08-distill", "distill", dcfg, tmp_path / "08-distill")
+    final = tmp_path / "08-distill" / "students" / "model" / "final"
+    assert out == {"students": {"model": str(final)}} and (final / "config.json").is_file()
+    assert not (tmp_path / "08-distill" / "distill.md").exists()  # the pipeline's table has them
+    mtime = (final / "model.safetensors").stat().st_mtime_ns
+    assert pipeline.run_stage("08-distill", "distill", dcfg, tmp_path / "08-distill") == out
+    assert (final / "model.safetensors").stat().st_mtime_ns == mtime
