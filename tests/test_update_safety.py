@@ -75,7 +75,9 @@ def test_non_finite_steps_stop_cleanly_keeping_last_checkpoint(tiny_base, tmp_pa
         return (loss * float("nan") if calls["n"] > 2 else loss), m  # NaN from step 3 on
 
     monkeypatch.setattr(grpo, "policy_loss", flaky)
+    # every step updates (no group dropped for equal rewards), whatever the sampled completions
     cfg = _cfg(tmp_path, tiny_base, "nan", **{"rl.steps": 10, "rl.max_bad_steps": 3,
+                                              "rl.dynamic_sampling": "false",
                                               "rewards.weights": "{test_varied: 1.0}"})
     with caplog.at_level(logging.WARNING, logger="r1kit"):
         summary = zero.main(cfg)
