@@ -4,13 +4,15 @@ R1 distils into Qwen2.5 and Llama bases of other sizes than the teacher. The bui
 their miniatures, each a base model pretrained by `r1kit base` on the teacher's corpus, smaller
 than the built-in teacher lineage (Llama, width 128, 3 layers, 0.72M parameters):
     tiny-qwen   Qwen2 architecture (grouped-query attention, q/k/v biases) with Qwen2's own
-                tokenizer rules (single-digit numbers, see `tinybase.build_tokenizer`), 0.35M
+                tokenizer rules (single-digit numbers, see `tinybase.build_tokenizer`), width 96,
+                2 layers, 0.25M parameters
     tiny-llama  Llama architecture with the teacher's tokenizer rules, width 96, 2 layers, 0.28M
-Both ship in `r1kit/assets/<name>` and rebuild deterministically, e.g.
-    r1kit base --set out=DIR --set arch=qwen2 --set hidden_size=96 --set intermediate_size=256 \\
-               --set num_layers=2 --set num_kv_heads=2 --set batch_size=48
-A preset whose shipped copy is missing or was built from other settings is built into the cache
-on first use (minutes). Any other student is a Hugging Face model folder or hub name.
+Both ship in `r1kit/assets/<name>` and rebuild deterministically with `r1kit base`, e.g.
+    r1kit base --set out=DIR --set arch=qwen2 --set hidden_size=96 --set intermediate_size=256 \
+               --set num_layers=2 --set num_kv_heads=2 --set corpus_docs=50000 --set steps=1500 \
+               --set batch_size=32
+(tiny-llama: arch=llama and no num_kv_heads). A preset whose shipped copy is missing or was built
+from other settings is built into the cache on first use (15-30 minutes on 2 cores). Any other student is a Hugging Face model folder or hub name.
 """
 
 from __future__ import annotations
