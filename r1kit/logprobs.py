@@ -5,9 +5,11 @@ positions of `cat(prompt, completion)`: the model is asked for only T+1 position
 (`logits_to_keep`), which keeps the vocabulary projection off the prompt.
 
 With `group_size=G > 1` (rows come in groups of G that share one prompt, as GRPO rollouts do), each
-prompt is run once and its KV cache repeated G times before the completions are run on top; the
-gradient flows back through the shared cache. This is exact (tests compare it with the plain
-path) and saves (G-1)/G of the prompt compute, which is most of a step when prompts are long.
+group is packed into one row, `[prompt, completion 1, ..., completion G]`, with a 4D mask that keeps
+the completions apart (SDPA or eager attention): the prompt is run once, the gradients of all G
+completions meet there, and no padding token is computed. Other attention kernels (flash) run the
+prompt once and repeat its KV cache G times instead. Both are exact (tests compare them with the
+plain path, gradients included).
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ def completion_logprobs(
     Logits are divided by the sampling temperature, so the log-probs are those of the
     distribution the rollouts were sampled from (as TRL and verl do).
     """
-    if group_size > 1:
+    if group_size > 1 and _packable(model, completion_mask, group_size):
+        logits = _packed_group_logits(model, prompt_ids, prompt_mask, completion_ids,
+                                      completion_mask, group_size)  # (N, T, V)
+    elif group_size > 1:
         logits = _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids,
                                        completion_mask, group_size)  # (N, T, V)
     else:
@@ -50,6 +55,70 @@ def completion_logprobs(
         with torch.no_grad():
             entropy = -(logp_all.exp() * logp_all).sum(-1)  # (N, T)
     return logprobs, entropy
+
+
+def _packed_group_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, g):
+    """Logits (N, T, V) predicting each completion token, from one row per group:
+    `[prompt, completion 1, ..., completion G]` with no padding token inside, where a 4D mask lets
+    each completion see the prompt and its own earlier tokens only, and its positions restart
+    after the prompt. The same attention as N separate rows, with the prompt run once and no
+    compute on padding. Entries past a completion's length are arbitrary (masked by callers)."""
+    n, t = completion_ids.shape
+    b, dev = n // g, completion_ids.device
+    c_len = completion_mask.sum(-1)  # (N,)
+    p_rows = prompt_mask[::g].bool()  # (B, P)
+    p_len = p_rows.sum(-1)  # (B,)
+    width = int((p_len + c_len.view(b, g).sum(-1)).max())
+    ids = completion_ids.new_zeros(b, width)  # (B, L)
+    pos = torch.zeros(b, width, dtype=torch.long, device=dev)  # (B, L)
+    seg = torch.full((b, width), -1, dtype=torch.long, device=dev)  # (B, L): 0 prompt, j+1 row j
+    src = torch.zeros(n, t, dtype=torch.long, device=dev)  # (N, T) packed index of the logits
+    ar = torch.arange(max(width, t), device=dev)
+    lens, plens = c_len.tolist(), p_len.tolist()
+    for i in range(b):
+        p = plens[i]
+        ids[i, :p] = prompt_ids[i * g][p_rows[i]]
+        pos[i, :p], seg[i, :p] = ar[:p], 0
+        at = p
+        for j in range(g):
+            r = i * g + j
+            k = lens[r]
+            if k == 0:
+                continue
+            ids[i, at : at + k] = completion_ids[r, :k]
+            pos[i, at : at + k], seg[i, at : at + k] = p + ar[:k], j + 1
+            src[r, 0], src[r, 1:k] = p - 1, at + ar[: k - 1]
+            at += k
+    key_seg = seg[:, None, :]  # (B, 1, L)
+    allowed = ((ar[:width, None] >= ar[None, :width])  # causal in packed order (query, key)
+               & ((key_seg == 0) | (key_seg == seg[:, :, None])) & (key_seg >= 0))  # (B, L, L)
+    allowed |= torch.eye(width, dtype=torch.bool, device=dev)  # padding sees itself: no NaN
+    mask = allowed[:, None]  # (B, 1, L, L)
+    if _attn_impl(model) != "sdpa":  # eager adds the mask to the scores
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill_(
+            ~mask, torch.finfo(dtype).min)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                   use_cache=False).logits  # (B, L, V)
+    flat = src + (torch.arange(n, device=dev) // g * width)[:, None]  # (N, T)
+    return logits.reshape(b * width, -1)[flat]  # (N, T, V)
+
+
+def _packable(model, completion_mask: torch.Tensor, g: int) -> bool:
+    """Packing needs a 4D-mask attention (SDPA or eager) and right-padded completions."""
+    n, t = completion_mask.shape
+    if n % g:
+        raise ValueError(f"{n} rows are not whole groups of {g}")
+    prefix = torch.arange(t, device=completion_mask.device) < completion_mask.sum(-1, keepdim=True)
+    return (_attn_impl(model) in ("sdpa", "eager")
+            and bool((completion_mask.bool() == prefix).all()))
+
+
+def _attn_impl(model) -> str | None:
+    """The attention implementation of the Hugging Face model inside wrappers (DDP, PEFT)."""
+    while hasattr(model, "module") or hasattr(model, "get_base_model"):
+        model = model.module if hasattr(model, "module") else model.get_base_model()
+    return getattr(model.config, "_attn_implementation", None)
 
 
 def prefill_groups(model, p_ids: torch.Tensor, p_mask: torch.Tensor, g: int):
