@@ -57,10 +57,13 @@ def atomic_dir(path: Path):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_hf_folder(model, tokenizer, out: Path, extra: dict[str, str] | None = None) -> None:
-    """`save_pretrained` of model and tokenizer, atomically, plus extra text files."""
+def save_hf_folder(model, tokenizer, out: Path, extra: dict[str, str] | None = None,
+                   state_dict: dict | None = None) -> None:
+    """`save_pretrained` of model and tokenizer, atomically, plus extra text files.
+
+    `state_dict`: the weights to write instead of the model's own (a sharded model's, gathered)."""
     with atomic_dir(Path(out)) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        _save_model(model, tmp, state_dict)
         tokenizer.save_pretrained(tmp)
         for name, text in (extra or {}).items():
             (tmp / name).write_text(text)
@@ -75,12 +78,20 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, keep: int = 2):
+def _save_model(model, folder: Path, state_dict: dict | None) -> None:
+    if state_dict is None:
+        model.save_pretrained(folder, safe_serialization=True)
+    else:
+        model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, keep: int = 2,
+                    state_dict: dict | None = None):
     """Write `checkpoints/step-N/` (HF model + `trainer_state.pt`), then point `latest` at it."""
     ckpt_root = Path(run_dir) / "checkpoints"
     target = ckpt_root / f"step-{step:06d}"
     with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        _save_model(model, tmp, state_dict)
         tokenizer.save_pretrained(tmp)
         torch.save(trainer_state, tmp / "trainer_state.pt")
     atomic_write_text(ckpt_root / "latest", target.name)

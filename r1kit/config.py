@@ -81,6 +81,26 @@ class RunConfig:
 class ModelConfig:
     path: str = opt("builtin", "HF model name or folder; 'builtin' = the built-in tiny base model")
     dtype: str = opt("float32", "float32 | bfloat16 | float16")
+    gradient_checkpointing: bool = opt(
+        False, "recompute activations in backward: less memory, ~30% more compute (training stages)"
+    )
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = opt(0, "LoRA rank; 0 = full fine-tuning (peft: pip install 'r1kit[lora]')")
+    alpha: float = opt(32.0, "LoRA scaling alpha (the update is scaled by alpha / r)")
+    dropout: float = opt(0.0, "dropout on the LoRA input")
+    target_modules: list = opt(["all-linear"], "module names to adapt; all-linear = every linear "
+                                               "layer but the output head")
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    strategy: str = opt(
+        "ddp", "under torchrun / --nproc N: ddp (a replica per process) | fsdp (FSDP2 fully_shard "
+        "per layer, for models that do not fit one device; full fine-tuning only)",
+    )
 
 
 @dataclass(frozen=True)
@@ -115,6 +135,11 @@ class RLConfig:
     group_size: int = opt(8, "G: completions per prompt")
     updates_per_rollout: int = opt(1, "mu: minibatch updates against the same pi_old (R1-Zero: 16)")
     micro_batch_size: int = opt(64, "completions per forward/backward; gradients are accumulated")
+    max_tokens_per_micro_batch: int = opt(
+        0, "token budget of a micro-batch (prompt + completion per row); lowers micro_batch_size "
+        "to fit, in whole groups (0 = no budget)",
+    )
+    offload_ref: bool = opt(True, "on a GPU, keep the reference model in CPU memory between passes")
     lr: float = opt(1e-4, "peak learning rate (AdamW)")
     warmup_steps: int = opt(5, "linear warm-up steps, then constant")
     weight_decay: float = opt(0.0, "AdamW weight decay")
@@ -167,6 +192,8 @@ class ZeroConfig:
     rl: RLConfig = section(RLConfig, "GRPO")
     rewards: RewardsConfig = section(RewardsConfig, "reward functions and weights")
     eval: EvalConfig = section(EvalConfig, "held-out evaluation")
+    lora: LoraConfig = section(LoraConfig, "LoRA adapters instead of full fine-tuning")
+    dist: DistConfig = section(DistConfig, "multi-process training (torchrun)")
 
 
 # ----------------------------------------------------------------------------- SFT
@@ -206,6 +233,8 @@ class SFTConfig:
     data: SFTDataConfig = section(SFTDataConfig, "training pairs and held-out problems")
     sft: SFTTrainConfig = section(SFTTrainConfig, "optimisation (R1-SPEC §3.2, §3.5)")
     eval: EvalConfig = section(EvalConfig, "held-out evaluation before and after (0 problems = none)")
+    lora: LoraConfig = section(LoraConfig, "LoRA adapters instead of full fine-tuning")
+    dist: DistConfig = section(DistConfig, "multi-process training (torchrun)")
 
 
 @dataclass(frozen=True)

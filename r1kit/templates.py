@@ -6,6 +6,8 @@ of arXiv 2501.12948 v1). `{prompt}` is replaced by the question.
 
 from __future__ import annotations
 
+import dataclasses
+
 R1_ZERO_TEMPLATE = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant "
     "solves it. The assistant first thinks about the reasoning process in the mind and then "
@@ -32,3 +34,22 @@ def render_prompt(question: str, template: str = "r1_zero", tokenizer=None) -> s
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; known: {sorted(TEMPLATES) + ['chat']}")
     return TEMPLATES[template].format(prompt=question)
+
+
+def prefills_think(prompt: str) -> bool:
+    """Does the rendered prompt open the reasoning itself (a chat template ending in `<think>`,
+    as DeepSeek-R1-Distill's and Qwen3's thinking templates do)? Its completion then starts inside
+    the reasoning, without the opening tag.
+
+    >>> prefills_think("<|im_start|>assistant\\n<think>\\n"), prefills_think("Assistant:")
+    (True, False)
+    """
+    return prompt.rstrip().endswith("<think>")
+
+
+def mark_prefill(problem, prompt: str):
+    """`problem` flagged `meta["prefilled_think"]` when `prompt` prefills `<think>`, so that the
+    format rewards read its completions as starting inside the reasoning (TRL #6966, open-r1 #560)."""
+    if not prefills_think(prompt) or problem.meta.get("prefilled_think"):
+        return problem
+    return dataclasses.replace(problem, meta={**problem.meta, "prefilled_think": True})

@@ -24,10 +24,11 @@ import torch
 from tqdm import tqdm
 
 from r1kit import checkpoint as ckpt
+from r1kit import distributed, trainable
 from r1kit.config import DataConfig, SFTConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.evaluation import evaluate
-from r1kit.models import load_model, prepare_torch
+from r1kit.models import prepare_torch
 from r1kit.runs import RunFolder, load_problems
 from r1kit.sft import (
     collate,
@@ -45,18 +46,20 @@ log = logging.getLogger("r1kit")
 
 
 def main(cfg: SFTConfig, resume: str | None = None) -> dict:
+    # Under torchrun each process takes its share of every batch; rank 0 alone writes.
+    ranks, device = distributed.setup(cfg.dist.strategy, prepare_torch(cfg.run))
     if resume:
-        run = RunFolder.open(cfg, "sft", resume)
+        run = trainable.open_run(cfg, "sft", resume, ranks)
         cfg = run.cfg
         examples, eval_set = _inputs(cfg)
     else:
         examples, eval_set = _inputs(cfg)  # a bad data file fails before a run folder is made
-        run = RunFolder.open(cfg, "sft")
+        run = trainable.open_run(cfg, "sft", None, ranks)
         cfg = run.cfg
-    device = prepare_torch(cfg.run)
 
     resume_from = ckpt.latest_checkpoint(run.path) if run.resumed else None
-    model, tokenizer = load_model(str(resume_from or cfg.model.path), cfg.model.dtype, device)
+    model, tokenizer = trainable.load_trainable(cfg.model, cfg.lora, resume_from, device)
+    model = distributed.wrap(model, ranks)
     d, s = cfg.data, cfg.sft
     try:
         render_prompt("", d.template, tokenizer)
@@ -70,7 +73,8 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
     steps_per_epoch = math.ceil(len(examples) / s.batch_size)
     total_steps = s.epochs * steps_per_epoch
     micro = min(s.micro_batch_size, s.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    opt = torch.optim.AdamW(trainable.trainable_parameters(model), lr=s.lr,
+                            weight_decay=s.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: cosine_lr(step, total_steps, s.warmup_steps, s.lr, s.min_lr) / s.lr
     )
@@ -79,21 +83,22 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
 
     if resume_from:
         saved = ckpt.load_trainer_state(resume_from)
-        opt.load_state_dict(saved["optimizer"])
+        trainable.restore(saved, model, opt, ranks)
         sched.load_state_dict(saved["scheduler"])
-        ckpt.set_rng_state(saved["rng"])
         state = saved["state"]
         for name in ("metrics.jsonl", "eval.jsonl"):  # rows written after the checkpoint
             _drop_rows_after(run, name, state["step"])
         log.warning(f"resumed {run.path} from {resume_from.name} (step {state['step']})")
-    tracker = Tracker(run.path, cfg.run.report_to, config=to_dict(cfg),
+    tracker = Tracker(run.path, cfg.run.report_to if ranks.main else [], config=to_dict(cfg),
                       resume_step=state["step"] if resume_from else None)
 
     def evaluate_now(tag: str) -> dict:
         if not eval_set:
             return {}
-        res = evaluate(model, tokenizer, eval_set, cfg.eval, template=d.template,
-                       seed=cfg.run.seed)
+        with distributed.gathered(model, ranks) as m:  # rank 0 evaluates
+            res = distributed.on_main(lambda: evaluate(m, tokenizer, eval_set, cfg.eval,
+                                                       template=d.template, seed=cfg.run.seed),
+                                      ranks)
         metrics = run.record_eval(state["step"], tag, res)
         tracker.log(metrics, state["step"])
         return metrics
@@ -101,10 +106,11 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
     t_start = time.time() - state["wall_seconds"]
     if state["base_eval"] is None:
         state["base_eval"] = evaluate_now("base")
-        _print_eval("base", state["base_eval"])
+        if ranks.main:
+            _print_eval("base", state["base_eval"])
 
     bar = tqdm(total=total_steps, initial=state["step"], desc="sft", dynamic_ncols=True,
-               mininterval=1.0)
+               mininterval=1.0, disable=not ranks.main)
     batches, batches_epoch = [], None
     while state["step"] < total_steps:
         t_step = time.perf_counter()
@@ -115,23 +121,29 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
         rows = batches[position]
 
         # ---------------------------------------------------------------- forward / backward
+        mine = rows[ranks.rank :: ranks.world]  # this process's share of the batch
         micro_batches = [
-            collate([examples[i] for i in rows[j : j + micro]], tokenizer, d.template, d.max_len)
-            for j in range(0, len(rows), micro)
+            collate([examples[i] for i in mine[j : j + micro]], tokenizer, d.template, d.max_len)
+            for j in range(0, len(mine), micro)
         ]
-        n_tokens = sum(target_count(mb) for mb in micro_batches)
+        # The step's token count over every rank: micro-batches and ranks sum to the full batch.
+        n_tokens = int(distributed.all_sum(sum(target_count(mb) for mb in micro_batches), ranks))
         model.train()
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        for mb in micro_batches:
+        filler = None if micro_batches else collate(examples[:1], tokenizer, d.template, d.max_len)
+        for mb, weight, last in distributed.micro_steps(micro_batches, ranks, filler):
             batch = {k: v.to(device) for k, v in mb.items() if isinstance(v, torch.Tensor)}
-            loss, _ = sft_loss(model, batch, denominator=max(n_tokens, 1))
-            loss.backward()
-            loss_sum += loss.item()
+            with distributed.grad_sync(model, ranks, last):
+                loss, _ = sft_loss(model, batch, denominator=max(n_tokens, 1))
+                (loss * (weight * distributed.loss_scale(ranks))).backward()
+            loss_sum += weight * loss.item()
+        loss_sum = distributed.all_sum(loss_sum, ranks)
 
         # ---------------------------------------------------------------- optimizer step
         lr = sched.get_last_lr()[0]
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        grad_norm = distributed.full(torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                                    s.grad_clip))
         if torch.isfinite(grad_norm) and math.isfinite(loss_sum):
             opt.step()
         else:
@@ -160,20 +172,22 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
                 bar.write(f"step {state['step']}: held-out pass@1 {m['eval/pass@1']:.3f}")
         state["wall_seconds"] = time.time() - t_start
         if cfg.run.checkpoint_every and state["step"] % cfg.run.checkpoint_every == 0:
-            _save(run, state, model, tokenizer, opt, sched)
+            _save(run, state, model, tokenizer, opt, sched, ranks)
     bar.close()
 
     state["wall_seconds"] = time.time() - t_start
     if not (cfg.run.checkpoint_every and state["step"] % cfg.run.checkpoint_every == 0):
-        _save(run, state, model, tokenizer, opt, sched)
+        _save(run, state, model, tokenizer, opt, sched, ranks)
     final = evaluate_now("final")
-    ckpt.save_hf_folder(model, tokenizer, run.path / "final")
+    trainable.save_final(model, tokenizer, run.path / "final", ranks)  # LoRA merged
     summary = _summary(state, final, cfg.eval.k, examples=len(examples), truncated=truncated,
                        epochs=s.epochs)
     run.write_json("summary.json", summary)
     tracker.close()
-    _print_eval("final", final, base=state["base_eval"])
-    print(f"run folder: {run.path}")
+    if ranks.main:
+        _print_eval("final", final, base=state["base_eval"])
+        print(f"run folder: {run.path}")
+    distributed.finish(ranks)
     return summary
 
 
@@ -211,11 +225,9 @@ def _drop_rows_after(run: RunFolder, name: str, step: int) -> None:
         run.write_jsonl(name, [r for r in rows if r.get("step", 0) <= step])
 
 
-def _save(run, state, model, tokenizer, opt, sched) -> None:
-    ckpt.save_checkpoint(run.path, state["step"], model, tokenizer, {
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": ckpt.rng_state(),
-        "state": state,
-    })
+def _save(run, state, model, tokenizer, opt, sched, ranks) -> None:
+    trainable.save_checkpoint(run.path, state["step"], model, tokenizer, opt, {
+        "scheduler": sched.state_dict(), "state": state}, ranks)
 
 
 def _summary(state: dict, final: dict, k: int, **extra) -> dict:

@@ -15,7 +15,6 @@ loss or gradients are not finite is skipped, and several in a row stop the run c
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import random
@@ -26,20 +25,20 @@ import torch
 from tqdm import tqdm
 
 from r1kit import checkpoint as ckpt
-from r1kit import grpo
+from r1kit import distributed, grpo, lora, memory, trainable
 from r1kit.config import ZeroConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.evaluation import evaluate
 from r1kit.language import language_consistency, problem_language, reasoning_part
 from r1kit.logprobs import completion_logprobs
 from r1kit.metrics import reflection_rate
-from r1kit.models import load_model, prepare_torch
+from r1kit.models import prepare_torch
 from r1kit.report import write_report_safely
 from r1kit.rewards import get_reward
 from r1kit.rewards.scoring import RewardSpec, score
 from r1kit.rollout.hf import Rollouts, sample
 from r1kit.runs import RunFolder, load_problems
-from r1kit.templates import render_prompt
+from r1kit.templates import mark_prefill, render_prompt
 from r1kit.tracking import Tracker, check_report_to
 
 log = logging.getLogger("r1kit")
@@ -73,39 +72,46 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         get_reward(spec.name)
     _check_active_last(cfg.rewards.active_last, cfg.rewards.weights)
     check_report_to(cfg.run.report_to)
-    run = RunFolder.open(cfg, stage, resume)
+    if lora.enabled(cfg.lora) and cfg.rl.ref_reset_every:
+        raise UserError("rl.ref_reset_every needs full fine-tuning: with LoRA (lora.r > 0) the "
+                        "reference is the frozen base model; set rl.ref_reset_every=0")
+    # Under torchrun each process takes B/W prompts; rank 0 alone writes (r1kit/distributed.py).
+    d, device = distributed.setup(cfg.dist.strategy, prepare_torch(cfg.run))
+    mine = distributed.split_batch(d, cfg.rl.prompts_per_step)
+    run = trainable.open_run(cfg, stage, resume, d)
     cfg = run.cfg
-    device = prepare_torch(cfg.run)
 
     resume_from = ckpt.latest_checkpoint(run.path) if run.resumed else None
-    policy, tokenizer = load_model(str(resume_from or cfg.model.path), cfg.model.dtype, device)
+    policy, tokenizer = trainable.load_trainable(cfg.model, cfg.lora, resume_from, device)
     rl = cfg.rl
-    B, G = rl.prompts_per_step, rl.group_size
-    opt = torch.optim.AdamW(policy.parameters(), lr=rl.lr, weight_decay=rl.weight_decay)
+    B, G = mine.stop - mine.start, rl.group_size  # this rank's prompts
+    ref = memory.make_reference(policy, rl.beta, lora.is_lora(policy), rl.offload_ref)
+    policy = distributed.wrap(policy, d)
+    opt = torch.optim.AdamW(trainable.trainable_parameters(policy), lr=rl.lr,
+                            weight_decay=rl.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, rl.warmup_steps))
     )
-    ref = copy.deepcopy(policy).eval().requires_grad_(False) if rl.beta > 0 else None
-    gen = torch.Generator(device=device).manual_seed(cfg.run.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.run.seed + 1_000_003 * d.rank)
     state = {"step": 0, "order": None, "cursor": 0, "bad_steps": 0, "stuck": 0, "base_eval": None,
              "wall_seconds": 0.0, "train_seconds": 0.0}
 
     if resume_from:
         saved = ckpt.load_trainer_state(resume_from)
-        opt.load_state_dict(saved["optimizer"])
+        trainable.restore(saved, policy, opt, d, generator=gen)
         sched.load_state_dict(saved["scheduler"])
-        ckpt.set_rng_state(saved["rng"])
-        gen.set_state(saved["generator"])
         state = saved["state"]
         if ref is not None:
             ref.load_state_dict(saved["ref"])
         log.warning(f"resumed {run.path} from {resume_from.name} (step {state['step']})")
-    tracker = Tracker(run.path, cfg.run.report_to, config=to_dict(cfg),
+    tracker = Tracker(run.path, cfg.run.report_to if d.main else [], config=to_dict(cfg),
                       resume_step=state["step"] if resume_from else None)
 
     def evaluate_now(tag: str) -> dict:
-        res = evaluate(policy, tokenizer, eval_set, cfg.eval, template=cfg.data.template,
-                       stop=cfg.rollout.stop, seed=cfg.run.seed)
+        with distributed.gathered(policy, d) as model:  # rank 0 evaluates
+            res = distributed.on_main(lambda: evaluate(
+                model, tokenizer, eval_set, cfg.eval, template=cfg.data.template,
+                stop=cfg.rollout.stop, seed=cfg.run.seed), d)
         metrics = run.record_eval(state["step"], tag, res)
         tracker.log(metrics, state["step"])
         return metrics
@@ -113,10 +119,11 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     t_start = time.time() - state["wall_seconds"]
     if state["base_eval"] is None:
         state["base_eval"] = evaluate_now("base")
-        _print_eval("base", state["base_eval"], cfg.eval.k)
+        if d.main:
+            _print_eval("base", state["base_eval"], cfg.eval.k)
 
     bar = tqdm(total=rl.steps, initial=state["step"], desc=stage, dynamic_ncols=True,
-               mininterval=1.0)
+               mininterval=1.0, disable=not d.main)
     stopped = None
     while state["step"] < rl.steps:
         timer = Timer()
@@ -124,12 +131,15 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
 
         # ---------------------------------------------------------------- generate
         with timer("generate"):
-            problems = _next_problems(state, train_set, B, cfg.run.seed)
+            problems = _next_problems(state, train_set, rl.prompts_per_step, cfg.run.seed)[mine]
             prompts = [render_prompt(p.prompt, cfg.data.template, tokenizer) for p in problems]
+            problems = [mark_prefill(p, text) for p, text in zip(problems, prompts)]
             policy.eval()
-            ro = sample(policy, tokenizer, prompts, G, max_new_tokens=cfg.rollout.max_new_tokens,
-                        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                        stop=cfg.rollout.stop, generator=gen)
+            with distributed.gathered(policy, d) as model:
+                ro = sample(model, tokenizer, prompts, G,
+                            max_new_tokens=cfg.rollout.max_new_tokens,
+                            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                            stop=cfg.rollout.stop, generator=gen)
         # ---------------------------------------------------------------- score
         with timer("score"):
             per_row = [p for p in problems for _ in range(G)]
@@ -149,9 +159,10 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         metrics = _rollout_metrics(ro, scores, rewards, group_equal, per_row)
 
         # ---------------------------------------------------------------- update
-        if len(rows) > 0 and mask[rows].any() and rewards.isfinite().all():
+        finite = not distributed.all_any(not rewards.isfinite().all(), d)
+        if distributed.all_any(len(rows) > 0 and mask[rows].any(), d) and finite:
             update = update_policy(policy, ref, opt, ro, advantages, mask, rows, rl, cfg.rollout,
-                                   cfg.rollout.max_new_tokens, timer)
+                                   cfg.rollout.max_new_tokens, timer, d)
             ok = update.pop("ok")
             metrics.update(update)
             if not ok:
@@ -161,7 +172,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
             else:
                 state["bad_steps"] = 0
                 sched.step()
-        elif not rewards.isfinite().all():
+        elif not finite:
             state["bad_steps"] += 1
             log.warning(f"step {state['step'] + 1}: non-finite rewards; update skipped")
         if state["bad_steps"] >= rl.max_bad_steps:
@@ -174,12 +185,13 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
 
         # ---------------------------------------------------------------- reference reset
         if ref is not None and rl.ref_reset_every and state["step"] % rl.ref_reset_every == 0:
-            ref.load_state_dict(policy.state_dict())
+            ref.load_state_dict(distributed.full_state_dict(policy, d))
 
         # ---------------------------------------------------------------- log
         metrics["time/step"] = time.perf_counter() - t_step
         state["train_seconds"] += metrics["time/step"]
         metrics.update(timer.times)
+        metrics = distributed.reduce_metrics(metrics, d)  # means over ranks
         metrics["train/lr"] = sched.get_last_lr()[0]
         run.append("metrics.jsonl", {"step": state["step"], **metrics})
         tracker.log(metrics, state["step"])
@@ -198,22 +210,24 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         state["wall_seconds"] = time.time() - t_start
         due = cfg.run.checkpoint_every and state["step"] % cfg.run.checkpoint_every == 0
         if due and state["bad_steps"] == 0:  # never checkpoint in the middle of a bad streak
-            _save(run, state, policy, tokenizer, opt, sched, gen, ref)
+            _save(run, state, policy, tokenizer, opt, sched, gen, ref, d)
     bar.close()
 
     state["wall_seconds"] = time.time() - t_start
     if stopped is None:
-        _save(run, state, policy, tokenizer, opt, sched, gen, ref)
+        _save(run, state, policy, tokenizer, opt, sched, gen, ref, d)
     final = evaluate_now("final") if stopped is None else {}
     summary = _summary(state, final, cfg.eval.k, stopped)
-    if stopped is None:
-        ckpt.save_hf_folder(policy, tokenizer, run.path / "final")
+    if stopped is None:  # a plain HF folder: LoRA merged (and final-adapter/), FSDP gathered
+        trainable.save_final(policy, tokenizer, run.path / "final", d)
     run.write_json("summary.json", summary)
     tracker.close()
-    write_report_safely(run.path)
-    if final:
-        _print_eval("final", final, cfg.eval.k, base=state["base_eval"])
-    print(f"run folder: {run.path}")
+    if d.main:
+        write_report_safely(run.path)
+        if final:
+            _print_eval("final", final, cfg.eval.k, base=state["base_eval"])
+        print(f"run folder: {run.path}")
+    distributed.finish(d)
     return summary
 
 
@@ -245,15 +259,20 @@ def _next_problems(state: dict, train_set: list, n: int, seed: int) -> list:
 
 
 def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, rollout_cfg,
-                  max_tokens, timer) -> dict:
+                  max_tokens, timer, d: distributed.Dist = distributed.SINGLE) -> dict:
     """mu optimizer steps over the kept rows, each over micro-batches with an exact denominator.
 
     `rows` are whole groups of G, in order. Minibatches and micro-batches are cut at group
     boundaries so that each prompt is run once per group (`completion_logprobs(group_size=G)`).
+    Over several processes (`d`) the denominator is that of every rank's rows together, and a rank
+    with no kept rows takes part with a zero-weighted group (r1kit/distributed.py).
     """
     G = ro.group_size
     temp = rollout_cfg.temperature
-    t_used = int(mask[rows].sum(-1).max().item())  # only the longest kept completion is needed
+    real = len(rows) > 0
+    if not real:  # kept rows elsewhere: run a group with zero weight, in step with the others
+        rows = torch.arange(G)
+    t_used = max(1, int(mask[rows].sum(-1).max().item()))  # the longest kept completion
     data = {
         "p_ids": ro.prompt_ids[rows], "p_mask": ro.prompt_mask[rows],
         "c_ids": ro.completion_ids[rows, :t_used], "c_mask": mask[rows, :t_used],
@@ -262,44 +281,52 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
     device = next(policy.parameters()).device
     data = {k: v.to(device) for k, v in data.items()}
     n = len(rows)
-    mb = max(G, rl.micro_batch_size // G * G)  # whole groups per micro-batch
+    seq_len = data["p_ids"].shape[1] + t_used
+    mb = memory.micro_batch_rows(G, rl.micro_batch_size, rl.max_tokens_per_micro_batch, seq_len)
+    n_all = distributed.all_sum(n if real else 0, d)  # rows of every rank, for metric weights
 
     def logprobs_of(model, idx, **kw):
         return completion_logprobs(model, data["p_ids"][idx], data["p_mask"][idx],
                                    data["c_ids"][idx], data["c_mask"][idx], temperature=temp,
                                    group_size=G, **kw)
 
-    with timer("logprobs"), torch.no_grad():
+    with timer("logprobs"), torch.no_grad(), distributed.gathered(policy, d) as model:
         old = ref_lp = None
         if rl.updates_per_rollout > 1:
             policy.eval()
-            old = torch.cat([logprobs_of(policy, slice(i, i + mb))[0] for i in range(0, n, mb)])
-        if ref is not None:
-            ref_lp = torch.cat([logprobs_of(ref, slice(i, i + mb))[0] for i in range(0, n, mb)])
+            old = torch.cat([logprobs_of(model, slice(i, i + mb))[0] for i in range(0, n, mb)])
+        if rl.beta > 0:
+            with lora.reference(policy, ref) as r, memory.reference_on(r, device) as r:
+                ref_lp = torch.cat([logprobs_of(r, slice(i, i + mb))[0] for i in range(0, n, mb)])
 
     t_update = time.perf_counter()
     policy.train()
     group_order = torch.randperm(n // G)
-    minibatches = [
+    minibatches = [  # tensor_split: exactly mu of them, some maybe empty, on every rank
         (g[:, None] * G + torch.arange(G)).flatten()
-        for g in group_order.chunk(rl.updates_per_rollout)
+        for g in group_order.tensor_split(rl.updates_per_rollout)
     ]
     sums: dict[str, float] = {}
     ok = True
     for mbatch in minibatches:
-        denom = grpo.loss_denominator(data["c_mask"][mbatch], rl.aggregation)
+        local = real and len(mbatch) > 0 and bool(data["c_mask"][mbatch].any())
+        denom = distributed.all_sum(  # every rank's tokens (or sequences) of this minibatch
+            grpo.loss_denominator(data["c_mask"][mbatch], rl.aggregation) if local else 0.0, d)
         opt.zero_grad(set_to_none=True)
-        for i in range(0, len(mbatch), mb):
-            idx = mbatch[i : i + mb]
-            lp, ent = logprobs_of(policy, idx, with_entropy=True)  # (n_mb, T')
-            loss, m = grpo.policy_loss(
-                lp, old[idx] if old is not None else lp.detach(), data["adv"][idx],
-                data["c_mask"][idx], ref_logprobs=ref_lp[idx] if ref_lp is not None else None,
-                beta=rl.beta, eps_low=rl.eps_low, eps_high=rl.eps_high,
-                aggregation=rl.aggregation, max_tokens=max_tokens, ratio_level=rl.ratio_level,
-                loss_denominator=denom,
-            )
-            loss.backward()
+        chunks = [mbatch[i : i + mb] for i in range(0, len(mbatch), mb)] if real else []
+        for idx, weight, last in distributed.micro_steps(chunks, d, filler=torch.arange(G)):
+            with distributed.grad_sync(policy, d, last):
+                lp, ent = logprobs_of(policy, idx, with_entropy=True)  # (n_mb, T')
+                loss, m = grpo.policy_loss(
+                    lp, old[idx] if old is not None else lp.detach(), data["adv"][idx],
+                    data["c_mask"][idx], ref_logprobs=ref_lp[idx] if ref_lp is not None else None,
+                    beta=rl.beta, eps_low=rl.eps_low, eps_high=rl.eps_high,
+                    aggregation=rl.aggregation, max_tokens=max_tokens,
+                    ratio_level=rl.ratio_level, loss_denominator=max(denom, 1.0),
+                )
+                (loss * (weight * distributed.loss_scale(d))).backward()
+            if weight == 0:
+                continue
             cm = data["c_mask"][idx].float()
             # Entropy of the full next-token distribution (already computed with the log-probs),
             # averaged over the completion tokens of the rows being updated.
@@ -309,8 +336,10 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
             sums["train/pg_loss"] = sums.get("train/pg_loss", 0.0) + float(
                 m.pop("pg_loss")) / len(minibatches)
             for k, v in m.items():  # per-call means, weighted by the call's share of rows
-                sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + float(v) * len(idx) / n
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), rl.grad_clip)
+                sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + float(v) * len(idx) / n_all
+        sums = distributed.sum_metrics(sums, d)  # the loss sums and row-weighted means, global
+        grad_norm = distributed.full(
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), rl.grad_clip))
         if not torch.isfinite(grad_norm):
             ok = False
             opt.zero_grad(set_to_none=True)
@@ -370,12 +399,12 @@ def _watch_for_stuck_rewards(state: dict, group_equal, scores, patience: int) ->
             )
 
 
-def _save(run, state, policy, tokenizer, opt, sched, gen, ref) -> None:
-    ckpt.save_checkpoint(run.path, state["step"], policy, tokenizer, {
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": ckpt.rng_state(),
-        "generator": gen.get_state(), "state": state,
+def _save(run, state, policy, tokenizer, opt, sched, gen, ref, d) -> None:
+    """A resumable checkpoint (every rank calls; rank 0 writes; LoRA: the adapter)."""
+    trainable.save_checkpoint(run.path, state["step"], policy, tokenizer, opt, {
+        "scheduler": sched.state_dict(), "generator": gen.get_state(), "state": state,
         "ref": ref.state_dict() if ref is not None else None,
-    })
+    }, d)
 
 
 def _summary(state: dict, final: dict, k: int, stopped: str | None) -> dict:

@@ -1,0 +1,328 @@
+"""Training on several processes: `torchrun --nproc_per_node N -m r1kit STAGE ...` (or `--nproc N`).
+
+How a GRPO step is split over W ranks (r1kit/stages/zero.py):
+- every rank draws the same B prompts (the data order is seeded, so it needs no communication) and
+  keeps its own B/W of them: each group of G completions lives on one rank, and its advantages
+  are computed there, exactly as on one rank;
+- the loss denominator (tokens or sequences of the whole minibatch, `grpo.loss_denominator`) is
+  all-reduced, and each rank's loss is the sum over its own rows divided by that global
+  denominator, times W because DDP and FSDP average gradients over ranks: the synchronised
+  gradient is the 1-rank gradient of the same global batch, not a mean of per-rank means (the
+  TRL #3021 / open-instruct #1137 bug class). tests/test_distributed.py checks 1 rank == 2 ranks;
+- every rank runs the same number of forward/backward passes (FSDP gathers parameters in each
+  forward, DDP reduces in the last backward): a rank with fewer micro-batches than another runs
+  extra zero-weighted ones (`micro_steps`);
+- metrics are averaged over ranks (maxima for `*_max`); rank 0 alone writes files.
+
+`dist.strategy`: `ddp` (a full replica per rank, gradients all-reduced) or `fsdp` (FSDP2
+`fully_shard` per decoder layer: parameters, gradients and optimizer state sharded, for models that
+do not fit one device). The CPU path uses the gloo backend; CUDA uses NCCL, one GPU per rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from r1kit.errors import UserError
+
+STRATEGIES = ("ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place: rank, world size, and how the model is sharded ('' = one process)."""
+
+    rank: int = 0
+    world: int = 1
+    strategy: str = ""
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def on(self) -> bool:
+        return self.world > 1
+
+
+SINGLE = Dist()
+
+
+def setup(strategy: str, device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the process group torchrun described in the environment (one process: `SINGLE`)."""
+    if strategy not in STRATEGIES:
+        raise UserError(f"dist.strategy: unknown {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE, device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), strategy), device
+
+
+def split_batch(d: Dist, prompts_per_step: int) -> slice:
+    """This rank's prompts of a step's B: whole groups stay on one rank."""
+    if prompts_per_step % d.world:
+        raise UserError(f"rl.prompts_per_step={prompts_per_step} must be divisible by the number "
+                        f"of processes ({d.world}) so that each group stays on one rank")
+    per = prompts_per_step // d.world
+    return slice(d.rank * per, (d.rank + 1) * per)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def wrap(model, d: Dist):
+    """DDP or FSDP2 around `model` (unchanged on one process). Build the optimizer afterwards."""
+    if not d.on:
+        return model
+    if d.strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        if hasattr(model, "peft_config"):
+            raise UserError("dist.strategy=fsdp with LoRA is not supported; use dist.strategy=ddp "
+                            "(the frozen base is replicated, only adapters are synchronised)")
+        layers = set(getattr(model, "_no_split_modules", None) or [])
+        for module in model.modules():
+            if type(module).__name__ in layers:
+                fully_shard(module)
+        fully_shard(model)
+        return model
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
+
+
+def unwrap(model):
+    """The Hugging Face (or PEFT) model inside a DDP wrapper; FSDP2 shards the model in place."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _fsdp_modules(model) -> list:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextlib.contextmanager
+def gathered(model, d: Dist):
+    """A model that can run any number of forwards on one rank alone (sampling, evaluation).
+
+    FSDP gathers every layer's parameters once and keeps them until the block ends (every rank
+    must enter); DDP and single processes just yield the plain model.
+    """
+    if d.strategy != "fsdp" or not d.on:
+        yield unwrap(model)
+        return
+    mods = _fsdp_modules(model)
+    for m in mods:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield model
+    finally:
+        for m in mods:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
+
+
+@contextlib.contextmanager
+def grad_sync(model, d: Dist, sync: bool):
+    """Accumulate gradients locally unless `sync` (the last micro-batch of an optimizer step)."""
+    if not d.on:
+        yield
+    elif d.strategy == "fsdp":
+        model.set_requires_gradient_sync(sync)
+        yield
+    elif sync:
+        yield
+    else:
+        with model.no_sync():
+            yield
+
+
+def micro_steps(chunks: list, d: Dist, filler=None) -> list[tuple[object, float, bool]]:
+    """`(chunk, weight, is_last)` for every micro-batch, padded to the largest count of any rank
+    with zero-weighted repeats of a real chunk (or `filler` when this rank has none), so every
+    rank runs the same number of passes."""
+    n = all_max(len(chunks), d)
+    pad = chunks[0] if chunks else filler
+    if n > len(chunks) and pad is None:
+        raise ValueError("a rank without micro-batches needs a filler to keep in step")
+    out = [(c, 1.0, False) for c in chunks] + [(pad, 0.0, False)] * (n - len(chunks))
+    if out:
+        out[-1] = (out[-1][0], out[-1][1], True)
+    return out
+
+
+def loss_scale(d: Dist) -> float:
+    """DDP and FSDP average gradients over ranks; the loss already has the global denominator."""
+    return float(d.world)
+
+
+# ----------------------------------------------------------------------------- collectives
+
+
+def all_sum(x: float, d: Dist) -> float:
+    if not d.on:
+        return x
+    t = torch.tensor([float(x)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.item()
+
+
+def all_max(x: int, d: Dist) -> int:
+    if not d.on:
+        return x
+    t = torch.tensor([x], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def all_any(x: bool, d: Dist) -> bool:
+    return all_max(int(bool(x)), d) > 0
+
+
+def reduce_metrics(metrics: dict, d: Dist) -> dict:
+    """Every rank's `{name: number}` -> the mean over ranks (the max for `*_max` keys).
+
+    NaN (no value on a rank, e.g. no scorable completions) is left out of that key's mean.
+    """
+    if not d.on:
+        return metrics
+    rows = [None] * d.world
+    dist.all_gather_object(rows, metrics)
+    out = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows if key in r and isinstance(r[key], (int, float))]
+        finite = [v for v in values if not math.isnan(v)]
+        if not values:
+            out[key] = rows[0][key]
+        elif key.endswith("_max"):
+            out[key] = max(finite) if finite else math.nan
+        else:
+            out[key] = sum(finite) / len(finite) if finite else math.nan
+    return out
+
+
+def sum_metrics(metrics: dict, d: Dist) -> dict:
+    """Every rank's `{name: number}` -> the sum over the ranks that have each key."""
+    if not d.on:
+        return metrics
+    out: dict = {}
+    for row in gather(metrics, d):
+        for key, value in row.items():
+            out[key] = out.get(key, 0.0) + value
+    return out
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a DTensor (FSDP's gradient norm), else `t`."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def broadcast(obj, d: Dist):
+    """Rank 0's `obj` on every rank."""
+    if not d.on:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj, d: Dist) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not d.on:
+        return [obj]
+    rows = [None] * d.world
+    dist.all_gather_object(rows, obj)
+    return rows
+
+
+def on_main(fn, d: Dist):
+    """Run `fn()` on rank 0 only and hand its result to every rank (others wait)."""
+    result = fn() if d.main else None
+    return broadcast(result, d)
+
+
+def barrier(d: Dist) -> None:
+    if d.on:
+        dist.barrier()
+
+
+def finish(d: Dist) -> None:
+    if d.on and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def full_state_dict(model, d: Dist) -> dict:
+    """The whole model's plain state dict on every rank (FSDP gathers its shards)."""
+    if d.strategy == "fsdp" and d.on:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    return unwrap(model).state_dict()
+
+
+def optimizer_state(model, opt, d: Dist) -> dict:
+    """The optimizer's state as one rank would hold it (FSDP: gathered; call on every rank)."""
+    if d.strategy == "fsdp" and d.on:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        return get_optimizer_state_dict(model, opt, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+    return opt.state_dict()
+
+
+def load_optimizer_state(model, opt, saved: dict, d: Dist) -> None:
+    if d.strategy == "fsdp" and d.on:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        set_optimizer_state_dict(model, opt, saved, options=StateDictOptions(full_state_dict=True))
+    else:
+        opt.load_state_dict(saved)
+
+
+def pick_rank_state(saved: list | dict, d: Dist, what: str):
+    """This rank's entry of a per-rank list written by a run of the same size."""
+    if not isinstance(saved, list):  # written by one process
+        saved = [saved]
+    if len(saved) != d.world:
+        raise UserError(f"the checkpoint was written by {len(saved)} process(es) and this run has "
+                        f"{d.world}: resume with the same --nproc (its {what} is per rank)")
+    return saved[d.rank]
+
+
+# ----------------------------------------------------------------------------- launching
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """`r1kit ... --nproc N`: re-run the same command under torchrun with N processes."""
+    if nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {nproc}")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "r1kit", *argv]
+    return subprocess.call(cmd)

@@ -1,0 +1,96 @@
+"""Loading and saving the model a training stage updates, whatever wraps it: LoRA adapters
+(r1kit/lora.py), activation checkpointing (r1kit/memory.py), several processes with DDP or FSDP
+(r1kit/distributed.py). The stages call these instead of `load_model` / `save_checkpoint`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from r1kit import checkpoint as ckpt
+from r1kit import distributed, lora, memory
+from r1kit.distributed import SINGLE, Dist
+from r1kit.errors import UserError
+from r1kit.models import load_model
+from r1kit.runs import RunFolder
+
+
+def load_trainable(model_cfg, lora_cfg, resume_from: Path | None, device):
+    """(model, tokenizer) to train: the checkpoint being resumed or `model.path`, with LoRA
+    adapters (new, or the checkpoint's) and activation checkpointing as configured."""
+    if resume_from is not None and lora.has_adapter(resume_from):
+        base, tokenizer = load_model(model_cfg.path, model_cfg.dtype, device)
+        model = lora.load_adapter(base, resume_from)
+    else:
+        model, tokenizer = load_model(str(resume_from or model_cfg.path), model_cfg.dtype, device)
+        model = lora.apply(model, lora_cfg)
+    if model_cfg.gradient_checkpointing:
+        memory.enable_gradient_checkpointing(model)
+    return model, tokenizer
+
+
+def trainable_parameters(model) -> list:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def save_checkpoint(run_path: Path, step: int, model, tokenizer, opt, trainer_state: dict,
+                    d: Dist = SINGLE) -> None:
+    """`checkpoints/step-N/` on rank 0: the model (or LoRA adapter), the optimizer gathered from
+    every rank, each rank's random state (`rng`, `generator` become per-rank lists). Every rank
+    must call it."""
+    full = distributed.full_state_dict(model, d) if d.strategy == "fsdp" and d.on else None
+    state = dict(trainer_state, optimizer=distributed.optimizer_state(model, opt, d),
+                 rng=distributed.gather(ckpt.rng_state(), d))
+    if "generator" in state:
+        state["generator"] = distributed.gather(state["generator"], d)
+    if d.main:
+        ckpt.save_checkpoint(run_path, step, distributed.unwrap(model), tokenizer, state,
+                             state_dict=full)
+    distributed.barrier(d)
+
+
+def restore(saved: dict, model, opt, d: Dist = SINGLE, generator=None) -> None:
+    """The optimizer and this rank's random state from a trainer state `save_checkpoint` wrote."""
+    distributed.load_optimizer_state(model, opt, saved["optimizer"], d)
+    ckpt.set_rng_state(distributed.pick_rank_state(saved["rng"], d, "random state"))
+    if generator is not None:
+        generator.set_state(distributed.pick_rank_state(saved["generator"], d, "sampler state"))
+
+
+def save_final(model, tokenizer, out: Path, d: Dist = SINGLE) -> None:
+    """`out/`: a plain Hugging Face folder (LoRA merged, FSDP gathered); every rank must call."""
+    if d.strategy == "fsdp" and d.on:
+        full = distributed.full_state_dict(model, d)
+        if d.main:
+            ckpt.save_hf_folder(model, tokenizer, out, state_dict=full)
+    elif d.main:
+        lora.save_final(model, tokenizer, out)
+    distributed.barrier(d)
+
+
+class _QuietRun(RunFolder):
+    """The run folder as ranks other than 0 see it: same path and config, writes nothing."""
+
+    def append_many(self, name: str, records: list[dict]) -> None:
+        pass
+
+    def write_json(self, name: str, obj) -> None:
+        pass
+
+    def write_jsonl(self, name: str, records: list[dict]) -> None:
+        pass
+
+
+def open_run(cfg, stage: str, resume: str | None, d: Dist = SINGLE, **kw) -> RunFolder:
+    """`RunFolder.open` on rank 0; the other ranks get the same folder, read-only for them."""
+    if not d.on:
+        return RunFolder.open(cfg, stage, resume, **kw)
+    run = err = None
+    if d.main:
+        try:
+            run = RunFolder.open(cfg, stage, resume, **kw)
+        except UserError as e:
+            err = e
+    opened = distributed.broadcast(err or (run.path, run.cfg, run.resumed), d)
+    if isinstance(opened, UserError):
+        raise opened
+    return run if d.main else _QuietRun(*opened)

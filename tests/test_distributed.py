@@ -1,0 +1,110 @@
+"""Several processes (torch.distributed, gloo on CPU): 2 ranks make the same update as 1 rank on
+the same global batch, whatever the ranks' token counts; a 2-rank run checkpoints and resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from r1kit import distributed, grpo
+from r1kit.config import RLConfig, RolloutConfig
+from r1kit.rollout.hf import Rollouts, sample
+from r1kit.stages.zero import Timer, update_policy
+from r1kit.templates import render_prompt
+from tests.tiny_models import build
+
+B, G = 4, 2  # 2 prompts per rank
+
+
+def _rows(ro: Rollouts, rows: torch.Tensor) -> Rollouts:
+    pick = lambda xs: [xs[i] for i in rows.tolist()]  # noqa: E731
+    return dataclasses.replace(
+        ro, prompt_ids=ro.prompt_ids[rows], prompt_mask=ro.prompt_mask[rows],
+        completion_ids=ro.completion_ids[rows], completion_mask=ro.completion_mask[rows],
+        texts=pick(ro.texts), num_tokens=pick(ro.num_tokens), truncated=pick(ro.truncated))
+
+
+def _update(model, ro, adv, keep, d, aggregation, beta):
+    """One optimizer step (SGD: a wrong gradient scale shows, unlike with Adam's normalisation)."""
+    ref = None
+    if beta > 0:
+        ref = AutoModelForCausalLM.from_pretrained(model.name_or_path).eval()
+    model = distributed.wrap(model, d)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    rl = RLConfig(micro_batch_size=2, aggregation=aggregation, beta=beta)
+    update_policy(model, ref, opt, ro, adv, ro.completion_mask, keep, rl, RolloutConfig(), 16,
+                  Timer(), d)
+    return distributed.full_state_dict(model, d)
+
+
+CASES = [  # (strategy, aggregation, beta, rank 1 keeps its groups)
+    ("ddp", "token_mean", 0.0, True),
+    ("ddp", "seq_mean_token_mean", 0.1, True),
+    ("ddp", "token_mean", 0.0, False),  # dynamic sampling dropped every group of rank 1
+    ("fsdp", "token_mean", 0.1, True),
+]
+
+
+def _worker(rank: int, world: int, port: int, folder: str, data: str, out: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    ro, adv = torch.load(data, weights_only=False)
+    mine = torch.arange(rank * B // world * G, (rank + 1) * B // world * G)
+    results = []
+    for strategy, aggregation, beta, keep_1 in CASES:
+        d, _ = distributed.setup(strategy, torch.device("cpu"))
+        keep = torch.arange(len(mine)) if (rank == 0 or keep_1) else torch.arange(0)
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        sd = _update(model, _rows(ro, mine), adv[mine], keep, d, aggregation, beta)
+        results.append({k: v.detach().clone() for k, v in sd.items()})
+    if rank == 0:
+        torch.save(results, out)
+    distributed.finish(d)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_update_exactly_like_one(tmp_path):
+    torch.set_num_threads(1)
+    folder = build(tmp_path / "model", "qwen3", hidden=32, layers=2)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    prompts = [render_prompt(f"Compute {a}+3") for a in (11, 25, 40, 63)]
+    ro = sample(model, tok, prompts, G, max_new_tokens=12,
+                generator=torch.Generator().manual_seed(1))
+    # Unequal lengths across ranks: a mean of per-rank means would weigh tokens wrongly.
+    lengths = ro.completion_mask.sum(1)
+    ro.completion_mask[: B // 2 * G, 4:] = 0
+    assert lengths[: B // 2 * G].clamp(max=4).sum() != lengths[B // 2 * G:].sum()
+    adv = grpo.group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.0, 1.0, 0.2]), G)
+    data, out = tmp_path / "ro.pt", tmp_path / "two.pt"
+    torch.save((ro, adv), data)
+
+    mp.spawn(_worker, args=(2, _free_port(), folder, str(data), str(out)), nprocs=2, join=True)
+    two = torch.load(out)
+
+    start = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+    for case, got in zip(CASES, two):
+        keep_1 = case[3]
+        keep = torch.arange(B * G) if keep_1 else torch.arange(B // 2 * G)
+        one = _update(AutoModelForCausalLM.from_pretrained(folder), ro, adv, keep,
+                      distributed.SINGLE, case[1], case[2])
+        moved = sum((one[k] - start[k]).abs().sum().item() for k in start)
+        assert moved > 1e-3, case
+        for k in one:
+            torch.testing.assert_close(got[k], one[k], rtol=1e-5, atol=1e-6, msg=f"{case} {k}")
