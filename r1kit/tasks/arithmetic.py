@@ -143,25 +143,26 @@ def correct_solution(problem: Problem) -> str:
     return worked_solution(problem, random.Random(0), CorpusStyle(0, 0, 0, 0, 0))
 
 
-_STEP_RE = re.compile(r"(\d+)\s*([+-])\s*(\d+)\s*=\s*(-?\d+)")
+_STEP_RE = re.compile(r"^\d+\s*[+-]\s*\d+\s*=\s*-?\d+$")
 
 
 def readable_reasoning(reasoning: str) -> str:
-    """The cold-start rewrite of a worked solution into readable English (R1-SPEC §5: R1's cold
-    start data uses "a readable pattern"): each `a+b=c` becomes `a+b is c` and steps after the
-    first are joined with `then`, so the reasoning has words and its language can be measured
-    (symbols alone have none). Anything else, Russian steps included, is left as it is.
+    """The cold-start rewrite of a worked solution into a readable English pattern (R1-SPEC §5:
+    R1's cold-start data uses "a readable pattern"): steps after the first are joined with `then`,
+    so the reasoning has words whose language can be measured and rewarded (symbols alone have
+    none). The steps keep their notation: a tiny model that learned `47+8=55` does not relearn
+    its arithmetic as `47+8 is 55` from a few hundred examples (a pipeline run that tried fell
+    from 0.90 to 0.04 pass@1 at Dev1). Anything else, Russian steps included, is left as it is.
 
     >>> readable_reasoning("47+8=45, wait, 47+8=55, 55-9=46")
-    '47+8 is 45, wait, 47+8 is 55, then 55-9 is 46'
+    '47+8=45, wait, 47+8=55, then 55-9=46'
     >>> readable_reasoning("47 плюс 8 равно 55")
     '47 плюс 8 равно 55'
     """
     parts = [p.strip() for p in reasoning.split(",")]
     out: list[str] = []
     for i, part in enumerate(parts):
-        part = _STEP_RE.sub(r"\1\2\3 is \4", part)
-        if i and _STEP_RE.sub("", parts[i]) == "" and parts[i - 1].lower() != "wait":
+        if i and _STEP_RE.match(part) and parts[i - 1].lower() != "wait":
             part = "then " + part
         out.append(part)
     return ", ".join(out)
