@@ -95,3 +95,25 @@ def test_sampling_logprobs_equal_a_fresh_forward(tiny_base):
                                     ro.completion_mask, temperature=0.7)
     torch.testing.assert_close(ro.logprobs, lp * ro.completion_mask, rtol=1e-4, atol=1e-4)
     assert (ro.logprobs[ro.completion_mask == 0] == 0).all()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_groups_equal_plain_rows_with_gradients(tiny_base, attn):
+    """Completions of different lengths (one fully masked, as the overlong filter does) packed one
+    group per row give the plain path's log-probs, entropies and gradients."""
+    model, tok = _load(tiny_base, attn)
+    ro = sample(model, tok, PROMPTS[:2], 3, max_new_tokens=12,
+                generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([12, 3, 7, 1, 0, 9])
+    mask = (torch.arange(ro.completion_ids.shape[1]) < lengths[:, None]).long()  # (6, T)
+    outs, grads = [], []
+    for g in (1, 3):
+        model.zero_grad()
+        lp, ent = completion_logprobs(model, ro.prompt_ids, ro.prompt_mask, ro.completion_ids,
+                                      mask, temperature=0.8, with_entropy=True, group_size=g)
+        (lp * mask).sum().backward()
+        outs.append((lp * mask, ent * mask))
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

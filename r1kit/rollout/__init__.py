@@ -1,0 +1,37 @@
+"""Rollout engines: `make_engine(rollout_cfg, model_path)` gives an object with
+`sample(model, tokenizer, prompts, G, ...) -> Rollouts` and `sync(policy)` (call after each
+optimizer step). `hf` (r1kit/rollout/hf.py) runs everywhere and needs no sync; `vllm`
+(r1kit/rollout/vllm.py) is the GPU engine, colocated or on a server."""
+
+from __future__ import annotations
+
+from r1kit.errors import UserError
+
+
+class HFEngine:
+    """The transformers engine samples from the policy itself: nothing to sync."""
+
+    def sample(self, model, tokenizer, prompts, group_size, **kw):
+        from r1kit.rollout.hf import sample
+
+        return sample(model, tokenizer, prompts, group_size, **kw)
+
+    def sync(self, policy) -> None:
+        pass
+
+
+def make_engine(engine: str, model_path: str, *, vllm_mode: str = "colocate",
+                vllm_server_url: str = "http://localhost:8000",
+                vllm_gpu_memory_utilization: float = 0.3, seed: int = 0):
+    if engine == "hf":
+        return HFEngine()
+    if engine != "vllm":
+        raise UserError(f"rollout.engine: unknown engine {engine!r}; use hf or vllm")
+    from r1kit.rollout import vllm
+
+    if vllm_mode == "server":
+        return vllm.VLLMServer(vllm_server_url, model_path)
+    if vllm_mode == "colocate":
+        return vllm.VLLMColocated(model_path, gpu_memory_utilization=vllm_gpu_memory_utilization,
+                                  max_model_len=None, seed=seed)
+    raise UserError(f"rollout.vllm_mode: unknown mode {vllm_mode!r}; use colocate or server")

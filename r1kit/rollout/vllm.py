@@ -1,0 +1,186 @@
+"""vLLM rollouts on a GPU, behind the same `sample(...) -> Rollouts` interface as the HF engine.
+
+Two modes (`rollout.vllm_mode`):
+- `colocate`: a `vllm.LLM` lives in the training process on the same GPU (a share of its memory,
+  `rollout.vllm_gpu_memory_utilization`); after each optimizer step the policy's weights are
+  loaded into vLLM's model in place (`load_weights`), then the prefix cache is reset.
+- `server`: a separate generation GPU runs `vllm serve MODEL --weight-transfer-config
+  '{"backend": "nccl"}'`; completions come from its OpenAI `/v1/completions` endpoint (prompt
+  token ids in, token ids out), and weights go over NCCL through TRL's `VLLMClient`
+  (`pip install trl`), which speaks that server's weight-transfer protocol.
+
+Everything that needs no GPU is a pure function tested on CPU: the sampling-argument mapping, the
+weight-name mapping (DDP / torch.compile / PEFT prefixes), and building `Rollouts` from token ids.
+vLLM is an optional extra (`pip install r1kit[vllm]`); asking for it without it installed, or
+without CUDA, is a clear error. Sampled log-probs are not taken from vLLM: its kernels and bf16
+differ from the training forward, so pi_old is recomputed by the trainer when mu > 1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import urllib.request
+
+import torch
+
+from r1kit.errors import UserError
+from r1kit.rollout.hf import Rollouts, _cut_at_stop
+
+_PREFIXES = ("module.", "_orig_mod.", "base_model.model.")  # DDP, torch.compile, PEFT
+
+
+def sampling_kwargs(group_size: int, *, max_new_tokens: int, temperature: float, top_p: float,
+                    stop: list[str], seed: int | None = None) -> dict:
+    """`vllm.SamplingParams` arguments for r1kit's sampling settings: G completions per prompt,
+    no top-k (vLLM's "off" is -1, 0 on the OpenAI server), stop strings kept in the text as the
+    HF engine keeps them, greedy at temperature 0."""
+    kw = {"n": group_size, "max_tokens": max_new_tokens, "temperature": max(temperature, 0.0),
+          "top_p": top_p if temperature > 0 else 1.0, "top_k": -1,
+          "stop": [s for s in stop if s], "include_stop_str_in_output": True,
+          "skip_special_tokens": True}
+    if seed is not None:
+        kw["seed"] = seed
+    return kw
+
+
+def vllm_weight_names(named: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs as the Hugging Face checkpoint names them, which is what vLLM's
+    `load_weights` maps onto its fused layers: wrapper prefixes dropped, PEFT's `.base_layer`
+    unwrapped, adapter tensors left out (merge the adapter before calling this)."""
+    out = []
+    for name, tensor in named:
+        if "lora_" in name or "modules_to_save" in name or ".original_module." in name:
+            continue
+        changed = True
+        while changed:
+            changed = False
+            for p in _PREFIXES:
+                if name.startswith(p):
+                    name, changed = name[len(p):], True
+        out.append((name.replace(".base_layer.", "."), tensor))
+    return out
+
+
+def to_rollouts(prompt_ids: list[list[int]], completions: list[list[tuple[list[int], bool]]],
+                group_size: int, *, pad_id: int, tokenizer, stop: list[str]) -> Rollouts:
+    """`Rollouts` from vLLM's output: for each prompt its token ids, and for each of its G
+    completions (token ids, ended by EOS or a stop string). Prompts are left-padded, completions
+    right-padded, as the HF engine returns them."""
+    P = max(len(p) for p in prompt_ids)
+    rows = [(p, c, done) for p, group in zip(prompt_ids, completions) for c, done in group]
+    if len(rows) != len(prompt_ids) * group_size:
+        raise ValueError(f"expected {group_size} completions for each of {len(prompt_ids)} prompts")
+    T = max(1, max(len(c) for _, c, _ in rows))
+    n = len(rows)
+    p_ids = torch.full((n, P), pad_id, dtype=torch.long)  # (N, P)
+    p_mask = torch.zeros((n, P), dtype=torch.long)  # (N, P)
+    c_ids = torch.full((n, T), pad_id, dtype=torch.long)  # (N, T)
+    c_mask = torch.zeros((n, T), dtype=torch.long)  # (N, T)
+    for i, (p, c, _) in enumerate(rows):
+        p_ids[i, P - len(p):], p_mask[i, P - len(p):] = torch.tensor(p, dtype=torch.long), 1
+        c_ids[i, : len(c)], c_mask[i, : len(c)] = torch.tensor(c, dtype=torch.long), 1
+    texts = [_cut_at_stop(tokenizer.decode(c, skip_special_tokens=True), stop) for _, c, _ in rows]
+    return Rollouts(prompt_ids=p_ids, prompt_mask=p_mask, completion_ids=c_ids,
+                    completion_mask=c_mask, texts=texts, num_tokens=[len(c) for _, c, _ in rows],
+                    truncated=[not done for _, _, done in rows], group_size=group_size)
+
+
+def require_vllm() -> None:
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError("rollout.engine=vllm needs vLLM: pip install 'r1kit[vllm]' (Linux, CUDA); "
+                        "or use rollout.engine=hf, which runs everywhere")
+    if not torch.cuda.is_available():
+        raise UserError("rollout.engine=vllm needs a CUDA GPU; use rollout.engine=hf on CPU")
+
+
+class VLLMColocated:
+    """A `vllm.LLM` beside the policy on one GPU; `sync(policy)` after each optimizer step."""
+
+    def __init__(self, model_path: str, *, gpu_memory_utilization: float, max_model_len: int,
+                 seed: int):
+        require_vllm()
+        # the engine in this process, so that its model can take the policy's weights in place
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        # bf16 where the GPU has it; vLLM picks its own attention backend (flash / SDPA)
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        self.llm = LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                       max_model_len=max_model_len, seed=seed, enable_prefix_caching=True)
+
+    def sample(self, model, tokenizer, prompts, group_size, *, max_new_tokens, temperature=1.0,
+               top_p=1.0, stop=(), generator=None) -> Rollouts:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        seed = None if generator is None else int(torch.randint(
+            2**31 - 1, (1,), generator=generator, device=generator.device).item())
+        params = SamplingParams(**sampling_kwargs(group_size, max_new_tokens=max_new_tokens,
+                                                  temperature=temperature, top_p=top_p,
+                                                  stop=list(stop), seed=seed))
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], params,
+                                 use_tqdm=False)
+        groups = [[(list(c.token_ids), c.finish_reason == "stop") for c in o.outputs]
+                  for o in outs]
+        return to_rollouts(ids, groups, group_size, pad_id=_pad_id(tokenizer),
+                           tokenizer=tokenizer, stop=list(stop))
+
+    @torch.no_grad()
+    def sync(self, policy) -> None:
+        merged = hasattr(policy, "merge_adapter")
+        if merged:  # PEFT: ship the merged weights, then restore the adapter
+            policy.merge_adapter()
+        try:
+            inner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
+            inner.load_weights(vllm_weight_names(list(policy.state_dict().items())))
+        finally:
+            if merged:
+                policy.unmerge_adapter()
+        self.llm.reset_prefix_cache()
+
+
+class VLLMServer:
+    """Completions from a `vllm serve` on another GPU; weights over NCCL via TRL's client."""
+
+    def __init__(self, url: str, model_name: str):
+        self.url, self.model_name, self.client = url.rstrip("/"), model_name, None
+
+    def sample(self, model, tokenizer, prompts, group_size, *, max_new_tokens, temperature=1.0,
+               top_p=1.0, stop=(), generator=None) -> Rollouts:
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        kw = sampling_kwargs(group_size, max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_p=top_p, stop=list(stop))
+        kw["top_k"] = 0  # the OpenAI server's "no top-k"
+        payload = {"model": self.model_name, "prompt": ids, "return_token_ids": True, **kw}
+        req = urllib.request.Request(f"{self.url}/v1/completions", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=600) as resp:
+            choices = json.load(resp)["choices"]  # prompt-major: n per prompt
+        choices.sort(key=lambda c: c["index"])
+        groups = [[(c["token_ids"], c["finish_reason"] == "stop")
+                   for c in choices[i * group_size:(i + 1) * group_size]] for i in range(len(ids))]
+        return to_rollouts(ids, groups, group_size, pad_id=_pad_id(tokenizer),
+                           tokenizer=tokenizer, stop=list(stop))
+
+    @torch.no_grad()
+    def sync(self, policy) -> None:
+        if self.client is None:
+            try:
+                from trl.generation.vllm_client import VLLMClient
+            except ImportError:
+                raise UserError("rollout.vllm_mode=server sends weights with TRL's VLLMClient: "
+                                "pip install trl") from None
+            self.client = VLLMClient(base_url=self.url)
+            self.client.init_communicator(device=torch.cuda.current_device())
+        named = vllm_weight_names(list(policy.state_dict().items()))
+        with self.client.weight_update():
+            for name, tensor in named:
+                self.client.update_named_param(name, tensor)
+        self.client.reset_prefix_cache()
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
