@@ -51,6 +51,10 @@ class BaseConfig:
                              "build is the same recipe, not bit-identical to a cpu one)")
     vocab_size: int = opt(1024, "BPE vocabulary size before the tag tokens")
     corpus_docs: int = opt(200_000, "number of worked solutions in the pretraining corpus")
+    tasks: list = opt(
+        ["arithmetic"], "tasks of the corpus, documents split evenly: arithmetic, code "
+        "(worked one-line programs, r1kit/tasks/code.py; the builtin:code base)",
+    )
     steps: int = opt(3000, "pretraining optimizer steps")
     batch_size: int = opt(64, "documents per pretraining step")
     lr: float = opt(3e-3, "peak learning rate (AdamW, cosine decay to 10%)")
@@ -108,7 +112,8 @@ class DataConfig:
     source: str = opt(
         "builtin",
         "'builtin' (arithmetic chains), 'builtin:carry' (the harder tier: every step carries), "
-        "a .jsonl file of {prompt, answer}, or hf:NAME_OR_PATH",
+        "'builtin:code' (one-line Python functions with tests), a .jsonl file of {prompt, answer} "
+        "(or {prompt, tests}), or hf:NAME_OR_PATH",
     )
     split: str = opt("train", "split for hf: sources")
     eval_source: str = opt("", "held-out problems; empty = builtin held-out split, or the same file")
@@ -171,6 +176,19 @@ class RewardsConfig:
 
 
 @dataclass(frozen=True)
+class CodeConfig:
+    all_or_nothing: bool = opt(False, "code reward: 1 only if every test passes (default: the share)")
+    wall_s: float = opt(4.0, "wall-clock limit per program, s (its whole process group is killed)")
+    cpu_s: int = opt(2, "CPU-time limit per program, s")
+    memory_mb: int = opt(256, "address-space limit per program, MiB")
+    workers: int = opt(0, "programs run at once; 0 = one per CPU core")
+    unsafe_allow_unsandboxed: bool = opt(
+        False, "where bubblewrap cannot run, run model-written code UNCONFINED with only resource "
+        "limits (logged loudly); same as --unsafe-allow-unsandboxed",
+    )
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     every: int = opt(50, "evaluate every N steps (0 = only before and after)")
     num_problems: int = opt(200, "held-out problems")
@@ -191,6 +209,7 @@ class ZeroConfig:
     rollout: RolloutConfig = section(RolloutConfig, "sampling during RL")
     rl: RLConfig = section(RLConfig, "GRPO")
     rewards: RewardsConfig = section(RewardsConfig, "reward functions and weights")
+    code: CodeConfig = section(CodeConfig, "running model-written code: sandbox limits, scoring")
     eval: EvalConfig = section(EvalConfig, "held-out evaluation")
     lora: LoraConfig = section(LoraConfig, "LoRA adapters instead of full fine-tuning")
     dist: DistConfig = section(DistConfig, "multi-process training (torchrun)")
@@ -245,6 +264,7 @@ class EvalStageConfig:
     model: ModelConfig = section(ModelConfig, "model to evaluate")
     data: DataConfig = section(DataConfig, "problems (eval_source, or the builtin held-out split)")
     rollout: RolloutConfig = section(RolloutConfig, "stop strings")
+    code: CodeConfig = section(CodeConfig, "sandbox for problems with tests (code)")
     eval: EvalConfig = section(EvalConfig, "sampling and sizes")
 
 

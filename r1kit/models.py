@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -40,6 +41,14 @@ def resolve_model_path(path: str) -> str:
 
         return str(ensure_builtin_base(CODE_BASE if path == "builtin:code" else None))
     return path
+
+
+def builtin_model_for(cfg):
+    """`cfg` with `model.path=builtin` read as `builtin:code` on the built-in coding task (the
+    arithmetic-only base has never seen a program); anything else unchanged."""
+    if cfg.model.path == "builtin" and cfg.data.source == "builtin:code":
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path="builtin:code"))
+    return cfg
 
 
 def load_model(path: str, dtype: str = "float32", device: torch.device | str = "cpu"):

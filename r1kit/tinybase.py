@@ -57,12 +57,32 @@ CHAT_TEMPLATE = (
 
 
 def corpus(n: int, cfg: BaseConfig, seed: int) -> list[str]:
-    """`n` pretraining documents: template + sloppy worked solution + EOS, train split only."""
-    rng = random.Random(f"corpus-{seed}")
-    problems = sample_problems(n, "train", seed=seed)
-    return [
-        render_prompt(p.prompt) + worked_solution(p, rng, cfg.corpus) + EOS for p in problems
-    ]
+    """`n` pretraining documents: template + sloppy worked solution + EOS, train split only.
+
+    With several `cfg.tasks` each gets an equal share, shuffled together; arithmetic alone gives
+    exactly the documents of the first builds (the shipped base depends on them).
+    """
+    tasks = list(cfg.tasks)
+    unknown = [t for t in tasks if t not in ("arithmetic", "code")]
+    if not tasks or unknown or len(set(tasks)) != len(tasks):
+        raise UserError(f"base.tasks: give distinct tasks among arithmetic, code; got {tasks}")
+    share = n // len(tasks)
+    docs: list[str] = []
+    if "arithmetic" in tasks:
+        rng = random.Random(f"corpus-{seed}")
+        problems = sample_problems(share, "train", seed=seed)
+        docs += [render_prompt(p.prompt) + worked_solution(p, rng, cfg.corpus) + EOS
+                 for p in problems]
+    if "code" in tasks:
+        from r1kit.tasks import code
+
+        rng = random.Random(f"code-corpus-{seed}")
+        train = code.sample_problems(10**6, "train", seed=seed)  # all of them, drawn repeatedly
+        docs += [render_prompt(p.prompt) + code.worked_solution(p, rng, code.CodeStyle()) + EOS
+                 for p in (rng.choice(train) for _ in range(share))]
+    if len(tasks) > 1:
+        random.Random(f"mix-{seed}").shuffle(docs)
+    return docs
 
 
 # Qwen2's own pre-tokenization (transformers' Qwen2Tokenizer): words, single digits, punctuation.

@@ -15,6 +15,11 @@ from pathlib import Path
 from r1kit.config import BaseConfig, to_dict
 
 PACKAGED_BASE = Path(__file__).resolve().parent.parent / "assets" / "tiny-base"
+# `model.path=builtin:code`: pretrained on arithmetic and worked one-line programs (r1kit/tasks/
+# code.py); a shorter build than the default, shipped in assets/tiny-base-code.
+CODE_BASE = BaseConfig(tasks=["arithmetic", "code"], corpus_docs=60_000, steps=1500, batch_size=32,
+                       warmup_steps=50)
+PACKAGED_CODE_BASE = PACKAGED_BASE.parent / "tiny-base-code"
 
 
 def cache_root() -> Path:
@@ -46,6 +51,8 @@ def ensure_builtin_base(cfg: BaseConfig | None = None, log=print) -> Path:
     cfg = cfg or BaseConfig()
     if cfg == BaseConfig() and _is_built(PACKAGED_BASE):
         return PACKAGED_BASE
+    if cfg == CODE_BASE and _is_built(PACKAGED_CODE_BASE):
+        return PACKAGED_CODE_BASE
     out = default_out(cfg)
     if not _is_built(out):
         log(f"building the base model into {out} (cached for later runs)")

@@ -16,7 +16,8 @@ from r1kit.comparison import evaluate_row, write_comparison
 from r1kit.config import EvalStageConfig
 from r1kit.errors import UserError
 from r1kit.evaluation import evaluate
-from r1kit.models import load_model, pick_device, resolve_model_path
+from r1kit.models import builtin_model_for, load_model, pick_device, resolve_model_path
+from r1kit.rewards import code as code_reward
 from r1kit.runs import RunFolder, load_problems
 
 
@@ -27,6 +28,9 @@ def main(cfg: EvalStageConfig, models: list[str] | None = None, out: str | None 
         torch.set_num_threads(cfg.run.threads)
     # Inputs first: a bad problem file or model path leaves no run folder behind.
     _, problems = load_problems(cfg.data, cfg.eval.num_problems)
+    if any(code_reward.has_tests(p) for p in problems):
+        code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
+    cfg = builtin_model_for(cfg)
     model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, pick_device(cfg.run.device))
     run = RunFolder.open(cfg, "eval")
     cfg = run.cfg

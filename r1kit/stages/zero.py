@@ -32,8 +32,9 @@ from r1kit.evaluation import evaluate
 from r1kit.language import language_consistency, problem_language, reasoning_part
 from r1kit.logprobs import completion_logprobs
 from r1kit.metrics import reflection_rate
-from r1kit.models import prepare_torch
+from r1kit.models import builtin_model_for, prepare_torch
 from r1kit.report import write_report_safely
+from r1kit.rewards import code as code_reward
 from r1kit.rewards import get_reward
 from r1kit.rewards.scoring import RewardSpec, score
 from r1kit.rollout.hf import Rollouts, sample
@@ -71,6 +72,9 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     for spec in specs:
         get_reward(spec.name)
     _check_active_last(cfg.rewards.active_last, cfg.rewards.weights)
+    if "code" in cfg.rewards.weights or any(code_reward.has_tests(p) for p in eval_set):
+        code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
+    cfg = builtin_model_for(cfg)
     check_report_to(cfg.run.report_to)
     if lora.enabled(cfg.lora) and cfg.rl.ref_reset_every:
         raise UserError("rl.ref_reset_every needs full fine-tuning: with LoRA (lora.r > 0) the "
@@ -197,7 +201,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         tracker.log(metrics, state["step"])
         run.append_many("completions.jsonl", [
             {"step": state["step"], "id": per_row[i].id, "answer": per_row[i].answer,
-             "completion": ro.texts[i], "reward": scores.total[i]}
+             "completion": ro.texts[i], "reward": scores.total[i], **_reasons(scores, i)}
             for i in range(0, len(ro), max(1, len(ro) // max(1, cfg.run.log_completions)))
         ][: cfg.run.log_completions])
         bar.update(1)
@@ -232,6 +236,12 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
 
 
 # -------------------------------------------------------------------------------- helpers
+
+
+def _reasons(scores, i: int) -> dict:
+    """`{"reasons": {reward: reason}}` for rewards that say why (the code reward), else {}."""
+    reasons = scores.row_reasons(i)
+    return {"reasons": reasons} if reasons else {}
 
 
 def _check_active_last(active_last: dict, weights: dict) -> None:

@@ -1,17 +1,18 @@
 """The built-in coding task: write a one-line Python function from two of its values.
 
-A problem gives `f(1)` and `f(2)` of a linear function and asks for `f`; its tests are asserts the
+A problem gives `f(0)` and `f(1)` of a linear function and asks for `f`; its tests are asserts the
 generator knows, at the two given points and three hidden ones:
 
-    Write f with f(1)=5, f(2)=8
-    tests: assert f(1) == 5, assert f(2) == 8, assert f(0) == 2, assert f(5) == 17, assert f(10) == 32
+    Write f with f(0)=2, f(1)=5
+    tests: assert f(0) == 2, assert f(1) == 5, assert f(2) == 8, assert f(5) == 17, assert f(10) == 32
 
-Two families, so both borrows and carries occur: rising `x*a+b` (a = f(2)-f(1), b = f(1)-a) and
-falling `c-x*a` (a = f(1)-f(2), c = f(1)+a). A worked solution does the two steps in `<think>`
-and puts the program in a fenced block inside `<answer>`; a tiny model (about 1M parameters) can
-learn to write it. The pretraining corpus is sloppy like the arithmetic one (`CodeStyle`): forgotten
-borrows and carries, off-by-one slips, sometimes caught with `wait, ...`; a `+` for the `*`; a
-missing colon (a syntax error); an answer without a code block. RL has those to fix.
+Two families: rising `x*a+b` (a = f(1)-f(0), b = f(0)) and falling `c-x*a` (a = f(0)-f(1),
+c = f(0)). A worked solution does the subtraction in `<think>` and puts the program in a fenced
+block inside `<answer>`: `<think> 5-2=3, so f(x)=x*3+2 </think> <answer> ```python ... ```
+</answer>`. A tiny model (about 1M parameters) can learn to write it. The pretraining corpus is
+sloppy like the arithmetic one (`CodeStyle`): a forgotten borrow, an off-by-one slip, sometimes
+caught with `wait, ...`; a `+` for the `*`; a missing colon (a syntax error); an answer without a
+code block. RL has those to fix; a wrong slope still passes the `f(0)` test, a partial reward.
 
 Train and held-out problems are disjoint: the same 1-in-10 hash bucket as arithmetic, on the id.
 """
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from r1kit.tasks.arithmetic import is_heldout
 from r1kit.tasks.base import Problem
 
-TEST_POINTS = (1, 2, 0, 5, 10)  # the first two are given in the prompt
+TEST_POINTS = (0, 1, 2, 5, 10)  # the first two are given in the prompt
 
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 _ANSWER_RE = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.DOTALL)
@@ -38,9 +39,9 @@ class CodeStyle:
     carry_slip: float = 0.7
     slip: float = 0.05
     recheck: float = 0.2
-    wrong_op: float = 0.08
-    syntax_slip: float = 0.03
-    no_fence: float = 0.03
+    wrong_op: float = 0.12
+    syntax_slip: float = 0.05
+    no_fence: float = 0.05
 
 
 def all_problems() -> list[Problem]:
@@ -50,7 +51,7 @@ def all_problems() -> list[Problem]:
         for b in range(1, 61):
             out.append(_problem("up", a, b))
         for c in range(20, 100):
-            if c - 2 * a >= 2:
+            if c - a >= 2:
                 out.append(_problem("down", a, c))
     return out
 
@@ -61,7 +62,7 @@ def _problem(family: str, a: int, k: int) -> Problem:
     pid = f"code-{family}-{a}-{k}"
     return Problem(
         id=pid,
-        prompt=f"Write f with f(1)={values[1]}, f(2)={values[2]}",
+        prompt=f"Write f with f(0)={values[0]}, f(1)={values[1]}",
         answer=reference_program({"family": family, "a": a, "k": k}),
         meta={"tests": [f"assert f({x}) == {values[x]}" for x in TEST_POINTS],
               "entry_point": "f", "language": "python", "task": "code",
@@ -98,8 +99,8 @@ def _slipped(x: int, y: int, op: str, rng: random.Random, style: CodeStyle) -> i
 def worked_solution(problem: Problem, rng: random.Random, style: CodeStyle) -> str:
     """A completion for `problem` written with the slips of `style`."""
     m = problem.meta
-    up, a0, k0 = m["family"] == "up", m["a"], m["k"]
-    f1, f2 = (a0 + k0, 2 * a0 + k0) if up else (k0 - a0, k0 - 2 * a0)
+    up, a0, k = m["family"] == "up", m["a"], m["k"]
+    f0, f1 = (k, a0 + k) if up else (k, k - a0)
     parts = []
 
     def step(x: int, op: str, y: int) -> int:
@@ -111,8 +112,7 @@ def worked_solution(problem: Problem, rng: random.Random, style: CodeStyle) -> s
             got = right
         return got
 
-    a = step(f2, "-", f1) if up else step(f1, "-", f2)
-    k = step(f1, "-", a) if up else step(f1, "+", a)
+    a = step(f1, "-", f0) if up else step(f0, "-", f1)
     op = "+" if rng.random() < style.wrong_op else "*"
     body = f"x{op}{a}+{k}" if up else f"{k}-x{op}{a}"
     colon = "" if rng.random() < style.syntax_slip else ":"
