@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--students", metavar="A,B",
                            help="comma-separated students: tiny-qwen, tiny-llama, model folders "
                                 "or hub names (same as --set distill.students=[A,B])")
+        if name in ("zero", "rl", "eval"):
+            p.add_argument("--task", metavar="SOURCE",
+                           help="problems: builtin, builtin:carry, builtin:code, a .jsonl or "
+                                "hf:NAME (same as --set data.source=)")
+            p.add_argument("--unsafe-allow-unsandboxed", action="store_true",
+                           help="where bubblewrap cannot run, run model-written code WITHOUT a "
+                                "sandbox (same as --set code.unsafe_allow_unsandboxed=true)")
         if name in ("zero", "rl", "sft", "pipeline"):
             p.add_argument("--report-to", metavar="WRITERS",
                            help="comma-separated metric writers, e.g. tensorboard,wandb; the same "
@@ -95,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"run.report_to=[{args.report_to}]")
     if getattr(args, "model", None):
         overrides.append(f"model.path={args.model}")
+    if getattr(args, "task", None):
+        overrides.append(f"data.source={args.task}")
+    if getattr(args, "unsafe_allow_unsandboxed", False):
+        overrides.append("code.unsafe_allow_unsandboxed=true")
     if getattr(args, "problems", None):
         overrides += (["data.source=builtin"] if args.problems == "builtin" else
                       [f"data.source={args.problems}", f"data.eval_source={args.problems}"])
