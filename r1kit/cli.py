@@ -85,8 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--report-to", metavar="WRITERS",
                            help="comma-separated metric writers, e.g. tensorboard,wandb; the same "
                                 "as --set run.report_to=[WRITERS] (none = metrics.jsonl only)")
+        if name in ("zero", "rl", "sft", "sample"):
+            p.add_argument("--model", help="HF model folder or hub name, e.g. "
+                                           "Qwen/Qwen2.5-0.5B-Instruct (--set model.path=)")
+        if name in ("zero", "rl", "sft"):
+            p.add_argument("--lora", metavar="r=16,alpha=32,...",
+                           help="train LoRA adapters: lora.* keys as k=v pairs; lists with +, "
+                                "e.g. target_modules=q_proj+v_proj (needs r1kit[lora])")
+            p.add_argument("--nproc", type=int, metavar="N",
+                           help="train with N processes (torchrun; gloo on CPU, one GPU each)")
     p = sub.add_parser("report", help=REPORT_HELP, description=REPORT_HELP)
     p.add_argument("run", metavar="RUN_DIR", help="a run folder or a pipeline folder")
+    _add_chat_export(sub)
     return parser
 
 
@@ -96,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.stage == "report":
         return _report(args.run)
+    if args.stage in ("chat", "export"):
+        return _chat_export(args)
+    if getattr(args, "nproc", None):  # re-run this command under torchrun
+        from r1kit.distributed import launch
+
+        return launch(args.nproc, _without_nproc(sys.argv[1:] if argv is None else argv))
     cls = STAGES[args.stage][0]
     overrides = list(args.set)
     if getattr(args, "report_to", None):
@@ -104,6 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"model.path={args.model}")
     if getattr(args, "task", None):
         overrides.append(f"data.source={args.task}")
+    if getattr(args, "lora", None):
+        from r1kit.lora import cli_overrides
+
+        try:
+            overrides += cli_overrides(args.lora)
+        except UserError as e:
+            print(f"r1kit {args.stage}: error: {e}", file=sys.stderr)
+            return 2
     if getattr(args, "unsafe_allow_unsandboxed", False):
         overrides.append("code.unsafe_allow_unsandboxed=true")
     if getattr(args, "problems", None):
@@ -165,6 +189,60 @@ def _report(folder: str) -> int:
     except UserError as e:
         print(f"r1kit report: error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def _add_chat_export(sub) -> None:
+    p = sub.add_parser("chat", help="talk to a model: streamed tokens, reasoning shown apart",
+                       description="Talk to a model folder, run folder or hub name in the "
+                                   "terminal (r1kit/stages/chat.py).")
+    p.add_argument("model", metavar="MODEL", help="model folder, run folder (its final/) or hub name")
+    p.add_argument("--template", default="auto", choices=["auto", "chat", "r1_zero"],
+                   help="prompt: the tokenizer's chat template (auto: when it has one) or R1-Zero")
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (R1: 0.6)")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    p = sub.add_parser("export", help="a clean HF folder for vLLM/transformers serving",
+                       description="Export a model, LoRA adapter or run folder as a Hugging Face "
+                                   "folder: merged weights, tokenizer, chat template, "
+                                   "generation_config (r1kit/stages/export.py).")
+    p.add_argument("source", metavar="RUN_OR_MODEL")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--dtype", default="", help="float32 | bfloat16 | float16 (default: as trained)")
+    p.add_argument("--template", default="", choices=["", "chat", "r1_zero"],
+                   help="chat template to ship (default: the run's data.template)")
+
+
+def _chat_export(args) -> int:
+    try:
+        if args.stage == "chat":
+            from r1kit.stages import chat
+
+            return chat.main(args.model, template=args.template,
+                             max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                             top_p=args.top_p, device=args.device, dtype=args.dtype)
+        from r1kit.stages import export
+
+        export.main(args.source, args.out, dtype=args.dtype, template=args.template)
+    except UserError as e:
+        print(f"r1kit {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -27,7 +27,7 @@ from r1kit.rewards.extract import extract_answer
 from r1kit.rollout.hf import sample
 from r1kit.tasks.base import Problem
 from r1kit.tasks.code import extract_program
-from r1kit.templates import render_prompt
+from r1kit.templates import mark_prefill, render_prompt
 
 
 @dataclass
@@ -73,6 +73,7 @@ def evaluate(
     for start in range(0, len(problems), per_batch):
         chunk = problems[start : start + per_batch]
         prompts = [render_prompt(p.prompt, template, tokenizer) for p in chunk]
+        chunk = [mark_prefill(p, text) for p, text in zip(chunk, prompts)]  # `<think>` in prompt
         ro = sample(model, tokenizer, prompts, cfg.k, max_new_tokens=cfg.max_new_tokens,
                     temperature=cfg.temperature, top_p=cfg.top_p, stop=list(stop), generator=gen)
         passed = _code_passes(ro.texts, [p for p in chunk for _ in range(cfg.k)])

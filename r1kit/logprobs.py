@@ -38,7 +38,7 @@ def completion_logprobs(
     if group_size > 1 and _packable(model, completion_mask, group_size):
         logits = _packed_group_logits(model, prompt_ids, prompt_mask, completion_ids,
                                       completion_mask, group_size)  # (N, T, V)
-    elif group_size > 1:
+    elif group_size > 1 and not _checkpointing(model):
         logits = _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids,
                                        completion_mask, group_size)  # (N, T, V)
     else:
@@ -153,5 +153,17 @@ def _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, comple
 
 
 def cache_kwarg(model) -> str:
-    """transformers 5 renamed `past_key_values` to `cache`; support both."""
+    """transformers 5 renamed `past_key_values` to `cache`; support both. Wrappers (DDP, PEFT)
+    take **kwargs, so the name is read from the Hugging Face model inside."""
+    while hasattr(model, "module") or hasattr(model, "get_base_model"):
+        model = model.module if hasattr(model, "module") else model.get_base_model()
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _checkpointing(model) -> bool:
+    """Must this gradient pass be one forward? transformers drops the KV cache of activation-
+    checkpointed layers (r1kit/memory.py), and DDP / FSDP expect one forward per backward
+    (r1kit/distributed.py), so the shared-prompt path would be wrong there: run the plain one."""
+    wrapped = hasattr(model, "no_sync") or type(model).__name__.startswith("FSDP")
+    return torch.is_grad_enabled() and model.training and (wrapped or any(
+        getattr(m, "gradient_checkpointing", False) for m in model.modules()))

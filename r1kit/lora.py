@@ -81,3 +81,20 @@ def save_final(model, tokenizer, out: Path) -> None:
         ckpt.save_hf_folder(model, tokenizer, out.with_name(out.name + "-adapter"))
         model = model.merge_and_unload()
     ckpt.save_hf_folder(model, tokenizer, out)
+
+
+def cli_overrides(spec: str) -> list[str]:
+    """`--lora r=16,alpha=32,target_modules=q_proj+v_proj` -> `--set lora.*` overrides.
+
+    >>> cli_overrides("r=16,alpha=32,target_modules=q_proj+v_proj")
+    ['lora.r=16', 'lora.alpha=32', 'lora.target_modules=[q_proj,v_proj]']
+    """
+    out = []
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"--lora: '{item}' must look like key=value (e.g. r=16,alpha=32)")
+        if "+" in value:
+            value = "[" + ",".join(value.split("+")) + "]"
+        out.append(f"lora.{key.strip()}={value.strip()}")
+    return out

@@ -19,7 +19,11 @@ def enable_gradient_checkpointing(model) -> None:
     prompt cache when this is on.
     """
     model = unwrap(model)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 names it so
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if hasattr(model, "enable_input_require_grads"):  # LoRA: embeddings are frozen
         model.enable_input_require_grads()
 

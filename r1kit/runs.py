@@ -110,6 +110,11 @@ def load_problems(data: DataConfig, num_eval: int) -> tuple[list[Problem], list[
         train = sample_problems(data.train_size, "train", seed=0, carry_only=carry)
         heldout = sample_problems(num_eval, "heldout", seed=0, carry_only=carry)
         return train, heldout
+    if data.source.startswith("reasoning_gym:"):  # procedural tasks scored by their own scorer
+        from r1kit.tasks import reasoning_gym
+
+        return (reasoning_gym.load(data.source, data.train_size, "train"),
+                reasoning_gym.load(data.eval_source or data.source, num_eval, "heldout"))
     if data.source == "builtin:code":  # one-line Python functions, graded by tests in the sandbox
         from r1kit.tasks import code
 

@@ -90,7 +90,7 @@ def open_run(cfg, stage: str, resume: str | None, d: Dist = SINGLE, **kw) -> Run
             run = RunFolder.open(cfg, stage, resume, **kw)
         except UserError as e:
             err = e
-    opened = distributed.broadcast(err or (run.path, run.cfg, run.resumed), d)
+    opened = distributed.broadcast(err or (run and (run.path, run.cfg, run.resumed)), d)
     if isinstance(opened, UserError):
         raise opened
     return run if d.main else _QuietRun(*opened)

@@ -14,11 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+import yaml
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from r1kit import distributed, grpo
-from r1kit.config import RLConfig, RolloutConfig
+from r1kit.config import RLConfig, RolloutConfig, ZeroConfig, load_config
+from r1kit.errors import UserError
 from r1kit.rollout.hf import Rollouts, sample
+from r1kit.stages import zero
 from r1kit.stages.zero import Timer, update_policy
 from r1kit.templates import render_prompt
 from tests.tiny_models import build
@@ -27,7 +31,7 @@ B, G = 4, 2  # 2 prompts per rank
 
 
 def _rows(ro: Rollouts, rows: torch.Tensor) -> Rollouts:
-    pick = lambda xs: [xs[i] for i in rows.tolist()]  # noqa: E731
+    pick = lambda xs: [xs[i] for i in rows.tolist()]
     return dataclasses.replace(
         ro, prompt_ids=ro.prompt_ids[rows], prompt_mask=ro.prompt_mask[rows],
         completion_ids=ro.completion_ids[rows], completion_mask=ro.completion_mask[rows],
@@ -108,3 +112,44 @@ def test_two_ranks_update_exactly_like_one(tmp_path):
         assert moved > 1e-3, case
         for k in one:
             torch.testing.assert_close(got[k], one[k], rtol=1e-5, atol=1e-6, msg=f"{case} {k}")
+
+
+def _r1kit(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    return subprocess.run([sys.executable, "-m", "r1kit", *args], capture_output=True, text=True, check=False,
+                          env=env, timeout=300)
+
+
+def test_two_process_run_checkpoints_and_resumes(tmp_path):
+    model = build(tmp_path / "model", "llama", hidden=32, layers=2)
+    sets = [f"model.path={model}", f"run.out_dir={tmp_path}", "run.name=two", "rl.steps=2",
+            "rl.prompts_per_step=4", "rl.group_size=2", "rl.lr=0.05", "rl.beta=0.01", "eval.num_problems=2", "eval.k=1", "eval.every=0",
+            "eval.max_new_tokens=6", "data.train_size=16", "run.checkpoint_every=1",
+            "run.report_to=[]", "run.threads=1", "rl.dynamic_sampling=false",
+            # a random model scores 0 on accuracy; the length penalty varies within groups
+            "rewards.weights={accuracy: 1.0, overlong: 1.0}", "rollout.max_new_tokens=8"]
+    args = [a for item in sets for a in ("--set", item)]
+    done = _r1kit("zero", "--nproc", "2", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "two"
+    state = torch.load(run / "checkpoints" / "step-000002" / "trainer_state.pt", weights_only=False)
+    assert len(state["generator"]) == 2 and len(state["rng"]) == 2  # each rank's sampler state
+    assert not torch.equal(state["generator"][0], state["generator"][1])
+    assert (run / "final" / "model.safetensors").is_file()
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # one row per step: rank 0 alone writes
+    assert any(r["train/reward_std"] > 0 and "train/loss" in r for r in rows)
+    before, after = (load_file(str(Path(p) / "model.safetensors")) for p in (model, run / "final"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    # One more step, resumed by 2 processes; 1 process is refused (its per-rank state differs).
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["rl"]["steps"] = 3
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(UserError, match="same --nproc"):
+        zero.main(load_config(ZeroConfig, None, []), resume=str(run))
+    done = _r1kit("zero", "--nproc", "2", "--resume", str(run))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert (run / "checkpoints" / "latest").read_text() == "step-000003"

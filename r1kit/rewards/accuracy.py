@@ -63,6 +63,10 @@ def accuracy(completion: str, problem: Problem) -> float | None:
     >>> accuracy("<answer>1</answer>", Problem("p2", "?", r"\frac{1}{")) is None
     True
     """
+    if "reasoning_gym" in problem.meta:  # the task's own scorer (r1kit/tasks/reasoning_gym.py)
+        from r1kit.tasks import reasoning_gym
+
+        return reasoning_gym.score(extract_answer(completion), problem)
     gold_text = problem.answer.strip()
     pred_text = extract_answer(completion)
     if pred_text is not None:

@@ -57,7 +57,7 @@ from r1kit.rollout.hf import sample
 from r1kit.runs import RunFolder, load_problems
 from r1kit.tasks.base import Problem
 from r1kit.tasks.general import load_general
-from r1kit.templates import render_prompt
+from r1kit.templates import mark_prefill, render_prompt
 
 log = logging.getLogger("r1kit")
 
@@ -103,6 +103,7 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
         # ---------------------------------------------------------------- generate
         t0 = time.perf_counter()
         prompts = [render_prompt(p.prompt, cfg.data.template, tokenizer) for p in chunk]
+        chunk = [mark_prefill(p, text) for p, text in zip(chunk, prompts)]  # `<think>` in prompt
         gen = torch.Generator(device=device).manual_seed(cfg.run.seed * 1_000_003 + b)
         model.eval()
         ro = sample(model, tokenizer, prompts, G, max_new_tokens=ro_cfg.max_new_tokens,

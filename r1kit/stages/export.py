@@ -1,0 +1,105 @@
+"""`r1kit export RUN_OR_MODEL OUT`: a clean Hugging Face folder, ready for vLLM or transformers.
+
+SOURCE is a model folder, a LoRA adapter folder (merged into its base), a run folder (its `final/`,
+else its latest checkpoint) or a hub name. OUT gets the model weights (safetensors, any LoRA
+merged), the tokenizer, a chat template and a generation_config with R1's recommended sampling
+(T = 0.6, top-p 0.95, R1-SPEC §4.4), and `r1kit_export.json` saying where it came from.
+
+Chat template: a run trained on the R1-Zero template (`data.template: r1_zero`) is exported with a
+chat template that renders exactly that prompt for the last user message, so that a serving
+engine's chat endpoint asks the model what it was trained on; otherwise the tokenizer's own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from r1kit import checkpoint as ckpt
+from r1kit.errors import UserError
+from r1kit.models import DTYPES, load_model, resolve_model_path
+from r1kit.templates import R1_ZERO_TEMPLATE
+
+# The R1-Zero prompt as a Jinja chat template: the last user message is the question.
+R1_ZERO_CHAT_TEMPLATE = (
+    "{%- set q = (messages | selectattr('role', 'equalto', 'user') | list | last)['content'] -%}"
+    + R1_ZERO_TEMPLATE.replace("{prompt}", "{{ q }}")
+)
+
+
+def resolve_source(source: str) -> str:
+    """A model folder (or hub name) from what a user may point at: run folder -> final/."""
+    path = Path(source)
+    if not path.exists():
+        return resolve_model_path(source)  # 'builtin' or a hub name
+    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+        return str(path)
+    if (path / "final" / "config.json").is_file():
+        return str(path / "final")
+    if (path / "checkpoints" / "latest").is_file():
+        return str(ckpt.latest_checkpoint(path))
+    raise UserError(f"{source}: neither a model folder (config.json), a LoRA adapter "
+                    "(adapter_config.json) nor a run folder (final/ or checkpoints/)")
+
+
+def _template_of(source: str) -> str | None:
+    """The prompt template of the run `source` belongs to (None when it is not in a run)."""
+    for folder in (Path(source), *Path(source).parents[:3]):
+        config = folder / "config.yaml"
+        if config.is_file():
+            data = yaml.safe_load(config.read_text()) or {}
+            return (data.get("data") or {}).get("template")
+    return None
+
+
+def load_for_export(path: str, dtype: str):
+    """(model, tokenizer); an adapter folder is merged into its base model."""
+    adapter = Path(path) / "adapter_config.json"
+    if not adapter.is_file():
+        return load_model(path, dtype, "cpu")
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise UserError(f"{path} is a LoRA adapter: pip install 'r1kit[lora]' to merge it") from None
+    info = json.loads(adapter.read_text())
+    base_path = info.get("base_model_name_or_path")
+    if not base_path:
+        raise UserError(f"{adapter}: no base_model_name_or_path to merge the adapter into")
+    base, _ = load_model(base_path, dtype, "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return PeftModel.from_pretrained(base, path).merge_and_unload(), tokenizer
+
+
+def main(source: str, out: str, *, dtype: str = "", template: str = "") -> Path:
+    """Write the export of `source` to `out` (atomically) and check that it loads back."""
+    if dtype and dtype not in DTYPES:
+        raise UserError(f"--dtype: unknown {dtype!r}; use one of {sorted(DTYPES)}")
+    path = resolve_source(source)
+    model, tokenizer = load_for_export(path, dtype or "float32")
+    if not dtype:  # keep the dtype the weights were trained in
+        dtype = str(model.config.dtype).removeprefix("torch.") if model.config.dtype else "float32"
+    model = model.to(DTYPES.get(dtype, model.dtype))
+    template = template or _template_of(path) or ("chat" if tokenizer.chat_template else "r1_zero")
+    if template == "r1_zero":
+        tokenizer.chat_template = R1_ZERO_CHAT_TEMPLATE
+    elif not tokenizer.chat_template:
+        raise UserError(f"{source}: the tokenizer has no chat template; export with --template "
+                        "r1_zero")
+    eos = tokenizer.eos_token_id
+    model.generation_config = GenerationConfig(
+        bos_token_id=model.config.bos_token_id, eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+        do_sample=True, temperature=0.6, top_p=0.95,
+    )
+    info = {"source": str(source), "resolved": path, "template": template, "dtype": dtype}
+    ckpt.save_hf_folder(model, tokenizer, Path(out),
+                        extra={"r1kit_export.json": json.dumps(info, indent=2) + "\n"})
+    # What a server does first: load it back and render a chat prompt.
+    AutoModelForCausalLM.from_pretrained(out)
+    AutoTokenizer.from_pretrained(out).apply_chat_template(
+        [{"role": "user", "content": "1+1?"}], tokenize=False, add_generation_prompt=True)
+    print(f"exported {path} -> {out} ({template} template, {dtype})")
+    return Path(out)
