@@ -185,7 +185,7 @@ def test_overlong_default_cache_and_meta_override():
 def test_registry():
     assert {"accuracy", "format", "think_format", "overlong"} <= set(available_rewards())
     assert get_reward("format") is format.format_reward
-    with pytest.raises(UserError, match=r"unknown reward 'acuracy'.*accuracy, format"):
+    with pytest.raises(UserError, match=r"unknown reward 'acuracy'.*accuracy, code, format"):
         get_reward("acuracy")
     with pytest.raises(ValueError, match="already registered"):
         register("accuracy")(lambda completion, problem: 0.0)
