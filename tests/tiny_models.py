@@ -40,8 +40,8 @@ CHAT = (
 THINK_CHAT = CHAT.replace("'<|im_start|>assistant\n' }}", "'<|im_start|>assistant\n<think>\n' }}")
 
 
-def build(out: Path, arch: str = "llama", *, hidden: int = 32, layers: int = 2, seed: int = 0,
-          think_template: bool = False) -> str:
+def build(out: Path, arch: str = "llama", *, hidden: int = 32, layers: int = 2, heads: int = 2,
+          kv_heads: int = 1, seed: int = 0, think_template: bool = False) -> str:
     """A random `arch` model with the built-in tokenizer, saved to `out`; returns the path."""
     config_cls, model_cls = ARCHS[arch]
     out = Path(out)
@@ -51,7 +51,8 @@ def build(out: Path, arch: str = "llama", *, hidden: int = 32, layers: int = 2, 
     tok = AutoTokenizer.from_pretrained(out)
     config = config_cls(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        head_dim=hidden // heads,
         max_position_embeddings=512, bos_token_id=0, eos_token_id=0, pad_token_id=0,
         tie_word_embeddings=True,
     )
