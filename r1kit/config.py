@@ -288,7 +288,7 @@ class RejectionSamplingConfig:
     )
     readable: bool = opt(
         True, "with cold_start_format, also put the reasoning in the task's readable form "
-        "(built-in arithmetic: '47+8=55, then 55-9=46'; r1kit/filters.py READABLE)",
+        "(built-in arithmetic: '47+8=55, 55-9=46, so the total is 46'; r1kit/filters.py READABLE)",
     )
     general_data: str = opt(
         "", "non-reasoning SFT data mixed in, answered without <think> (R1-SPEC §3.2): '' (none), "

@@ -25,7 +25,7 @@ Choices the papers leave open:
   check this"), so raise `n` for it.
 - the cold-start rewrite is deterministic, with no LLM to refine it (R1 used DeepSeek-V3 and
   humans): the reasoning is kept as written, or put in the task's readable form when the task has
-  one (`READABLE`; the built-in arithmetic writes `47+8=55, then 55-9=46`, so the reasoning
+  one (`READABLE`; the built-in arithmetic adds `so the total is 46` to its steps, so the reasoning
   has words whose language can be measured and rewarded), and a one-line summary carries the
   answer,
   `<think> reasoning </think> The answer is <answer> 46 </answer>`. It ends at `</answer>` so the
@@ -246,7 +246,7 @@ def to_cold_start(completion: str, answer: str, task: str | None = None) -> str:
     >>> to_cold_start("<think>47+8=55, 55-9=46</think>\\n<answer>46</answer>", "46")
     '<think> 47+8=55, 55-9=46 </think> The answer is <answer> 46 </answer>'
     >>> to_cold_start("<think>47+8=55, 55-9=46</think> <answer>46</answer>", "46", "arithmetic")
-    '<think> 47+8=55, then 55-9=46 </think> The answer is <answer> 46 </answer>'
+    '<think> 47+8=55, 55-9=46, so the total is 46 </think> The answer is <answer> 46 </answer>'
     """
     reasoning = reasoning_part(completion).strip()
     if task in READABLE:

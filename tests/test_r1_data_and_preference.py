@@ -34,11 +34,11 @@ def test_readable_rewrite_gives_the_reasoning_measurable_words():
     readable = to_cold_start(raw, "46", task="arithmetic")
     bare = to_cold_start("<think> 47+8=55, 55-9=46 </think> <answer> 46 </answer>", "46")
     assert language_consistency(reasoning_part(bare), "en") is None  # symbols only: no words
-    assert reasoning_part(readable).strip() == "47+8=45, wait, 47+8=55, then 55-9=46"
+    assert reasoning_part(readable).strip() == "47+8=45, wait, 47+8=55, 55-9=46, so the total is 46"
     assert language_consistency(reasoning_part(readable), "en") == 1.0
     mixed = to_cold_start("<think> 47+8=55, 55-9=46, 46 минус 2 равно 44 </think>", "44",
                           "arithmetic")
-    assert language_consistency(reasoning_part(mixed), "en") == pytest.approx(1 / 3)  # then|минус равно
+    assert language_consistency(reasoning_part(mixed), "en") == pytest.approx(4 / 6)  # + минус равно
     assert get_reward("summary_format")(readable, P) == 1.0
     assert get_reward("accuracy")(readable, P) == 1.0
 

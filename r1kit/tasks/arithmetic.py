@@ -143,26 +143,27 @@ def correct_solution(problem: Problem) -> str:
     return worked_solution(problem, random.Random(0), CorpusStyle(0, 0, 0, 0, 0))
 
 
-_STEP_RE = re.compile(r"^\d+\s*[+-]\s*\d+\s*=\s*-?\d+$")
+_TOTAL_RE = re.compile(r"(-?\d+)\s*$")
 
 
 def readable_reasoning(reasoning: str) -> str:
     """The cold-start rewrite of a worked solution into a readable English pattern (R1-SPEC §5:
-    R1's cold-start data uses "a readable pattern"): steps after the first are joined with `then`,
-    so the reasoning has words whose language can be measured and rewarded (symbols alone have
-    none). The steps keep their notation: a tiny model that learned `47+8=55` does not relearn
-    its arithmetic as `47+8 is 55` from a few hundred examples (a pipeline run that tried fell
-    from 0.90 to 0.04 pass@1 at Dev1). Anything else, Russian steps included, is left as it is.
+    R1's cold-start data uses "a readable pattern"): the steps as written, then the result in
+    words, `so the total is 46`, so the reasoning has words whose language can be measured and
+    rewarded (symbols alone have none). The steps themselves are left alone: the tiny model reads
+    each next operand off the prompt by the steps' layout, and words between the steps broke that
+    (pipeline runs that wrote `47+8 is 55` or `then 55-9=46` fell from 0.90 to 0.04 and 0.10
+    pass@1 at Dev1, their steps right but their operands misread). Reasoning that does not end in
+    a number (or is already rewritten) is returned as it is.
 
     >>> readable_reasoning("47+8=45, wait, 47+8=55, 55-9=46")
-    '47+8=45, wait, 47+8=55, then 55-9=46'
+    '47+8=45, wait, 47+8=55, 55-9=46, so the total is 46'
     >>> readable_reasoning("47 плюс 8 равно 55")
-    '47 плюс 8 равно 55'
+    '47 плюс 8 равно 55, so the total is 55'
+    >>> readable_reasoning("47+8=55, so the total is 55")
+    '47+8=55, so the total is 55'
     """
-    parts = [p.strip() for p in reasoning.split(",")]
-    out: list[str] = []
-    for i, part in enumerate(parts):
-        if i and _STEP_RE.match(part) and parts[i - 1].lower() != "wait":
-            part = "then " + part
-        out.append(part)
-    return ", ".join(out)
+    m = _TOTAL_RE.search(reasoning)
+    if not m or reasoning.rstrip().endswith(f"the total is {m.group(1)}"):
+        return reasoning
+    return f"{reasoning.rstrip()}, so the total is {m.group(1)}"
