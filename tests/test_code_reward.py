@@ -122,6 +122,18 @@ def test_builtin_code_source_and_cli_task_flag():
     assert builtin_model_for(other).model.path == "m"
 
 
+def test_the_shipped_code_base_is_the_code_base_config():
+    from r1kit.config import to_dict
+    from r1kit.models import resolve_model_path
+    from r1kit.stages.base import CODE_BASE, PACKAGED_CODE_BASE
+
+    assert resolve_model_path("builtin:code") == str(PACKAGED_CODE_BASE)
+    record = json.loads((PACKAGED_CODE_BASE / "r1kit_base.json").read_text())
+    expected = to_dict(CODE_BASE)
+    assert {k: v for k, v in record["config"].items() if k in expected} == {
+        k: v for k, v in expected.items() if k in record["config"]}
+
+
 def test_problem_files_carry_tests_with_clear_errors(tmp_path):
     good = {"prompt": "Write double", "tests": ["assert double(2) == 4"],
             "entry_point": "double", "language": "python"}
