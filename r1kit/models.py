@@ -44,10 +44,17 @@ def resolve_model_path(path: str) -> str:
 
 
 def builtin_model_for(cfg):
-    """`cfg` with `model.path=builtin` read as `builtin:code` on the built-in coding task (the
-    arithmetic-only base has never seen a program); anything else unchanged."""
-    if cfg.model.path == "builtin" and cfg.data.source == "builtin:code":
-        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path="builtin:code"))
+    """`cfg` as meant on the built-in coding task: `model.path=builtin` is the code-capable base
+    `builtin:code` (the arithmetic-only base has never seen a program), and the default rewards
+    (accuracy + format, which compare final answers) are code + format. Else unchanged."""
+    if cfg.data.source != "builtin:code":
+        return cfg
+    if cfg.model.path == "builtin":
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path="builtin:code"))
+    rewards = getattr(cfg, "rewards", None)
+    if rewards is not None and rewards.weights == type(rewards)().weights:
+        weights = {"code" if k == "accuracy" else k: v for k, v in rewards.weights.items()}
+        cfg = dataclasses.replace(cfg, rewards=dataclasses.replace(rewards, weights=weights))
     return cfg
 
 

@@ -117,7 +117,11 @@ def test_builtin_code_source_and_cli_task_flag():
     assert cfg.code == CodeConfig()
     from r1kit.models import builtin_model_for
 
-    assert builtin_model_for(cfg).model.path == "builtin:code"  # the base that learned programs
+    derived = builtin_model_for(cfg)
+    assert derived.model.path == "builtin:code"  # the base that learned programs
+    assert derived.rewards.weights == {"code": 1.0, "format": 0.1}
+    mine = load_config(ZeroConfig, None, ["data.source=builtin:code", "rewards.weights={code: 2}"])
+    assert builtin_model_for(mine).rewards.weights == {"code": 2}
     other = load_config(ZeroConfig, None, ["data.source=builtin:code", "model.path=m"])
     assert builtin_model_for(other).model.path == "m"
 

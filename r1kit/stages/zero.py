@@ -67,6 +67,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     if resume:
         cfg = RunFolder.open(cfg, stage, resume).cfg
     # Inputs first: a bad problem file or reward name leaves no run folder behind.
+    cfg = builtin_model_for(cfg)  # builtin:code -> the code base and reward
     train_set, eval_set = load_problems(cfg.data, cfg.eval.num_problems)
     specs = [RewardSpec(name, float(w)) for name, w in cfg.rewards.weights.items()]
     for spec in specs:
@@ -74,7 +75,6 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     _check_active_last(cfg.rewards.active_last, cfg.rewards.weights)
     if "code" in cfg.rewards.weights or any(code_reward.has_tests(p) for p in eval_set):
         code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
-    cfg = builtin_model_for(cfg)
     check_report_to(cfg.run.report_to)
     if lora.enabled(cfg.lora) and cfg.rl.ref_reset_every:
         raise UserError("rl.ref_reset_every needs full fine-tuning: with LoRA (lora.r > 0) the "
