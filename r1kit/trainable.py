@@ -37,7 +37,7 @@ def save_checkpoint(run_path: Path, step: int, model, tokenizer, opt, trainer_st
     """`checkpoints/step-N/` on rank 0: the model (or LoRA adapter), the optimizer gathered from
     every rank, each rank's random state (`rng`, `generator` become per-rank lists). Every rank
     must call it."""
-    full = distributed.full_state_dict(model, d) if d.strategy == "fsdp" and d.on else None
+    full = _gathered_weights(model, d) if d.strategy == "fsdp" and d.on else None
     state = dict(trainer_state, optimizer=distributed.optimizer_state(model, opt, d),
                  rng=distributed.gather(ckpt.rng_state(), d))
     if "generator" in state:
@@ -56,10 +56,21 @@ def restore(saved: dict, model, opt, d: Dist = SINGLE, generator=None) -> None:
         generator.set_state(distributed.pick_rank_state(saved["generator"], d, "sampler state"))
 
 
+def _gathered_weights(model, d: Dist) -> dict:
+    """FSDP's full state dict, without the copies of tied weights (lm_head = embeddings), which
+    `save_pretrained` leaves out of a model's own state dict too."""
+    full = distributed.full_state_dict(model, d)
+    if getattr(model.config, "tie_word_embeddings", False):
+        tied = getattr(model, "_tied_weights_keys", None) or {}
+        for key in (tied.keys() if isinstance(tied, dict) else tied):
+            full.pop(key, None)
+    return full
+
+
 def save_final(model, tokenizer, out: Path, d: Dist = SINGLE) -> None:
     """`out/`: a plain Hugging Face folder (LoRA merged, FSDP gathered); every rank must call."""
     if d.strategy == "fsdp" and d.on:
-        full = distributed.full_state_dict(model, d)
+        full = _gathered_weights(model, d)
         if d.main:
             ckpt.save_hf_folder(model, tokenizer, out, state_dict=full)
     elif d.main:

@@ -120,9 +120,11 @@ def _r1kit(*args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=300)
 
 
-def test_two_process_run_checkpoints_and_resumes(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_process_run_checkpoints_and_resumes(tmp_path, strategy):
     model = build(tmp_path / "model", "llama", hidden=32, layers=2)
     sets = [f"model.path={model}", f"run.out_dir={tmp_path}", "run.name=two", "rl.steps=2",
+            f"dist.strategy={strategy}", "rl.ref_reset_every=1",
             "rl.prompts_per_step=4", "rl.group_size=2", "rl.lr=0.05", "rl.beta=0.01", "eval.num_problems=2", "eval.k=1", "eval.every=0",
             "eval.max_new_tokens=6", "data.train_size=16", "run.checkpoint_every=1",
             "run.report_to=[]", "run.threads=1", "rl.dynamic_sampling=false",
@@ -140,6 +142,7 @@ def test_two_process_run_checkpoints_and_resumes(tmp_path):
     assert [r["step"] for r in rows] == [1, 2]  # one row per step: rank 0 alone writes
     assert any(r["train/reward_std"] > 0 and "train/loss" in r for r in rows)
     before, after = (load_file(str(Path(p) / "model.safetensors")) for p in (model, run / "final"))
+    assert set(before) == set(after)  # FSDP gathers the shards; tied weights saved once
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
     # One more step, resumed by 2 processes; 1 process is refused (its per-rank state differs).
