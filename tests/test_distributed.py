@@ -45,7 +45,7 @@ def _update(model, ro, adv, keep, d, aggregation, beta):
         ref = AutoModelForCausalLM.from_pretrained(model.name_or_path).eval()
     model = distributed.wrap(model, d)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    rl = RLConfig(micro_batch_size=2, aggregation=aggregation, beta=beta)
+    rl = RLConfig(micro_batch_size=2, aggregation=aggregation, beta=beta, grad_clip=1e9)
     update_policy(model, ref, opt, ro, adv, ro.completion_mask, keep, rl, RolloutConfig(), 16,
                   Timer(), d)
     return distributed.full_state_dict(model, d)
@@ -156,3 +156,48 @@ def test_two_process_run_checkpoints_and_resumes(tmp_path, strategy):
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert (run / "checkpoints" / "latest").read_text() == "step-000003"
+
+
+def _sft_cfg(tmp_path: Path, model: str, name: str):
+    from r1kit.config import SFTConfig
+
+    data = tmp_path / "sft.jsonl"
+    # Uneven lengths and 3 examples per step: rank 0 gets 2, rank 1 gets 1 (a zero-weighted pad).
+    data.write_text("".join(json.dumps({"prompt": f"{a}+1?", "completion": "<think> " + "so " * a
+                                        + f"</think> <answer> {a + 1} </answer>"}) + "\n"
+                            for a in range(1, 7)))
+    return load_config(SFTConfig, None, [
+        f"model.path={model}", f"run.out_dir={tmp_path}", f"run.name={name}", "run.report_to=[]",
+        f"data.train_file={data}", "sft.epochs=1", "sft.batch_size=3", "sft.micro_batch_size=1",
+        "sft.lr=0.5", "sft.min_lr=0.5", "sft.warmup_steps=0", "sft.grad_clip=1e9",
+        "eval.num_problems=0"])
+
+
+def _sft_worker(rank: int, world: int, port: int, folder: str, tmp: str):
+    from r1kit.stages import sft
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.optim.AdamW = _sgd  # Adam's per-weight normalisation would hide a wrong scale
+    sft.main(_sft_cfg(Path(tmp), folder, "two"))
+
+
+def _sgd(params, lr, weight_decay=0.0):
+    return torch.optim.SGD(params, lr=lr)
+
+
+def test_sft_on_two_ranks_matches_one(tmp_path, monkeypatch):
+    from r1kit.stages import sft
+
+    folder = build(tmp_path / "model", "qwen2", hidden=32, layers=2)
+    mp.spawn(_sft_worker, args=(2, _free_port(), folder, str(tmp_path)), nprocs=2, join=True)
+    monkeypatch.setattr(torch.optim, "AdamW", _sgd)
+    sft.main(_sft_cfg(tmp_path, folder, "one"))
+    one, two = (load_file(str(tmp_path / n / "final" / "model.safetensors")) for n in ("one", "two"))
+    start = load_file(str(Path(folder) / "model.safetensors"))
+    assert sum((one[k] - start[k]).abs().sum().item() for k in start) > 1e-3
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert [json.loads(r)["step"] for r in (tmp_path / "two" / "metrics.jsonl").read_text()
+            .splitlines()] == [1, 2]

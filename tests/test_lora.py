@@ -138,3 +138,26 @@ def test_lora_with_reference_reset_is_refused(tiny_llama, tmp_path):
     over = _zero_overrides(tmp_path, tiny_llama, "refreset", 1) + ["rl.ref_reset_every=5"]
     with pytest.raises(UserError, match="ref_reset_every"):
         zero.main(load_config(ZeroConfig, None, over))
+
+
+def test_lora_sft_trains_adapters_and_saves_merged(tiny_llama, tmp_path):
+    from r1kit.config import SFTConfig
+    from r1kit.stages import sft
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{a}+1?", "completion": f"<think> {a}+1 is "
+                                        f"{a + 1} </think> <answer> {a + 1} </answer>"}) + "\n"
+                            for a in range(8)))
+    summary = sft.main(load_config(SFTConfig, None, [
+        f"model.path={tiny_llama}", f"run.out_dir={tmp_path}", "run.name=sft", "run.report_to=[]",
+        f"data.train_file={data}", "sft.epochs=3", "sft.batch_size=4", "sft.lr=0.01",
+        "sft.min_lr=0.01", "sft.warmup_steps=0", "eval.num_problems=0", "lora.r=8",
+        "lora.alpha=16", "model.gradient_checkpointing=true"]))
+    assert summary["last_loss"] < summary["first_loss"]
+    run = tmp_path / "sft"
+    assert (run / "final-adapter" / "adapter_config.json").is_file()
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(run / "final").state_dict()
+    assert set(base) == set(merged)
+    changed = [k for k in base if not torch.equal(base[k], merged[k])]
+    assert changed and all("proj" in k for k in changed)  # only adapted linear layers moved
