@@ -216,9 +216,13 @@ class Sandbox:
         """One outcome per `(program, tests)`, run in parallel; identical jobs run once."""
         keys = [(program, tuple(tests)) for program, tests in jobs]
         todo = []
+        known: dict[tuple, TestOutcome] = {}  # this batch's cache hits, safe from eviction below
         with self._lock:
             for key in dict.fromkeys(keys):
-                if key not in self._cache:
+                if key in self._cache:
+                    known[key] = self._cache[key]
+                    self._cache.move_to_end(key)
+                else:
                     todo.append(key)
         fresh: dict[tuple, TestOutcome] = {}
         if todo:
@@ -231,12 +235,7 @@ class Sandbox:
                     self._cache[key] = outcome
                     if len(self._cache) > self._cache_size:
                         self._cache.popitem(last=False)
-            out = []
-            for key in keys:
-                out.append(fresh[key] if key in fresh else self._cache[key])
-                if key in self._cache:
-                    self._cache.move_to_end(key)
-        return out
+        return [fresh[key] if key in fresh else known[key] for key in keys]
 
     # ------------------------------------------------------------------ one program
 

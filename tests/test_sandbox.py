@@ -110,3 +110,15 @@ def test_one_hung_program_does_not_hold_up_the_batch_and_results_are_cached():
     t0 = time.monotonic()
     again = box.run_many(jobs[1:])  # finished programs come from the cache
     assert time.monotonic() - t0 < 0.05 and again == outcomes[1:]
+
+
+@NEEDS_BWRAP
+def test_a_full_cache_never_loses_this_batchs_hits():
+    box = Sandbox(FAST, cache_size=2)
+    old = [(f"def f(x):\n    return 3 * x + {i}", TESTS) for i in range(2)]
+    box.run_many(old)  # the cache is full
+    new = [(f"def f(x):\n    return 3 * x - {i}", TESTS) for i in range(3)]
+    outcomes = box.run_many(old + new)  # adding the new ones evicts the old hits
+    assert [o.reason for o in outcomes] == ["wrong_answer", "wrong_answer", "wrong_answer",
+                                            "wrong_answer", "wrong_answer"]
+    assert len(box._cache) == 2
