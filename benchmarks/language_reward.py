@@ -50,11 +50,11 @@ def main() -> None:
     for name, (form, scale) in VARIANTS.items():
         p = dataclasses.replace(cfg.pipeline, language_form=form,
                                 language_reward=cfg.pipeline.language_reward * scale)
-        stage_cfg = pipeline.stage_configs(dataclasses.replace(cfg, pipeline=p), ablation)["04-dev2"][1]
+        stage_cfg = pipeline.stage_configs(dataclasses.replace(cfg, pipeline=p), root)["04-dev2"][1]
         folder = root / "04-dev2" if name.startswith("proportion") else ablation / _slug(name)
         if not (folder / "final").is_dir():
             stage_cfg = dataclasses.replace(stage_cfg, run=dataclasses.replace(
-                stage_cfg.run, name=_slug(name)))
+                stage_cfg.run, out_dir=str(ablation), name=_slug(name)))
             t0 = time.time()
             rl_stage.main(stage_cfg, stage="rl")
             seconds[name] = round(time.time() - t0, 1)
@@ -93,15 +93,15 @@ def write(out: Path, root: Path, rows: list[dict], seconds: dict, cfg: PipelineC
         "# Language-consistency reward: Dev2 with the proportion, the threshold, and none",
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
-        f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}",
+        (f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}"),
         f"- command: `python benchmarks/language_reward.py {root}`",
-        f"- from: `{root}/03-dev1/final`, {cfg.pipeline.reasoning_rl_steps} GRPO steps each; "
-        f"held-out {cfg.eval.num_problems} problems, k={cfg.eval.k}, T={cfg.eval.temperature}",
+        (f"- from: `{root}/03-dev1/final`, {cfg.pipeline.reasoning_rl_steps} GRPO steps each; "
+        f"held-out {cfg.eval.num_problems} problems, k={cfg.eval.k}, T={cfg.eval.temperature}"),
         f"- wall time of the runs made here (s): {seconds or 'none (all existed)'}",
         "",
-        "| run | rewards | pass@1 | language | with words | format | tokens | train/language "
-        "(last 20 steps) |",
+        ("| run | rewards | pass@1 | language | with words | format | tokens | train/language "
+        "(last 20 steps) |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
