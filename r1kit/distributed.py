@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -66,10 +67,16 @@ def setup(strategy: str, device: torch.device) -> tuple[Dist, torch.device]:
         return SINGLE, device
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise UserError(f"process {local} has no GPU: {torch.cuda.device_count()} visible, "
+                            "one per process is needed (lower --nproc / --nproc_per_node)")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Rank 0 evaluates alone while the others wait, and ranks sample different lengths: a
+        # long evaluation must not trip NCCL's default 10-minute watchdog.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(hours=3))
     return Dist(dist.get_rank(), dist.get_world_size(), strategy), device
 
 

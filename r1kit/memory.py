@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 
 import torch
 
 from r1kit.distributed import unwrap
+
+log = logging.getLogger("r1kit")
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -41,7 +44,15 @@ def micro_batch_rows(group_size: int, micro_batch_size: int, max_tokens: int, se
     rows = micro_batch_size
     if max_tokens > 0:
         rows = min(rows, max_tokens // max(1, seq_len))
+        if rows < group_size and not _warned:
+            _warned.append(True)
+            log.warning(f"rl.max_tokens_per_micro_batch={max_tokens} holds {rows} rows of "
+                        f"{seq_len} tokens, less than one group of {group_size}: micro-batches "
+                        "stay one group each and exceed the budget")
     return max(group_size, rows // group_size * group_size)
+
+
+_warned: list = []  # warn once per process
 
 
 def make_reference(policy, beta: float, lora: bool, offload: bool):
