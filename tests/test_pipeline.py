@@ -141,8 +141,9 @@ def test_empty_sampled_dataset_is_a_clear_error(tmp_path):
 
 
 def test_bad_pipeline_settings_fail_before_a_folder_is_made(tmp_path, capsys):
-    assert cli(["pipeline", "--set", f"run.out_dir={tmp_path}", "--set", "pipeline.distill=true"]) == 2
-    assert "pipeline.distill is reserved" in capsys.readouterr().err
+    assert cli(["pipeline", "--set", f"run.out_dir={tmp_path}", "--set", "pipeline.distill=true",
+                "--set", "pipeline.students=[tiny-gpt]"]) == 2
+    assert "unknown student 'tiny-gpt'" in capsys.readouterr().err
     assert cli(["pipeline", "--set", f"run.out_dir={tmp_path}",
                 "--set", "sample.filters=[not_truncated]"]) == 2
     assert "needs the 'correct' filter" in capsys.readouterr().err
