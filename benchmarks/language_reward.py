@@ -29,6 +29,7 @@ from r1kit.models import load_model, pick_device
 from r1kit.stages import pipeline
 from r1kit.stages import zero as rl_stage
 
+NOTES_BEGIN, NOTES_END = "<!-- discussion -->", "<!-- end discussion -->"
 VARIANTS = {  # name -> (pipeline.language_form, pipeline.language_reward multiplier)
     "proportion (pipeline's Dev2)": ("language", 1.0),
     "threshold 0.95": ("language_threshold", 1.0),
@@ -100,15 +101,20 @@ def write(out: Path, root: Path, rows: list[dict], seconds: dict, cfg: PipelineC
         f"held-out {cfg.eval.num_problems} problems, k={cfg.eval.k}, T={cfg.eval.temperature}"),
         f"- wall time of the runs made here (s): {seconds or 'none (all existed)'}",
         "",
-        ("| run | rewards | pass@1 | language | with words | format | tokens | train/language "
+        ("| run | rewards | pass@1 | language | with words | summary format | tokens | train/language "
         "(last 20 steps) |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rewards = ", ".join(f"{k} {v:g}" for k, v in r.get("rewards", {}).items()) or "-"
         lines.append(f"| {r['model']} | {rewards} | {num(r['pass@1'])} | {num(r['language'])} | "
-                     f"{num(r['with_words'], 2)} | {num(r['format_rate'])} | {num(r['tokens'], 1)} "
+                     f"{num(r['with_words'], 2)} | {num(r['summary_format'])} | {num(r['tokens'], 1)} "
                      f"| {num(r.get('train_language_last20'))} |")
+    lines += ["", NOTES_BEGIN, "", NOTES_END]
+    if out.exists():  # keep the hand-written discussion between the markers
+        text = out.read_text()
+        if NOTES_BEGIN in text and NOTES_END in text:
+            lines[-3:] = [text[text.index(NOTES_BEGIN): text.index(NOTES_END) + len(NOTES_END)]]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
