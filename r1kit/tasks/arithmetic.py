@@ -26,7 +26,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from r1kit.tasks.base import Problem
+from r1kit.tasks.base import Problem, draw_distinct
 
 RU_OPS = {"+": "плюс", "-": "минус"}
 RU_EQUALS = "равно"
@@ -94,16 +94,12 @@ def sample_problems(
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     rng = random.Random(f"arithmetic-{split}-{seed}" + ("-carry" if carry_only else ""))
-    problems: dict[str, Problem] = {}
-    attempts = 0
-    while len(problems) < n:
-        attempts += 1
-        if attempts > 200 * n + 10_000:
-            raise ValueError(f"could not draw {n} distinct {split} problems; ask for fewer")
+
+    def draw() -> Problem | None:
         p = chain_problem(*_random_chain(rng, min_terms, max_terms, carry_only))
-        if is_heldout(p.id) == (split == "heldout"):
-            problems.setdefault(p.id, p)
-    return list(problems.values())
+        return p if is_heldout(p.id) == (split == "heldout") else None
+
+    return draw_distinct(n, draw, lambda p: p.id, 200 * n + 10_000, f"{split} problems")
 
 
 def _needs_carry(total: int, op: str, d: int) -> bool:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -19,3 +22,19 @@ class Problem:
     prompt: str
     answer: str
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def draw_distinct(n: int, draw: Callable[[], T | None], key: Callable[[T], Hashable],
+                  limit: int, what: str) -> list[T]:
+    """`n` items with distinct keys from at most `limit` calls of `draw` (None = rejected),
+    first drawn first kept; a ValueError naming `what` if fewer turn up."""
+    items: dict[Hashable, T] = {}
+    for _ in range(limit):
+        if len(items) >= n:
+            break
+        item = draw()
+        if item is not None:
+            items.setdefault(key(item), item)
+    if len(items) < n:
+        raise ValueError(f"could not draw {n} distinct {what}; ask for fewer")
+    return list(items.values())

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from r1kit.errors import UserError
 from r1kit.sft import load_sft_jsonl
+from r1kit.tasks.base import draw_distinct
 
 GREETINGS = ("hello", "hi", "hey", "good morning", "good evening", "thanks", "thank you")
 
@@ -26,16 +27,10 @@ def builtin_general(n: int, seed: int) -> list[dict]:
     (3, True)
     """
     rng = random.Random(f"general-{seed}")
-    rows: dict[str, dict] = {}
-    attempts = 0
-    while len(rows) < n:
-        attempts += 1
-        if attempts > 100 * n + 1000:
-            raise ValueError(f"could not draw {n} distinct built-in general queries; ask for fewer")
-        prompt, completion = _query(rng)
-        rows.setdefault(prompt, {"prompt": prompt, "completion": completion,
-                                 "id": f"general-{len(rows)}", "kind": "general"})
-    return list(rows.values())
+    pairs = draw_distinct(n, lambda: _query(rng), lambda pair: pair[0], 100 * n + 1000,
+                          "built-in general queries")
+    return [{"prompt": prompt, "completion": completion, "id": f"general-{i}", "kind": "general"}
+            for i, (prompt, completion) in enumerate(pairs)]
 
 
 def _query(rng: random.Random) -> tuple[str, str]:
