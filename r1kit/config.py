@@ -126,7 +126,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    engine: str = opt("hf", "hf (transformers, CPU/GPU); vllm is a later extra")
+    engine: str = opt("hf", "hf (transformers; CPU or GPU) or vllm (CUDA; pip install "
+                      "'r1kit[vllm]')")
+    vllm_mode: str = opt("colocate", "vllm: colocate (in the training process, on its GPU; the "
+                         "weights are synced in place after each update) or server (a `vllm "
+                         "serve` on another GPU; weights over NCCL)")
+    vllm_server_url: str = opt("http://localhost:8000", "vllm_mode=server: the server's URL")
+    vllm_gpu_memory_utilization: float = opt(0.3, "vllm_mode=colocate: share of the GPU's "
+                                             "memory vLLM may take (the rest trains)")
     temperature: float = opt(1.0, "sampling temperature for RL rollouts (R1-Zero: 1.0)")
     top_p: float = opt(1.0, "nucleus sampling for rollouts")
     max_new_tokens: int = opt(64, "completion budget; longer completions are truncated")
@@ -139,6 +146,10 @@ class RLConfig:
     prompts_per_step: int = opt(16, "B: prompts per rollout step")
     group_size: int = opt(8, "G: completions per prompt")
     updates_per_rollout: int = opt(1, "mu: minibatch updates against the same pi_old (R1-Zero: 16)")
+    reuse_sampling_logprobs: bool = opt(
+        True, "mu > 1: pi_old is the log-probs the hf engine kept while sampling (no extra pass); "
+        "false = recompute them (vllm always recomputes: its kernels differ from training's)",
+    )
     micro_batch_size: int = opt(64, "completions per forward/backward; gradients are accumulated")
     max_tokens_per_micro_batch: int = opt(
         0, "token budget of a micro-batch (prompt + completion per row); lowers micro_batch_size "

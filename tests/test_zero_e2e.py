@@ -85,6 +85,78 @@ def test_several_updates_per_rollout_use_the_clipped_ratio(tiny_base, tmp_path):
     assert any(r["train/clip_frac"] > 0 for r in rows)
 
 
+def test_mu_above_one_takes_pi_old_from_the_sampler(tiny_base, tmp_path, monkeypatch):
+    """With the hf engine's kept log-probs, mu = 2 and beta = 0 need no no-grad pass at all;
+    with rl.reuse_sampling_logprobs=false, pi_old is recomputed."""
+    passes = []
+    real = zero.completion_logprobs
+
+    def counting(*a, **kw):
+        passes.append(torch.is_grad_enabled())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(zero, "completion_logprobs", counting)
+    CALLS.update(n=0, interrupt_at=None)
+    base = _overrides(tmp_path, tiny_base, "reuse", steps=2) + [
+        "rl.updates_per_rollout=2", "rl.beta=0", "rl.ref_reset_every=0", "eval.every=0"]
+    zero.main(load_config(ZeroConfig, None, base))
+    assert passes and all(passes), "a no-grad pi_old pass ran although the sampler kept them"
+    passes.clear()
+    zero.main(load_config(ZeroConfig, None, [s.replace("run.name=reuse", "run.name=recompute")
+                                              for s in base] + ["rl.reuse_sampling_logprobs=false"]))
+    assert passes.count(False) >= 2  # one pi_old pass per step
+
+
+class _SpyEngine:
+    """The hf engine, recording every weight sync (what the vLLM engines receive)."""
+
+    def __init__(self):
+        from r1kit.rollout import HFEngine
+
+        self.hf, self.synced = HFEngine(), []
+
+    def sample(self, *a, **kw):
+        return self.hf.sample(*a, **kw)
+
+    def sync(self, policy):
+        self.synced.append({k: v.detach().clone() for k, v in policy.state_dict().items()})
+
+
+def test_the_engine_gets_the_weights_after_every_update(tiny_base, tmp_path, monkeypatch):
+    spy = _SpyEngine()
+    made = {}
+
+    def fake_make_engine(engine, model_path, **kw):
+        made.update(engine=engine, **kw)
+        return spy
+
+    monkeypatch.setattr(zero, "make_engine", fake_make_engine)
+    CALLS.update(n=0, interrupt_at=None)
+    sets = _overrides(tmp_path, tiny_base, "spy", steps=3) + [
+        "eval.every=0", "rollout.vllm_gpu_memory_utilization=0.5"]
+    zero.main(load_config(ZeroConfig, None, sets))
+    assert made["engine"] == "hf" and made["vllm_gpu_memory_utilization"] == 0.5
+    assert len(spy.synced) == 4  # once at the start, then after each of the 3 updates
+    final = _weights(tmp_path / "spy" / "final")
+    assert all(torch.equal(spy.synced[-1][k], final[k]) for k in final)  # the trained weights
+    first, second = spy.synced[0], spy.synced[1]
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+
+
+def test_engine_settings_fail_before_a_run_folder(tiny_base, tmp_path):
+    for bad, msg in (("rollout.engine=sglang", "unknown engine"),
+                     ("rollout.vllm_mode=remote", "vllm_mode"),
+                     ("rollout.vllm_mode=server", "fsdp")):
+        sets = _overrides(tmp_path, tiny_base, "bad") + [bad]
+        if "server" in bad:
+            sets += ["rollout.engine=vllm", "dist.strategy=fsdp"]
+        elif "remote" in bad:
+            sets += ["rollout.engine=vllm"]
+        with pytest.raises(Exception, match=msg):
+            zero.main(load_config(ZeroConfig, None, sets))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_resume_continues_from_checkpoint(tiny_base, tmp_path):
     # Reference: an uninterrupted 4-step run.
     CALLS.update(n=0, interrupt_at=None)

@@ -1,11 +1,13 @@
-"""Rollout engines: `make_engine(rollout_cfg, model_path)` gives an object with
-`sample(model, tokenizer, prompts, G, ...) -> Rollouts` and `sync(policy)` (call after each
+"""Rollout engines: `make_engine(...)` gives an object with
+`sample(model, tokenizer, prompts, G, ...) -> Rollouts` and `sync(policy)` (called after each
 optimizer step). `hf` (r1kit/rollout/hf.py) runs everywhere and needs no sync; `vllm`
 (r1kit/rollout/vllm.py) is the GPU engine, colocated or on a server."""
 
 from __future__ import annotations
 
 from r1kit.errors import UserError
+
+ENGINES, VLLM_MODES = ("hf", "vllm"), ("colocate", "server")
 
 
 class HFEngine:
@@ -20,18 +22,33 @@ class HFEngine:
         pass
 
 
+def check(engine: str, vllm_mode: str = "colocate", *, strategy: str = "ddp") -> None:
+    """The settings' errors before any run folder or model exists (a typo, vLLM missing)."""
+    if engine not in ENGINES:
+        raise UserError(f"rollout.engine: unknown engine {engine!r}; use hf or vllm")
+    if engine == "vllm":
+        if vllm_mode not in VLLM_MODES:
+            raise UserError(f"rollout.vllm_mode: unknown mode {vllm_mode!r}; use colocate or "
+                            "server")
+        if strategy == "fsdp":
+            raise UserError("rollout.engine=vllm with dist.strategy=fsdp is not supported (each "
+                            "rank would gather the whole model to sync it); use dist.strategy=ddp "
+                            "or rollout.engine=hf")
+        if vllm_mode == "colocate":
+            from r1kit.rollout.vllm import require_vllm
+
+            require_vllm()
+
+
 def make_engine(engine: str, model_path: str, *, vllm_mode: str = "colocate",
                 vllm_server_url: str = "http://localhost:8000",
                 vllm_gpu_memory_utilization: float = 0.3, seed: int = 0):
+    check(engine, vllm_mode)
     if engine == "hf":
         return HFEngine()
-    if engine != "vllm":
-        raise UserError(f"rollout.engine: unknown engine {engine!r}; use hf or vllm")
     from r1kit.rollout import vllm
 
     if vllm_mode == "server":
         return vllm.VLLMServer(vllm_server_url, model_path)
-    if vllm_mode == "colocate":
-        return vllm.VLLMColocated(model_path, gpu_memory_utilization=vllm_gpu_memory_utilization,
-                                  max_model_len=None, seed=seed)
-    raise UserError(f"rollout.vllm_mode: unknown mode {vllm_mode!r}; use colocate or server")
+    return vllm.VLLMColocated(model_path, gpu_memory_utilization=vllm_gpu_memory_utilization,
+                              max_model_len=None, seed=seed)

@@ -4,8 +4,10 @@ One step, top to bottom, each phase timed:
     generate  B prompts x G completions with the rollout engine (pi_old = the current policy)
     score     every completion with the weighted rule-based rewards
     advantage group-relative advantages; dynamic sampling drops groups with equal rewards
-    logprobs  pi_old (only when mu > 1) and the reference (only when beta > 0), without grad
+    logprobs  pi_old (only when mu > 1, and not when the hf sampler kept them) and the reference
+              (only when beta > 0), without grad
     update    mu minibatch updates of the clipped surrogate (+ k3 KL), micro-batched
+    sync      the new weights into the rollout engine (vLLM; nothing for the hf engine)
     log       metrics.jsonl, completions.jsonl, progress bar; eval and checkpoint every N steps
 
 Departures from the paper, on purpose: defaults are sized for a tiny model on 2 CPU cores (see
@@ -32,12 +34,14 @@ from r1kit.evaluation import evaluate
 from r1kit.language import language_consistency, problem_language, reasoning_part
 from r1kit.logprobs import completion_logprobs
 from r1kit.metrics import reflection_rate
-from r1kit.models import builtin_model_for, prepare_torch
+from r1kit.models import builtin_model_for, prepare_torch, resolve_model_path
 from r1kit.report import write_report_safely
 from r1kit.rewards import code as code_reward
 from r1kit.rewards import get_reward
 from r1kit.rewards.scoring import RewardSpec, score
-from r1kit.rollout.hf import Rollouts, sample
+from r1kit.rollout import check as check_engine
+from r1kit.rollout import make_engine
+from r1kit.rollout.hf import Rollouts
 from r1kit.runs import RunFolder, load_problems
 from r1kit.templates import mark_prefill, render_prompt
 from r1kit.tracking import Tracker, check_report_to
@@ -76,6 +80,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     if "code" in cfg.rewards.weights or any(code_reward.has_tests(p) for p in eval_set):
         code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
     check_report_to(cfg.run.report_to)
+    check_engine(cfg.rollout.engine, cfg.rollout.vllm_mode, strategy=cfg.dist.strategy)
     if lora.enabled(cfg.lora) and cfg.rl.ref_reset_every:
         raise UserError("rl.ref_reset_every needs full fine-tuning: with LoRA (lora.r > 0) the "
                         "reference is the frozen base model; set rl.ref_reset_every=0")
@@ -108,6 +113,15 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         if ref is not None:
             ref.load_state_dict(saved["ref"])
         log.warning(f"resumed {run.path} from {resume_from.name} (step {state['step']})")
+    # vLLM loads the model from its folder, then takes the policy's weights (resumed, LoRA-merged)
+    engine = make_engine(cfg.rollout.engine, resolve_model_path(cfg.model.path)
+                         if cfg.rollout.engine == "vllm" else cfg.model.path,
+                         vllm_mode=cfg.rollout.vllm_mode,
+                         vllm_server_url=cfg.rollout.vllm_server_url,
+                         vllm_gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+                         seed=cfg.run.seed + d.rank)
+    with distributed.gathered(policy, d) as model:
+        engine.sync(model)
     tracker = Tracker(run.path, cfg.run.report_to if d.main else [], config=to_dict(cfg),
                       resume_step=state["step"] if resume_from else None)
 
@@ -140,7 +154,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
             problems = [mark_prefill(p, text) for p, text in zip(problems, prompts)]
             policy.eval()
             with distributed.gathered(policy, d) as model:
-                ro = sample(model, tokenizer, prompts, G,
+                ro = engine.sample(model, tokenizer, prompts, G,
                             max_new_tokens=cfg.rollout.max_new_tokens,
                             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                             stop=cfg.rollout.stop, generator=gen)
@@ -176,6 +190,8 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
             else:
                 state["bad_steps"] = 0
                 sched.step()
+                with timer("sync"), distributed.gathered(policy, d) as model:
+                    engine.sync(model)  # vLLM samples the next step from the updated weights
         elif not finite:
             state["bad_steps"] += 1
             log.warning(f"step {state['step'] + 1}: non-finite rewards; update skipped")
@@ -302,7 +318,9 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
 
     with timer("logprobs"), torch.no_grad(), distributed.gathered(policy, d) as model:
         old = ref_lp = None
-        if rl.updates_per_rollout > 1:
+        if rl.updates_per_rollout > 1 and rl.reuse_sampling_logprobs and ro.logprobs is not None:
+            old = ro.logprobs[rows, :t_used].to(device)  # kept by the sampler: no pi_old pass
+        elif rl.updates_per_rollout > 1:
             policy.eval()
             old = torch.cat([logprobs_of(model, slice(i, i + mb))[0] for i in range(0, n, mb)])
         if rl.beta > 0:
