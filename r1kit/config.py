@@ -84,7 +84,8 @@ class RunConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     path: str = opt("builtin", "HF model name or folder; 'builtin' = the built-in tiny base model")
-    dtype: str = opt("float32", "float32 | bfloat16 | float16")
+    dtype: str = opt("auto", "auto (bfloat16 on a CUDA GPU that has it, else float32) | float32 | "
+                     "bfloat16 | float16")
     gradient_checkpointing: bool = opt(
         False, "recompute activations in backward: less memory, ~30% more compute (training stages)"
     )
@@ -342,7 +343,8 @@ class DistillStagesConfig:
         ["tiny-qwen", "tiny-llama"],
         "students: presets tiny-qwen | tiny-llama (r1kit/students.py), model folders or hub names",
     )
-    dtype: str = opt("float32", "dtype of teacher and students: float32 | bfloat16 | float16")
+    dtype: str = opt("auto", "dtype of teacher and students: auto (bfloat16 on a CUDA GPU that "
+                     "has it, else float32) | float32 | bfloat16 | float16")
 
 
 @dataclass(frozen=True)

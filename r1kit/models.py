@@ -58,17 +58,26 @@ def builtin_model_for(cfg):
     return cfg
 
 
+def resolve_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
+    """`auto` is bfloat16 on a CUDA GPU that has it and float32 elsewhere (CPUs, older GPUs)."""
+    if name == "auto":
+        on_cuda = torch.device(device).type == "cuda"
+        return torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
+    if name not in DTYPES:
+        raise UserError(f"model.dtype: unknown dtype {name!r}; use auto or one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
 def load_model(path: str, dtype: str = "float32", device: torch.device | str = "cpu"):
     """(model, tokenizer) from a hub name or a local folder, ready for sampling and training."""
     path = resolve_model_path(path)
-    if dtype not in DTYPES:
-        raise UserError(f"model.dtype: unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    torch_dtype = resolve_dtype(dtype, device)
     local = Path(path)
     if (path.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
         raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     except OSError as e:
         raise UserError(f"{path}: could not load model ({e})") from None
     if tokenizer.pad_token is None:

@@ -145,7 +145,7 @@ def check(cfg: DistillConfig) -> None:
         raise UserError("distill.students is empty: name at least one student (e.g. tiny-llama)")
     for name in cfg.distill.students:
         check_student(str(name))
-    if cfg.distill.dtype not in DTYPES:
+    if cfg.distill.dtype not in (*DTYPES, "auto"):
         raise UserError(f"distill.dtype: unknown dtype {cfg.distill.dtype!r}; use one of "
                         f"{sorted(DTYPES)}")
     s = cfg.sample
