@@ -158,7 +158,10 @@ class RLConfig:
     )
     offload_ref: bool = opt(True, "on a GPU, keep the reference model in CPU memory between passes")
     lr: float = opt(1e-4, "peak learning rate (AdamW)")
-    warmup_steps: int = opt(5, "linear warm-up steps, then constant")
+    warmup_steps: int = opt(5, "linear warm-up steps, then the schedule")
+    lr_schedule: str = opt("constant", "after warm-up: constant | cosine (down to rl.min_lr on "
+                           "the last step)")
+    min_lr: float = opt(0.0, "lr_schedule=cosine: the learning rate of the last step")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     grad_clip: float = opt(1.0, "max global gradient norm")
     beta: float = opt(0.0, "KL coefficient to the reference (k3); R1-Zero used 0.001")

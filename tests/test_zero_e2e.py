@@ -143,8 +143,20 @@ def test_the_engine_gets_the_weights_after_every_update(tiny_base, tmp_path, mon
     assert any(not torch.equal(first[k], second[k]) for k in first)
 
 
-def test_engine_settings_fail_before_a_run_folder(tiny_base, tmp_path):
-    for bad, msg in (("rollout.engine=sglang", "unknown engine"),
+def test_lr_schedule_warms_up_then_decays_to_min_lr():
+    from r1kit.config import RLConfig
+
+    rl = RLConfig(steps=100, lr=1e-3, warmup_steps=4, lr_schedule="cosine", min_lr=1e-4)
+    lrs = [zero._lr_factor(s, rl) * rl.lr for s in range(100)]
+    assert lrs[0] == pytest.approx(2.5e-4) and lrs[4] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] == pytest.approx(1e-4)
+    flat = RLConfig(steps=100, warmup_steps=4)
+    assert [zero._lr_factor(s, flat) for s in (0, 3, 50, 99)] == [0.25, 1.0, 1.0, 1.0]
+
+
+def test_bad_settings_fail_before_a_run_folder(tiny_base, tmp_path):
+    for bad, msg in (("rl.lr_schedule=linear", "lr_schedule"),
+                     ("rollout.engine=sglang", "unknown engine"),
                      ("rollout.vllm_mode=remote", "vllm_mode"),
                      ("rollout.vllm_mode=server", "fsdp")):
         sets = _overrides(tmp_path, tiny_base, "bad") + [bad]
