@@ -2,8 +2,9 @@
 # A short GPU check (well under 8 minutes on one H100), run from the repository root:
 #   bash benchmarks/gpu_check.sh            # results under ${OUT:-benchmarks/out/gpu_check}
 # 1. the gpu-marked tests (CUDA training path; vLLM engine where vLLM is importable);
-# 2. the CUDA training path on the tiny model: 5 GRPO steps of `r1kit zero` (bf16 where the GPU
-#    has it is vLLM's choice; the trainer keeps the model's fp32 here);
+# 2. the CUDA training path on the tiny model: 5 GRPO steps of `r1kit zero` (model.dtype=auto:
+#    bf16 where the GPU has it), and, where vLLM is importable, 5 more with rollout.engine=vllm
+#    (colocated; weights synced after every update);
 # 3. rollout tokens/s: r1kit's HF engine vs `generate` on CUDA (benchmarks/rollout_speed.py), and,
 #    where vLLM is importable, vLLM on the same prompts and settings.
 # Nothing here downloads a model: the tiny base ships in r1kit/assets/tiny-base.
@@ -29,6 +30,14 @@ echo "== CUDA training path: r1kit zero, 5 steps"
 timeout 180 "$PY" -m r1kit.cli zero --config recipes/tiny/zero.yaml --set run.device=cuda \
     --set rl.steps=5 --set eval.num_problems=20 --set eval.every=0 --set run.checkpoint_every=0 \
     --set run.out_dir="$OUT" --set run.name=zero-cuda 2>&1 | tail -15 | tee "$OUT/zero_cuda.txt" || true
+
+if "$PY" -c "import vllm" 2>/dev/null; then
+  echo "== GRPO with vLLM rollouts (colocated): r1kit zero, 5 steps"
+  timeout 240 "$PY" -m r1kit.cli zero --config recipes/tiny/zero.yaml --set run.device=cuda \
+      --set rollout.engine=vllm --set rl.steps=5 --set eval.num_problems=20 --set eval.every=0 \
+      --set run.checkpoint_every=0 --set run.out_dir="$OUT" --set run.name=zero-vllm 2>&1 \
+      | tail -15 | tee "$OUT/zero_vllm.txt" || true
+fi
 
 echo "== rollout tokens/s on CUDA"
 timeout 120 "$PY" - <<'EOF' 2>&1 | tee "$OUT/rollout_cuda.txt" || true
