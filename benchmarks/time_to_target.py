@@ -2,7 +2,7 @@
 
 Runs the real CLI (`r1kit zero --config recipes/tiny/zero.yaml`) once per (variant, seed), with a
 held-out evaluation every `--every` steps, and stops a run as soon as an evaluation reaches the
-target. Time to target = the summed `time/step` of the steps up to that evaluation (training time
+target (the run's own `rl.steps` is kept, so a decaying lr schedule is the recipe's). Time to target = the summed `time/step` of the steps up to that evaluation (training time
 only: the dense evaluations are the benchmark's, not the run's), and the step it happened at.
 
     .venv/bin/python benchmarks/time_to_target.py --seeds 0 1 \\
@@ -46,7 +46,7 @@ def run_one(name: str, sets: list[str], seed: int, args) -> dict:
     cmd = [sys.executable, "-m", "r1kit.cli", "zero", "--config", args.config,
            "--set", f"run.seed={seed}", "--set", f"run.out_dir={out_dir}",
            "--set", f"run.name={run}", "--set", f"run.threads={args.threads}",
-           "--set", f"rl.steps={args.max_steps}", "--set", f"eval.every={args.every}",
+           "--set", f"eval.every={args.every}",
            "--set", "run.checkpoint_every=0", "--set", "run.report_to=[]"]
     for s in sets:
         cmd += ["--set", s]
@@ -55,18 +55,20 @@ def run_one(name: str, sets: list[str], seed: int, args) -> dict:
     load0 = os.getloadavg()[0]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    hit = None
+    hit, stopped = None, False
     while proc.poll() is None:
         time.sleep(1.0)
         for e in _read_jsonl(folder / "eval.jsonl"):
             if e["step"] > 0 and e["eval/pass@1"] >= args.target:
                 hit = e
                 break
-        if hit:
+        steps = _read_jsonl(folder / "metrics.jsonl")
+        if hit or (steps and steps[-1]["step"] >= args.max_steps):  # the schedule stays the run's
             proc.terminate()
             proc.wait()
+            stopped = True
             break
-    if proc.returncode not in (0, None) and hit is None:
+    if proc.returncode not in (0, None) and not stopped:
         raise SystemExit(f"{name} seed {seed} failed:\n{proc.stderr.read()[-3000:]}")
     evals = _read_jsonl(folder / "eval.jsonl")
     hit = hit or next((e for e in evals if e["step"] > 0 and e["eval/pass@1"] >= args.target),
@@ -93,7 +95,9 @@ def main() -> None:
     ap.add_argument("--config", default="recipes/tiny/zero.yaml")
     ap.add_argument("--target", type=float, default=0.70)
     ap.add_argument("--every", type=int, default=10)
-    ap.add_argument("--max-steps", type=int, default=200)
+    ap.add_argument("--max-steps", type=int, default=200,
+                    help="give up after this many steps (rl.steps, and so the lr schedule, stay "
+                         "the recipe's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", default="benchmarks/out/time-to-target")
     ap.add_argument("--json", default="benchmarks/out/time-to-target/results.json")
