@@ -4,12 +4,15 @@ Prompts are left-padded and completions right-padded, so the T completion tokens
 positions of `cat(prompt, completion)`: the model is asked for only T+1 positions of logits
 (`logits_to_keep`), which keeps the vocabulary projection off the prompt.
 
-With `group_size=G > 1` (rows come in groups of G that share one prompt, as GRPO rollouts do), each
-group is packed into one row, `[prompt, completion 1, ..., completion G]`, with a 4D mask that keeps
-the completions apart (SDPA or eager attention): the prompt is run once, the gradients of all G
-completions meet there, and no padding token is computed. Other attention kernels (flash) run the
-prompt once and repeat its KV cache G times instead. Both are exact (tests compare them with the
-plain path, gradients included).
+With `group_size=G > 1` (rows come in groups of G that share one prompt, as GRPO rollouts do), the
+prompt is run once and its KV cache repeated G times, so the gradients of all G completions meet
+there. Where a pass must be one forward (DDP / FSDP, activation checkpointing: `_checkpointing`),
+a group whose tokens fit in `PACK_MAX_WIDTH` is packed into one row instead,
+`[prompt, completion 1, ..., completion G]`, with a 4D mask that keeps the completions apart (SDPA
+or eager attention), and no padding token is computed; a dense mask makes its attention quadratic
+in the packed width, which made it slower than the shared prompt beyond ~300 tokens on a CPU and
+2.5x slower at 1,900 (benchmarks/results/scaling.md). Larger groups take the plain path. All three
+are exact (tests compare them, gradients included).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 import inspect
 
 import torch
+
+PACK_MAX_WIDTH = 1024  # tokens in a packed group row (prompt + its G completions)
 
 
 def completion_logprobs(
@@ -35,10 +40,11 @@ def completion_logprobs(
     Logits are divided by the sampling temperature, so the log-probs are those of the
     distribution the rollouts were sampled from (as TRL and verl do).
     """
-    if group_size > 1 and _packable(model, completion_mask, group_size):
+    shared = group_size > 1 and not _checkpointing(model)
+    if group_size > 1 and not shared and _packable(model, prompt_mask, completion_mask, group_size):
         logits = _packed_group_logits(model, prompt_ids, prompt_mask, completion_ids,
                                       completion_mask, group_size)  # (N, T, V)
-    elif group_size > 1 and not _checkpointing(model):
+    elif shared:
         logits = _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids,
                                        completion_mask, group_size)  # (N, T, V)
     else:
@@ -104,13 +110,16 @@ def _packed_group_logits(model, prompt_ids, prompt_mask, completion_ids, complet
     return logits.reshape(b * width, -1)[flat]  # (N, T, V)
 
 
-def _packable(model, completion_mask: torch.Tensor, g: int) -> bool:
-    """Packing needs a 4D-mask attention (SDPA or eager) and right-padded completions."""
+def _packable(model, prompt_mask: torch.Tensor, completion_mask: torch.Tensor, g: int) -> bool:
+    """Packing needs a 4D-mask attention (SDPA or eager), right-padded completions, and groups
+    that fit in PACK_MAX_WIDTH tokens."""
     n, t = completion_mask.shape
     if n % g:
         raise ValueError(f"{n} rows are not whole groups of {g}")
-    prefix = torch.arange(t, device=completion_mask.device) < completion_mask.sum(-1, keepdim=True)
-    return (_attn_impl(model) in ("sdpa", "eager")
+    c_len = completion_mask.sum(-1, keepdim=True)  # (N, 1)
+    prefix = torch.arange(t, device=completion_mask.device) < c_len
+    width = int((prompt_mask[::g].sum(-1) + c_len.view(-1, g).sum(-1)).max())
+    return (_attn_impl(model) in ("sdpa", "eager") and width <= PACK_MAX_WIDTH
             and bool((completion_mask.bool() == prefix).all()))
 
 

@@ -98,9 +98,16 @@ def test_sampling_logprobs_equal_a_fresh_forward(tiny_base):
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_groups_equal_plain_rows_with_gradients(tiny_base, attn):
+def test_packed_groups_equal_plain_rows_with_gradients(tiny_base, attn, monkeypatch):
     """Completions of different lengths (one fully masked, as the overlong filter does) packed one
     group per row give the plain path's log-probs, entropies and gradients."""
+    from r1kit import logprobs
+
+    packed = []
+    real = logprobs._packed_group_logits
+    monkeypatch.setattr(logprobs, "_checkpointing", lambda model: True)  # as under DDP
+    monkeypatch.setattr(logprobs, "_packed_group_logits",
+                        lambda *a: packed.append(1) or real(*a))
     model, tok = _load(tiny_base, attn)
     ro = sample(model, tok, PROMPTS[:2], 3, max_new_tokens=12,
                 generator=torch.Generator().manual_seed(0))
@@ -117,3 +124,8 @@ def test_packed_groups_equal_plain_rows_with_gradients(tiny_base, attn):
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert packed == [1]  # the group-of-3 pass was packed
+    monkeypatch.setattr(logprobs, "PACK_MAX_WIDTH", 8)  # wider groups take the plain path
+    completion_logprobs(model, ro.prompt_ids, ro.prompt_mask, ro.completion_ids, mask,
+                        group_size=3)
+    assert packed == [1]
