@@ -3,16 +3,19 @@
 A problem gives `f(0)` and `f(1)` of a linear function and asks for `f`; its tests are asserts the
 generator knows, at the two given points and three hidden ones:
 
-    Write f with f(0)=2, f(1)=5
-    tests: assert f(0) == 2, assert f(1) == 5, assert f(2) == 8, assert f(5) == 17, assert f(10) == 32
+    Write f with f(0)=7, f(1)=45
+    tests: assert f(0) == 7, assert f(1) == 45, assert f(2) == 83, assert f(5) == 197, ...
 
-Two families: rising `x*a+b` (a = f(1)-f(0), b = f(0)) and falling `c-x*a` (a = f(0)-f(1),
-c = f(0)). A worked solution does the subtraction in `<think>` and puts the program in a fenced
-block inside `<answer>`: `<think> 5-2=3, so f(x)=x*3+2 </think> <answer> ```python ... ```
-</answer>`. A tiny model (about 1M parameters) can learn to write it. The pretraining corpus is
-sloppy like the arithmetic one (`CodeStyle`): a forgotten borrow, an off-by-one slip, sometimes
-caught with `wait, ...`; a `+` for the `*`; a missing colon (a syntax error); an answer without a
-code block. RL has those to fix; a wrong slope still passes the `f(0)` test, a partial reward.
+Two families, with a one-digit constant k and a slope a in 2..90: `x*a+k` (a = f(1)-f(0)) and
+`x*a-k` (f(0) = -k, a = f(1)+k). Finding the slope is then one step of the arithmetic task (a
+two-digit number plus or minus a digit, with its carries and borrows), a skill the code base also
+learns from its arithmetic half: the base is often right, and RL sharpens it (FEASIBILITY.md's
+lesson; a first version asked for two-digit minus two-digit, which the base never learned, and RL
+could not raise it). A worked solution does the step in `<think>` and puts the program in a fenced
+block inside `<answer>`: `<think> 45-7=38, so f(x)=x*38+7 </think> <answer> ```python ... ```
+</answer>`. The pretraining corpus is sloppy like the arithmetic one (`CodeStyle`): a forgotten
+carry or borrow, an off-by-one slip, sometimes caught with `wait, ...`; a `+` for the `*`; a
+missing colon (a syntax error); an answer without a code block. RL has those to fix.
 
 Train and held-out problems are disjoint: the same 1-in-10 hash bucket as arithmetic, on the id.
 """
@@ -47,17 +50,17 @@ class CodeStyle:
 def all_problems() -> list[Problem]:
     """Every problem of the task, in a fixed order."""
     out = []
-    for a in range(2, 10):
-        for b in range(1, 61):
-            out.append(_problem("up", a, b))
-        for c in range(20, 100):
-            if c - a >= 2:
-                out.append(_problem("down", a, c))
+    for a in range(2, 91):
+        for k in range(1, 10):
+            if a + k <= 99:
+                out.append(_problem("plus", a, k))
+            if a - k >= 1:
+                out.append(_problem("minus", a, k))
     return out
 
 
 def _problem(family: str, a: int, k: int) -> Problem:
-    fn = (lambda x: x * a + k) if family == "up" else (lambda x: k - x * a)
+    fn = (lambda x: x * a + k) if family == "plus" else (lambda x: x * a - k)
     values = {x: fn(x) for x in TEST_POINTS}
     pid = f"code-{family}-{a}-{k}"
     return Problem(
@@ -81,8 +84,7 @@ def sample_problems(n: int, split: str, seed: int) -> list[Problem]:
 
 def reference_program(meta: dict) -> str:
     a, k = meta["a"], meta["k"]
-    body = f"x*{a}+{k}" if meta["family"] == "up" else f"{k}-x*{a}"
-    return f"def f(x): return {body}"
+    return f"def f(x): return x*{a}{'+' if meta['family'] == 'plus' else '-'}{k}"
 
 
 def _slipped(x: int, y: int, op: str, rng: random.Random, style: CodeStyle) -> int:
@@ -99,8 +101,8 @@ def _slipped(x: int, y: int, op: str, rng: random.Random, style: CodeStyle) -> i
 def worked_solution(problem: Problem, rng: random.Random, style: CodeStyle) -> str:
     """A completion for `problem` written with the slips of `style`."""
     m = problem.meta
-    up, a0, k = m["family"] == "up", m["a"], m["k"]
-    f0, f1 = (k, a0 + k) if up else (k, k - a0)
+    plus, k = m["family"] == "plus", m["k"]
+    f1 = m["a"] + k if plus else m["a"] - k
     parts = []
 
     def step(x: int, op: str, y: int) -> int:
@@ -112,9 +114,9 @@ def worked_solution(problem: Problem, rng: random.Random, style: CodeStyle) -> s
             got = right
         return got
 
-    a = step(f1, "-", f0) if up else step(f0, "-", f1)
+    a = step(f1, "-", k) if plus else step(f1, "+", k)
     op = "+" if rng.random() < style.wrong_op else "*"
-    body = f"x{op}{a}+{k}" if up else f"{k}-x{op}{a}"
+    body = f"x{op}{a}{'+' if plus else '-'}{k}"
     colon = "" if rng.random() < style.syntax_slip else ":"
     program = f"def f(x){colon} return {body}"
     answer = program if rng.random() < style.no_fence else f"```python\n{program}\n```"
