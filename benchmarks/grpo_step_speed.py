@@ -235,7 +235,7 @@ def main() -> None:
             keep = ~group_equal if rl.dynamic_sampling else torch.ones(B, dtype=torch.bool)
             rows = keep.repeat_interleave(G).nonzero().squeeze(-1)
             mask = ro.completion_mask.clone()  # (B*G, T')
-            metrics = _rollout_metrics(ro, scores, rewards, group_equal)
+            metrics = _rollout_metrics(ro, scores, rewards, group_equal, per_row)
         with timer("update_total"):
             update = update_policy(policy, ref, opt, ro, advantages, mask, rows, rl, rollout_cfg,
                                    T, timer)
