@@ -52,6 +52,7 @@ def points() -> list[dict]:
 
 def child(point: dict, repeats: int, threads: int) -> dict:
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from r1kit import grpo, memory
     from r1kit.config import RLConfig, RolloutConfig
@@ -59,7 +60,6 @@ def child(point: dict, repeats: int, threads: int) -> dict:
     from r1kit.stages.zero import Timer, update_policy
     from r1kit.templates import render_prompt
     from tests.tiny_models import build
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(threads)
     hidden, layers, heads = MODELS[point["model"]]
@@ -170,25 +170,25 @@ def write_report(rows, args, load0, load1, png: str) -> None:
     lines = [
         "# Scaling of a GRPO step on CPU: G, completion length, model size (issue #6)",
         "",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M')}; machine: {platform.machine()}, "
+        (f"- date: {time.strftime('%Y-%m-%d %H:%M')}; machine: {platform.machine()}, "
         f"{os.cpu_count()} CPUs, {platform.platform()}; python {platform.python_version()}, "
-        f"torch {torch.__version__}, {args.threads} torch threads",
-        f"- command: `.venv/bin/python benchmarks/scaling.py --repeats {args.repeats} "
+        f"torch {torch.__version__}, {args.threads} torch threads"),
+        (f"- command: `.venv/bin/python benchmarks/scaling.py --repeats {args.repeats} "
         f"--threads {args.threads}`; load average {load0[0]:.2f} at the start, "
-        f"{load1[0]:.2f} at the end",
-        "- a step = sample B x G completions (hf engine) + reference log-probs (beta = 1e-3) + "
+        f"{load1[0]:.2f} at the end"),
+        ("- a step = sample B x G completions (hf engine) + reference log-probs (beta = 1e-3) + "
         "forward/backward/AdamW in micro-batches of 64 rows; median of "
-        f"{args.repeats} steps after a warm-up; one factor varies from B = 8, G = 8, T = 64, 0.6M",
-        "- random-weight Llamas (they rarely emit EOS): `tokens` is the mean completion length "
-        "actually generated",
+        f"{args.repeats} steps after a warm-up; one factor varies from B = 8, G = 8, T = 64, 0.6M"),
+        ("- random-weight Llamas (they rarely emit EOS): `tokens` is the mean completion length "
+        "actually generated"),
         "",
         f"![scaling]({png})",
         "",
     ]
     for factor in SWEEPS:
         lines += [f"## Varying {factor}", "",
-                  "| B | G | max new tokens | params | tokens | step s | generate s | "
-                  "ref log-probs s | update s | peak RSS MiB | step s per 1k tokens |",
+                  ("| B | G | max new tokens | params | tokens | step s | generate s | "
+                  "ref log-probs s | update s | peak RSS MiB | step s per 1k tokens |"),
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["sweep"] == factor):
             k_tokens = r["B"] * r["G"] * r["tokens"] / 1000

@@ -127,20 +127,20 @@ def write_report(results: list[dict], variants, args) -> None:
     lines = [
         f"# Time to {args.target:.0%} held-out pass@1: R1-Zero on the built-in base (issue #6)",
         "",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M')}; machine: {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, {platform.platform()}",
-        f"- python {platform.python_version()}, torch {torch.__version__}, "
-        f"{args.threads} torch threads",
+        (f"- date: {time.strftime('%Y-%m-%d %H:%M')}; machine: {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, {platform.platform()}"),
+        (f"- python {platform.python_version()}, torch {torch.__version__}, "
+        f"{args.threads} torch threads"),
         f"- command: `.venv/bin/python benchmarks/time_to_target.py --seeds "
         f"{' '.join(map(str, args.seeds))} "
         + " ".join(f'--variant "{n}:{",".join(s)}"' for n, s in variants) + "`",
-        f"- each run: `r1kit zero --config {args.config}` plus the variant's overrides, a "
+        (f"- each run: `r1kit zero --config {args.config}` plus the variant's overrides, a "
         f"held-out evaluation (200 problems, k=4, T=0.6) every {args.every} steps, stopped at the "
         f"first evaluation >= {args.target}. Seconds = summed `time/step` up to that step "
-        "(training only; the dense evaluations are the benchmark's).",
+        "(training only; the dense evaluations are the benchmark's)."),
         "",
-        "| variant | overrides | seed | step reached | pass@1 there | seconds to target | "
-        "median step s | median generate s | load avg (start, end) |",
+        ("| variant | overrides | seed | step reached | pass@1 there | seconds to target | "
+        "median step s | median generate s | load avg (start, end) |"),
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:

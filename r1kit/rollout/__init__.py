@@ -1,6 +1,6 @@
 """Rollout engines: `make_engine(...)` gives an object with
 `sample(model, tokenizer, prompts, G, ...) -> Rollouts` and `sync(policy)` (called after each
-optimizer step). `hf` (r1kit/rollout/hf.py) runs everywhere and needs no sync; `vllm`
+optimizer step where `needs_sync`). `hf` (r1kit/rollout/hf.py) runs everywhere and needs no sync; `vllm`
 (r1kit/rollout/vllm.py) is the GPU engine, colocated or on a server."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ ENGINES, VLLM_MODES = ("hf", "vllm"), ("colocate", "server")
 
 class HFEngine:
     """The transformers engine samples from the policy itself: nothing to sync."""
+
+    needs_sync = False
 
     def sample(self, model, tokenizer, prompts, group_size, **kw):
         from r1kit.rollout.hf import sample

@@ -98,6 +98,8 @@ def require_vllm() -> None:
 class VLLMColocated:
     """A `vllm.LLM` beside the policy on one GPU; `sync(policy)` after each optimizer step."""
 
+    needs_sync = True
+
     def __init__(self, model_path: str, *, gpu_memory_utilization: float, max_model_len: int,
                  seed: int):
         require_vllm()
@@ -144,6 +146,8 @@ class VLLMColocated:
 
 class VLLMServer:
     """Completions from a `vllm serve` on another GPU; weights over NCCL via TRL's client."""
+
+    needs_sync = True
 
     def __init__(self, url: str, model_name: str):
         self.url, self.model_name, self.client = url.rstrip("/"), model_name, None

@@ -122,8 +122,9 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
                          vllm_server_url=cfg.rollout.vllm_server_url,
                          vllm_gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
                          seed=cfg.run.seed + d.rank)
-    with distributed.gathered(policy, d) as model:
-        engine.sync(model)
+    if engine.needs_sync:  # (FSDP gathers every layer for it: only where it does something)
+        with distributed.gathered(policy, d) as model:
+            engine.sync(model)
     tracker = Tracker(run.path, cfg.run.report_to if d.main else [], config=to_dict(cfg),
                       resume_step=state["step"] if resume_from else None)
 
@@ -157,9 +158,9 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
             policy.eval()
             with distributed.gathered(policy, d) as model:
                 ro = engine.sample(model, tokenizer, prompts, G,
-                            max_new_tokens=cfg.rollout.max_new_tokens,
-                            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                            stop=cfg.rollout.stop, generator=gen)
+                                   max_new_tokens=cfg.rollout.max_new_tokens,
+                                   temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                   stop=cfg.rollout.stop, generator=gen)
         # ---------------------------------------------------------------- score
         with timer("score"):
             per_row = [p for p in problems for _ in range(G)]
@@ -192,8 +193,9 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
             else:
                 state["bad_steps"] = 0
                 sched.step()
-                with timer("sync"), distributed.gathered(policy, d) as model:
-                    engine.sync(model)  # vLLM samples the next step from the updated weights
+                if engine.needs_sync:  # vLLM samples the next step from the updated weights
+                    with timer("sync"), distributed.gathered(policy, d) as model:
+                        engine.sync(model)
         elif not finite:
             state["bad_steps"] += 1
             log.warning(f"step {state['step'] + 1}: non-finite rewards; update skipped")
