@@ -48,8 +48,10 @@ def make_engine(engine: str, model_path: str, *, vllm_mode: str = "colocate",
     check(engine, vllm_mode)
     if engine == "hf":
         return HFEngine()
+    from r1kit.models import resolve_model_path
     from r1kit.rollout import vllm
 
+    model_path = resolve_model_path(model_path)  # `builtin` -> its folder, for vLLM to load
     if vllm_mode == "server":
         return vllm.VLLMServer(vllm_server_url, model_path)
     return vllm.VLLMColocated(model_path, gpu_memory_utilization=vllm_gpu_memory_utilization,

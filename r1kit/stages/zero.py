@@ -34,7 +34,7 @@ from r1kit.evaluation import evaluate
 from r1kit.language import language_consistency, problem_language, reasoning_part
 from r1kit.logprobs import completion_logprobs
 from r1kit.metrics import reflection_rate
-from r1kit.models import builtin_model_for, prepare_torch, resolve_model_path
+from r1kit.models import builtin_model_for, prepare_torch
 from r1kit.report import write_report_safely
 from r1kit.rewards import code as code_reward
 from r1kit.rewards import get_reward
@@ -116,9 +116,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
             ref.load_state_dict(saved["ref"])
         log.warning(f"resumed {run.path} from {resume_from.name} (step {state['step']})")
     # vLLM loads the model from its folder, then takes the policy's weights (resumed, LoRA-merged)
-    engine = make_engine(cfg.rollout.engine, resolve_model_path(cfg.model.path)
-                         if cfg.rollout.engine == "vllm" else cfg.model.path,
-                         vllm_mode=cfg.rollout.vllm_mode,
+    engine = make_engine(cfg.rollout.engine, cfg.model.path, vllm_mode=cfg.rollout.vllm_mode,
                          vllm_server_url=cfg.rollout.vllm_server_url,
                          vllm_gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
                          seed=cfg.run.seed + d.rank)
