@@ -194,19 +194,25 @@ def sample(
     finished = torch.zeros(n, dtype=torch.bool, device=device)  # per row: ended by EOS/stop
     for step in range(T):
         tokens, logp = _sample_next(logits, temperature, top_p, generator)  # (L,), (L,)
-        out_ids[rows[alive], step] = tokens[alive]
-        out_lp[rows[alive], step] = logp[alive]
+        # written for every slot, no boolean indexing: on a GPU each mask index is a host sync;
+        # finished slots write padding over padding
+        out_ids[rows, step] = torch.where(alive, tokens, pad_id)
+        out_lp[rows, step] = torch.where(alive, logp, 0.0)
         ends = eos[tokens] & alive  # (L,)
-        if enders is not None:
-            for slot in (enders[tokens] & alive & ~ends).nonzero().flatten().tolist():
-                r = int(rows[slot])
-                ends[slot] = hits_stop(out_ids[r, max(0, step + 1 - hits_stop.window) : step + 1]
-                                       .tolist())
-        if ends.any():
-            lengths[rows[ends]] = step + 1
-            finished[rows[ends]] = True
-            alive &= ~ends
-        n_alive = int(alive.sum())
+        if enders is None:
+            n_alive = int((alive & ~ends).sum())  # the step's one host sync
+        else:
+            may_stop = enders[tokens] & alive & ~ends  # (L,)
+            n_alive, n_may = torch.stack([(alive & ~ends).sum(), may_stop.sum()]).tolist()
+            if n_may:  # rare: only tokens that hold a stop string's last character
+                for slot in may_stop.nonzero().flatten().tolist():
+                    r = int(rows[slot])
+                    ends[slot] = hits_stop(
+                        out_ids[r, max(0, step + 1 - hits_stop.window) : step + 1].tolist())
+                n_alive = int((alive & ~ends).sum())
+        lengths[rows] = torch.where(ends, step + 1, lengths[rows])
+        finished[rows] |= ends
+        alive &= ~ends
         if n_alive == 0 or step == T - 1:
             break
         if len(alive) - n_alive >= max(1, len(alive) // 8):  # drop finished rows from the batch
