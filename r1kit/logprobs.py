@@ -4,10 +4,11 @@ Prompts are left-padded and completions right-padded, so the T completion tokens
 positions of `cat(prompt, completion)`: the model is asked for only T+1 positions of logits
 (`logits_to_keep`), which keeps the vocabulary projection off the prompt.
 
-With `group_size=G > 1` (rows come in groups of G that share one prompt, as GRPO rollouts do), the
-prompt is run once and its KV cache repeated G times, so the gradients of all G completions meet
-there. Where a pass must be one forward (DDP / FSDP, activation checkpointing: `_checkpointing`),
-a group whose tokens fit in `PACK_MAX_WIDTH` is packed into one row instead,
+With `group_size=G > 1` (rows come in groups of G that share one prompt, as GRPO rollouts do), or
+`groups` (each row's prompt index, rows in any order), each distinct prompt is run once and its KV
+cache repeated for its rows, so the gradients of all its completions meet there. Where a pass must
+be one forward (DDP / FSDP, activation checkpointing: `one_forward`), a contiguous group whose
+tokens fit in `PACK_MAX_WIDTH` is packed into one row instead,
 `[prompt, completion 1, ..., completion G]`, with a 4D mask that keeps the completions apart (SDPA
 or eager attention), and no padding token is computed; a dense mask makes its attention quadratic
 in the packed width, which made it slower than the shared prompt beyond ~300 tokens on a CPU and
@@ -34,19 +35,29 @@ def completion_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     group_size: int = 1,
+    groups: torch.Tensor | None = None,  # (N,)
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs `(N, T)` of each completion token (and entropies `(N, T)` if asked).
 
-    Logits are divided by the sampling temperature, so the log-probs are those of the
-    distribution the rollouts were sampled from (as TRL and verl do).
+    `group_size=G`: rows come in contiguous groups of G sharing a prompt; `groups`: rows in any
+    order, those with equal values share a prompt. Logits are divided by the sampling temperature,
+    so the log-probs are those of the distribution the rollouts were sampled from (as TRL and verl
+    do).
     """
-    shared = group_size > 1 and not _checkpointing(model)
-    if group_size > 1 and not shared and _packable(model, prompt_mask, completion_mask, group_size):
+    n = completion_ids.shape[0]
+    if groups is not None and group_size > 1:
+        raise ValueError("pass group_size (contiguous groups) or groups, not both")
+    if groups is None and group_size > 1:
+        if n % group_size:
+            raise ValueError(f"{n} rows are not whole groups of {group_size}")
+        groups = torch.arange(n, device=completion_ids.device) // group_size
+    one = one_forward(model)
+    if one and group_size > 1 and _packable(model, prompt_mask, completion_mask, group_size):
         logits = _packed_group_logits(model, prompt_ids, prompt_mask, completion_ids,
                                       completion_mask, group_size)  # (N, T, V)
-    elif shared:
+    elif groups is not None and not one:
         logits = _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids,
-                                       completion_mask, group_size)  # (N, T, V)
+                                       completion_mask, groups)  # (N, T, V)
     else:
         t = completion_ids.shape[1]
         ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (N, P+T)
@@ -130,32 +141,32 @@ def _attn_impl(model) -> str | None:
     return getattr(model.config, "_attn_implementation", None)
 
 
-def prefill_groups(model, p_ids: torch.Tensor, p_mask: torch.Tensor, g: int):
-    """Run B distinct left-padded prompts once and repeat their KV cache G times.
+def prefill_groups(model, p_ids: torch.Tensor, p_mask: torch.Tensor, groups: torch.Tensor):
+    """Run each distinct prompt of N left-padded rows once (rows with equal `groups` values share
+    it) and give every row a copy of its prompt's KV cache.
 
-    Returns `(cache, kwarg, logits, next_pos, mask)`: the cache for N = B*G rows and the keyword
-    that passes it back to the model, the logits `(N, V)` of the first completion token, the
-    position `(N,)` of that token, and the prompt attention mask `(N, P)`.
+    Returns `(cache, kwarg, logits, next_pos)`: the cache for the N rows and the keyword that
+    passes it back to the model, the logits `(N, V)` of the first completion token, and the
+    position `(N,)` of that token.
     """
-    pos = (p_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
+    _, inverse = torch.unique(groups, return_inverse=True)  # (N,) row -> distinct prompt
+    first = torch.zeros(int(inverse.max()) + 1, dtype=torch.long, device=p_ids.device)
+    first[inverse] = torch.arange(len(groups), device=p_ids.device)  # a row of each prompt
+    p_ids, p_mask = p_ids[first], p_mask[first]  # (U, P)
+    pos = (p_mask.cumsum(-1) - 1).clamp(min=0)  # (U, P)
     out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=pos, use_cache=True,
                 logits_to_keep=1)
     kw = cache_kwarg(model)
     cache = out[kw]
-    cache.batch_repeat_interleave(g)
-    logits = out.logits[:, -1].repeat_interleave(g, dim=0)  # (N, V)
-    next_pos = pos[:, -1].repeat_interleave(g) + 1  # (N,)
-    return cache, kw, logits, next_pos, p_mask.repeat_interleave(g, dim=0)
+    cache.batch_select_indices(inverse)
+    return cache, kw, out.logits[:, -1][inverse], pos[:, -1][inverse] + 1
 
 
-def _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, g):
-    n, t = completion_ids.shape
-    if n % g:
-        raise ValueError(f"{n} rows are not whole groups of {g}")
-    cache, kw, first, next_pos, p_mask = prefill_groups(model, prompt_ids[::g],
-                                                        prompt_mask[::g], g)
+def _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, groups):
+    t = completion_ids.shape[1]
+    cache, kw, first, next_pos = prefill_groups(model, prompt_ids, prompt_mask, groups)
     c_pos = next_pos[:, None] + torch.arange(t, device=completion_ids.device)  # (N, T)
-    mask = torch.cat([p_mask, completion_mask], dim=1)  # (N, P+T)
+    mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (N, P+T)
     rest = model(input_ids=completion_ids, attention_mask=mask, position_ids=c_pos,
                  use_cache=True, **{kw: cache}).logits  # (N, T, V)
     return torch.cat([first[:, None], rest[:, :-1]], dim=1)  # (N, T, V): first predicts token 0
@@ -169,7 +180,7 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _checkpointing(model) -> bool:
+def one_forward(model) -> bool:
     """Must this gradient pass be one forward? transformers drops the KV cache of activation-
     checkpointed layers (r1kit/memory.py), and DDP / FSDP expect one forward per backward
     (r1kit/distributed.py), so the shared-prompt path would be wrong there: run the plain one."""

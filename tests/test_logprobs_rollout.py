@@ -15,24 +15,36 @@ def _load(path):
 
 
 def test_shared_prompt_logprobs_equal_plain_path_with_gradients(tiny_base):
+    """Plain rows, contiguous groups (`group_size`), and rows in any order (`groups`, as the
+    length-sorted micro-batches of the GRPO update have them) give the same log-probs, entropies
+    and gradients."""
     model, tok = _load(tiny_base)
     prompts = [render_prompt("Compute 12+3-4+5"), render_prompt("Compute 90-9")]
     ro = sample(model, tok, prompts, 3, max_new_tokens=10, temperature=1.0,
                 generator=torch.Generator().manual_seed(0))
-    args = (ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.completion_mask)
+    perm = torch.tensor([4, 0, 5, 2, 1, 3])  # mixes the two prompts' rows
+    inv = torch.argsort(perm)
+    mask = ro.completion_mask.clone()
+    mask[1, 6:] = mask[4, 3:] = mask[5, 8:] = 0  # uneven lengths: padding is in play
     grads = []
     outs = []
-    for g in (1, 3):
+    for mode in ("plain", "contiguous", "any order"):
         model.zero_grad()
+        rows = perm if mode == "any order" else torch.arange(6)
+        args = (ro.prompt_ids[rows], ro.prompt_mask[rows], ro.completion_ids[rows], mask[rows])
+        kw = {"plain": {}, "contiguous": {"group_size": 3}, "any order": {"groups": perm // 3}}
         lp, ent = completion_logprobs(model, *args, temperature=0.7, with_entropy=True,
-                                      group_size=g)
-        (lp * ro.completion_mask).sum().backward()
-        outs.append((lp * ro.completion_mask, ent * ro.completion_mask))
+                                      **kw[mode])
+        if mode == "any order":
+            lp, ent = lp[inv], ent[inv]
+        (lp * mask).sum().backward()
+        outs.append((lp * mask, ent * mask))
         grads.append([p.grad.clone() for p in model.parameters()])
-    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-5)
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for out, grad in zip(outs[1:], grads[1:]):
+        torch.testing.assert_close(outs[0][0], out[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(outs[0][1], out[1], rtol=1e-5, atol=1e-5)
+        for a, b in zip(grads[0], grad):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_greedy_sampling_matches_hf_generate(tiny_base):

@@ -105,7 +105,7 @@ def test_packed_groups_equal_plain_rows_with_gradients(tiny_base, attn, monkeypa
 
     packed = []
     real = logprobs._packed_group_logits
-    monkeypatch.setattr(logprobs, "_checkpointing", lambda model: True)  # as under DDP
+    monkeypatch.setattr(logprobs, "one_forward", lambda model: True)  # as under DDP
     monkeypatch.setattr(logprobs, "_packed_group_logits",
                         lambda *a: packed.append(1) or real(*a))
     model, tok = _load(tiny_base, attn)

@@ -24,6 +24,7 @@ import time
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from r1kit import checkpoint as ckpt
@@ -32,7 +33,7 @@ from r1kit.config import ZeroConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.evaluation import evaluate
 from r1kit.language import language_consistency, problem_language, reasoning_part
-from r1kit.logprobs import completion_logprobs
+from r1kit.logprobs import completion_logprobs, one_forward
 from r1kit.metrics import reflection_rate
 from r1kit.models import builtin_model_for, prepare_torch
 from r1kit.report import write_report_safely
@@ -298,8 +299,10 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
                   max_tokens, timer, d: distributed.Dist = distributed.SINGLE) -> dict:
     """mu optimizer steps over the kept rows, each over micro-batches with an exact denominator.
 
-    `rows` are whole groups of G, in order. Minibatches and micro-batches are cut at group
-    boundaries so that each prompt is run once per group (`completion_logprobs(group_size=G)`).
+    `rows` are whole groups of G, in order. Minibatches are whole groups. Micro-batches hold rows
+    of similar completion length, each run only up to its own longest completion, with each
+    distinct prompt run once (`completion_logprobs(groups=...)`); where a pass must be one forward
+    (DDP/FSDP, checkpointing) they are whole groups instead, packed without padding.
     Over several processes (`d`) the denominator is that of every rank's rows together, and a rank
     with no kept rows takes part with a zero-weighted group (r1kit/distributed.py).
     """
@@ -321,10 +324,32 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
     mb = memory.micro_batch_rows(G, rl.micro_batch_size, rl.max_tokens_per_micro_batch, seq_len)
     n_all = distributed.all_sum(n if real else 0, d)  # rows of every rank, for metric weights
 
+    lengths = data["c_mask"].sum(-1)  # (n,)
+
+    def micro_batches(mbatch: torch.Tensor, by_length: bool) -> list[torch.Tensor]:
+        """`mbatch` (whole groups) cut every mb rows; by_length: sorted by completion length
+        first, so that a micro-batch computes little padding."""
+        if by_length:
+            mbatch = mbatch[torch.argsort(lengths[mbatch], stable=True)]
+        return [mbatch[i : i + mb] for i in range(0, len(mbatch), mb)]
+
     def logprobs_of(model, idx, **kw):
-        return completion_logprobs(model, data["p_ids"][idx], data["p_mask"][idx],
-                                   data["c_ids"][idx], data["c_mask"][idx], temperature=temp,
-                                   group_size=G, **kw)
+        """(n_mb, t_used) log-probs (and entropies) of rows `idx`, computed up to their longest
+        completion; zeros (masked) beyond it."""
+        t = max(1, int(lengths[idx].max()))
+        one = one_forward(model)  # whole groups, packed
+        lp, ent = completion_logprobs(
+            model, data["p_ids"][idx], data["p_mask"][idx], data["c_ids"][idx, :t],
+            data["c_mask"][idx, :t], temperature=temp, group_size=G if one else 1,
+            groups=None if one else idx // G, **kw)
+        pad = (0, t_used - t)
+        return F.pad(lp, pad), (F.pad(ent, pad) if ent is not None else None)
+
+    def no_grad_pass(model) -> torch.Tensor:
+        out = torch.zeros(n, t_used, device=device)
+        for idx in micro_batches(torch.arange(n, device=device), by_length=True):
+            out[idx] = logprobs_of(model, idx)[0]
+        return out
 
     with timer("logprobs"), torch.no_grad(), distributed.gathered(policy, d) as model:
         old = ref_lp = None
@@ -332,10 +357,10 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
             old = ro.logprobs[rows, :t_used].to(device)  # kept by the sampler: no pi_old pass
         elif rl.updates_per_rollout > 1:
             policy.eval()
-            old = torch.cat([logprobs_of(model, slice(i, i + mb))[0] for i in range(0, n, mb)])
+            old = no_grad_pass(model)
         if rl.beta > 0:
             with lora.reference(policy, ref) as r, memory.reference_on(r, device) as r:
-                ref_lp = torch.cat([logprobs_of(r, slice(i, i + mb))[0] for i in range(0, n, mb)])
+                ref_lp = no_grad_pass(r)
 
     t_update = time.perf_counter()
     policy.train()
@@ -351,7 +376,7 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         denom = distributed.all_sum(  # every rank's tokens (or sequences) of this minibatch
             grpo.loss_denominator(data["c_mask"][mbatch], rl.aggregation) if local else 0.0, d)
         opt.zero_grad(set_to_none=True)
-        chunks = [mbatch[i : i + mb] for i in range(0, len(mbatch), mb)] if real else []
+        chunks = micro_batches(mbatch, not one_forward(policy)) if real else []
         for idx, weight, last in distributed.micro_steps(chunks, d, filler=torch.arange(G)):
             with distributed.grad_sync(policy, d, last):
                 lp, ent = logprobs_of(policy, idx, with_entropy=True)  # (n_mb, T')
