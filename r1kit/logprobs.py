@@ -149,7 +149,7 @@ def prefill_groups(model, p_ids: torch.Tensor, p_mask: torch.Tensor, groups: tor
     passes it back to the model, the logits `(N, V)` of the first completion token, and the
     position `(N,)` of that token.
     """
-    _, inverse = torch.unique(groups, return_inverse=True)  # (N,) row -> distinct prompt
+    _, inverse = torch.unique(groups.to(p_ids.device), return_inverse=True)  # (N,) row -> prompt
     first = torch.zeros(int(inverse.max()) + 1, dtype=torch.long, device=p_ids.device)
     first[inverse] = torch.arange(len(groups), device=p_ids.device)  # a row of each prompt
     p_ids, p_mask = p_ids[first], p_mask[first]  # (U, P)

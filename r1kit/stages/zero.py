@@ -330,7 +330,7 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         """`mbatch` (whole groups) cut every mb rows; by_length: sorted by completion length
         first, so that a micro-batch computes little padding."""
         if by_length:
-            mbatch = mbatch[torch.argsort(lengths[mbatch], stable=True)]
+            mbatch = mbatch[torch.argsort(lengths[mbatch], stable=True).to(mbatch.device)]
         return [mbatch[i : i + mb] for i in range(0, len(mbatch), mb)]
 
     def logprobs_of(model, idx, **kw):
