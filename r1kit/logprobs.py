@@ -40,9 +40,10 @@ def completion_logprobs(
     """Log-probs `(N, T)` of each completion token (and entropies `(N, T)` if asked).
 
     `group_size=G`: rows come in contiguous groups of G sharing a prompt; `groups`: rows in any
-    order, those with equal values share a prompt. Logits are divided by the sampling temperature,
-    so the log-probs are those of the distribution the rollouts were sampled from (as TRL and verl
-    do).
+    order, those with equal values share a prompt. Where one forward is required, packing needs
+    contiguous runs of equal length; other orders take the plain path there. Logits are divided
+    by the sampling temperature, so the log-probs are those of the distribution the rollouts were
+    sampled from (as TRL and verl do).
     """
     n = completion_ids.shape[0]
     if groups is not None and group_size > 1:
@@ -52,9 +53,10 @@ def completion_logprobs(
             raise ValueError(f"{n} rows are not whole groups of {group_size}")
         groups = torch.arange(n, device=completion_ids.device) // group_size
     one = one_forward(model)
-    if one and group_size > 1 and _packable(model, prompt_mask, completion_mask, group_size):
+    g = _run_length(groups) if one and groups is not None else 0
+    if g > 1 and _packable(model, prompt_mask, completion_mask, g):
         logits = _packed_group_logits(model, prompt_ids, prompt_mask, completion_ids,
-                                      completion_mask, group_size)  # (N, T, V)
+                                      completion_mask, g)  # (N, T, V)
     elif groups is not None and not one:
         logits = _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids,
                                        completion_mask, groups)  # (N, T, V)
@@ -119,6 +121,14 @@ def _packed_group_logits(model, prompt_ids, prompt_mask, completion_ids, complet
                    use_cache=False).logits  # (B, L, V)
     flat = src + (torch.arange(n, device=dev) // g * width)[:, None]  # (N, T)
     return logits.reshape(b * width, -1)[flat]  # (N, T, V)
+
+
+def _run_length(groups: torch.Tensor) -> int:
+    """G if `groups` is consecutive runs of G equal values (rows in contiguous groups, as
+    packing needs), else 0."""
+    runs = torch.unique_consecutive(groups)
+    g = len(groups) // len(runs)
+    return g if torch.equal(groups, runs.repeat_interleave(g)) else 0
 
 
 def _packable(model, prompt_mask: torch.Tensor, completion_mask: torch.Tensor, g: int) -> bool:

@@ -58,13 +58,14 @@ def builtin_model_for(cfg):
     return cfg
 
 
-def resolve_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device | str = "cpu",
+                  key: str = "model.dtype") -> torch.dtype:
     """`auto` is bfloat16 on a CUDA GPU that has it and float32 elsewhere (CPUs, older GPUs)."""
     if name == "auto":
         on_cuda = torch.device(device).type == "cuda"
         return torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
     if name not in DTYPES:
-        raise UserError(f"model.dtype: unknown dtype {name!r}; use auto or one of {sorted(DTYPES)}")
+        raise UserError(f"{key}: unknown dtype {name!r}; use auto or one of {sorted(DTYPES)}")
     return DTYPES[name]
 
 

@@ -39,7 +39,7 @@ from r1kit.config import (
 )
 from r1kit.errors import UserError
 from r1kit.filters import build_filters
-from r1kit.models import DTYPES, prepare_torch
+from r1kit.models import prepare_torch, resolve_dtype
 from r1kit.runs import RunFolder, load_problems
 from r1kit.sft_dataset import write_sft_dataset
 from r1kit.stages.pipeline import run_stage
@@ -145,9 +145,7 @@ def check(cfg: DistillConfig) -> None:
         raise UserError("distill.students is empty: name at least one student (e.g. tiny-llama)")
     for name in cfg.distill.students:
         check_student(str(name))
-    if cfg.distill.dtype not in (*DTYPES, "auto"):
-        raise UserError(f"distill.dtype: unknown dtype {cfg.distill.dtype!r}; use one of "
-                        f"{sorted(DTYPES)}")
+    resolve_dtype(cfg.distill.dtype, key="distill.dtype")
     s = cfg.sample
     for key, value in (("sample.num_prompts", s.num_prompts), ("sample.batch_size", s.batch_size),
                        ("sample.samples_per_prompt", s.samples_per_prompt),

@@ -337,11 +337,9 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         """(n_mb, t_used) log-probs (and entropies) of rows `idx`, computed up to their longest
         completion; zeros (masked) beyond it."""
         t = max(1, int(lengths[idx].max()))
-        one = one_forward(model)  # whole groups, packed
         lp, ent = completion_logprobs(
             model, data["p_ids"][idx], data["p_mask"][idx], data["c_ids"][idx, :t],
-            data["c_mask"][idx, :t], temperature=temp, group_size=G if one else 1,
-            groups=None if one else idx // G, **kw)
+            data["c_mask"][idx, :t], temperature=temp, groups=idx // G, **kw)
         pad = (0, t_used - t)
         return F.pad(lp, pad), (F.pad(ent, pad) if ent is not None else None)
 
