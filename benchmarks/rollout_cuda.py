@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
+from benchmarks.rollout_speed import hf_generate
 from r1kit.models import load_model
 from r1kit.rollout.hf import sample
 from r1kit.tasks.arithmetic import sample_problems
@@ -33,18 +34,8 @@ from tests.tiny_models import build
 
 
 def sides(model, tok, path, prompts, g, budget):
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
-              padding_side="left")
-    ids, mask = (enc[k].repeat_interleave(g, 0).cuda() for k in ("input_ids", "attention_mask"))
-
-    def generate(seed):
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0,
-                                 max_new_tokens=budget, pad_token_id=tok.pad_token_id)
-        c = out[:, ids.shape[1]:]
-        e = c == tok.eos_token_id
-        return int(torch.where(e.any(1), e.int().argmax(1) + 1, c.shape[1]).sum())
+    def generate(seed):  # the CPU benchmark's `generate` call, on the model's device
+        return hf_generate(model, tok, prompts, g, budget, seed)
 
     def r1kit_hf(seed):
         gen = torch.Generator("cuda").manual_seed(seed)

@@ -38,8 +38,8 @@ from r1kit.templates import render_prompt
 def hf_generate(model, tokenizer, prompts, g, max_new_tokens, seed):
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
                     padding_side="left")
-    ids = enc["input_ids"].repeat_interleave(g, 0)  # (B*G, P)
-    mask = enc["attention_mask"].repeat_interleave(g, 0)  # (B*G, P)
+    ids = enc["input_ids"].repeat_interleave(g, 0).to(model.device)  # (B*G, P)
+    mask = enc["attention_mask"].repeat_interleave(g, 0).to(model.device)  # (B*G, P)
     torch.manual_seed(seed)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0,
