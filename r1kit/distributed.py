@@ -12,7 +12,9 @@ How a GRPO step is split over W ranks (r1kit/stages/zero.py):
 - every rank runs the same number of forward/backward passes (FSDP gathers parameters in each
   forward, DDP reduces in the last backward): a rank with fewer micro-batches than another runs
   extra zero-weighted ones (`micro_steps`);
-- metrics are averaged over ranks (maxima for `*_max`); rank 0 alone writes files.
+- metrics are averaged over ranks (maxima for `*_max`); rank 0 alone writes files;
+- held-out evaluation is split by batches over the ranks and gathered
+  (`evaluation.evaluate(part=..., gather=...)`), so W ranks evaluate about W times as fast.
 
 `dist.strategy`: `ddp` (a full replica per rank, gradients all-reduced) or `fsdp` (FSDP2
 `fully_shard` per decoder layer: parameters, gradients and optimizer state sharded, for models that
@@ -257,12 +259,6 @@ def gather(obj, d: Dist) -> list:
     rows = [None] * d.world
     dist.all_gather_object(rows, obj)
     return rows
-
-
-def on_main(fn, d: Dist):
-    """Run `fn()` on rank 0 only and hand its result to every rank (others wait)."""
-    result = fn() if d.main else None
-    return broadcast(result, d)
 
 
 def barrier(d: Dist) -> None:

@@ -63,42 +63,73 @@ class EvalResult:
 
 def evaluate(
     model, tokenizer, problems: list[Problem], cfg: EvalConfig, *, template: str = "r1_zero",
-    stop: list[str] = ("</answer>",), seed: int = 0,
+    stop: list[str] = ("</answer>",), seed: int = 0, part: tuple[int, int] = (0, 1),
+    gather=None,
 ) -> EvalResult:
-    accuracy, fmt = get_reward("accuracy"), get_reward("format")
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    """Sample `cfg.k` completions per problem and score them.
+
+    Over several processes, `part=(rank, world)` makes this one sample batches rank, rank +
+    world, ... (its generator seeded `seed + 1_000_003 * rank`, so one process is `seed`), and
+    `gather` (every rank's list, in rank order, on every rank) brings their per-problem records
+    together: every rank returns the whole result.
+    """
+    rank, world = part
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(
+        seed + 1_000_003 * rank)
     per_batch = max(1, cfg.batch_size // cfg.k)
-    correct, voted, formats, tokens, truncs, texts, samples = [], [], [], [], [], [], []
+    starts = list(range(0, len(problems), per_batch))[rank::world]
     model.eval()
-    for start in range(0, len(problems), per_batch):
-        chunk = problems[start : start + per_batch]
-        prompts = [render_prompt(p.prompt, template, tokenizer) for p in chunk]
-        chunk = [mark_prefill(p, text) for p, text in zip(chunk, prompts)]  # `<think>` in prompt
-        ro = sample(model, tokenizer, prompts, cfg.k, max_new_tokens=cfg.max_new_tokens,
-                    temperature=cfg.temperature, top_p=cfg.top_p, stop=list(stop), generator=gen)
-        passed = _code_passes(ro.texts, [p for p in chunk for _ in range(cfg.k)])
-        for i, p in enumerate(chunk):
-            rows = range(i * cfg.k, (i + 1) * cfg.k)
-            if code_reward.has_tests(p):  # all tests pass; the vote is over the programs
-                hits = [passed[r] for r in rows]
-                programs = [extract_program(ro.texts[r]) for r in rows]
-                keys = [None if x is None else normalize_answer(x) for x in programs]
-                vote = majority_vote(programs)
-                voted.append(vote is not None and hits[keys.index(vote)])
-                correct.append(sum(hits))
-            else:
-                hits = [accuracy(ro.texts[r], p) == 1.0 for r in rows]
-                correct.append(sum(hits))
-                vote = majority_vote([extract_answer(ro.texts[r]) for r in rows])
-                voted.append(vote is not None and accuracy(f"<answer>{vote}</answer>", p) == 1.0)
-            for r in rows:
-                formats.append(fmt(ro.texts[r], p) == 1.0)
-                tokens.append(ro.num_tokens[r])
-                truncs.append(ro.truncated[r])
-                texts.append(ro.texts[r])
-            samples.append({"id": p.id, "answer": p.answer, "completion": ro.texts[i * cfg.k],
-                            "correct": hits[0]})
-    k = cfg.k
+    mine = [rec for start in starts for rec in _score_batch(
+        model, tokenizer, problems, start, per_batch, cfg, template, stop, gen)]
+    records = sorted((r for rs in (gather(mine) if gather else [mine]) for r in rs),
+                     key=lambda r: r["index"])
+    if len(records) != len(problems):
+        raise RuntimeError(f"evaluation gathered {len(records)} problems of {len(problems)}")
+    return _summarize(records, cfg.k)
+
+
+def _score_batch(model, tokenizer, problems, start, per_batch, cfg, template, stop, gen):
+    """One record per problem of `problems[start : start + per_batch]`: its k completions and
+    how they scored."""
+    accuracy, fmt = get_reward("accuracy"), get_reward("format")
+    chunk = problems[start : start + per_batch]
+    prompts = [render_prompt(p.prompt, template, tokenizer) for p in chunk]
+    chunk = [mark_prefill(p, text) for p, text in zip(chunk, prompts)]  # `<think>` in prompt
+    ro = sample(model, tokenizer, prompts, cfg.k, max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature, top_p=cfg.top_p, stop=list(stop), generator=gen)
+    passed = _code_passes(ro.texts, [p for p in chunk for _ in range(cfg.k)])
+    records = []
+    for i, p in enumerate(chunk):
+        rows = range(i * cfg.k, (i + 1) * cfg.k)
+        if code_reward.has_tests(p):  # all tests pass; the vote is over the programs
+            hits = [passed[r] for r in rows]
+            programs = [extract_program(ro.texts[r]) for r in rows]
+            keys = [None if x is None else normalize_answer(x) for x in programs]
+            vote = majority_vote(programs)
+            voted = vote is not None and hits[keys.index(vote)]
+        else:
+            hits = [accuracy(ro.texts[r], p) == 1.0 for r in rows]
+            vote = majority_vote([extract_answer(ro.texts[r]) for r in rows])
+            voted = vote is not None and accuracy(f"<answer>{vote}</answer>", p) == 1.0
+        records.append({
+            "index": start + i, "correct": sum(hits), "voted": voted,
+            "formats": [fmt(ro.texts[r], p) == 1.0 for r in rows],
+            "tokens": [ro.num_tokens[r] for r in rows],
+            "truncated": [ro.truncated[r] for r in rows],
+            "texts": [ro.texts[r] for r in rows],
+            "sample": {"id": p.id, "answer": p.answer, "completion": ro.texts[i * cfg.k],
+                       "correct": hits[0]},
+        })
+    return records
+
+
+def _summarize(records: list[dict], k: int) -> EvalResult:
+    """The `EvalResult` of per-problem records in problem order."""
+    def flat(key: str) -> list:
+        return [x for r in records for x in r[key]]
+
+    correct, voted = [r["correct"] for r in records], [r["voted"] for r in records]
+    formats, tokens, truncs, texts = flat("formats"), flat("tokens"), flat("truncated"), flat("texts")
     per_problem = [c / k for c in correct]
     return EvalResult(
         pass1=sum(per_problem) / len(per_problem),
@@ -111,8 +142,8 @@ def evaluate(
         truncated=sum(truncs) / len(truncs),
         reflection=reflection_rate(texts),
         k=k,
-        num_problems=len(problems),
-        samples=samples,
+        num_problems=len(records),
+        samples=[r["sample"] for r in records],
         completions=texts,
     )
 

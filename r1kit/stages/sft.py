@@ -95,10 +95,10 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
     def evaluate_now(tag: str) -> dict:
         if not eval_set:
             return {}
-        with distributed.gathered(model, ranks) as m:  # rank 0 evaluates
-            res = distributed.on_main(lambda: evaluate(m, tokenizer, eval_set, cfg.eval,
-                                                       template=d.template, seed=cfg.run.seed),
-                                      ranks)
+        with distributed.gathered(model, ranks) as m:  # each rank samples a share of batches
+            res = evaluate(m, tokenizer, eval_set, cfg.eval, template=d.template,
+                           seed=cfg.run.seed, part=(ranks.rank, ranks.world),
+                           gather=lambda mine: distributed.gather(mine, ranks))
         metrics = run.record_eval(state["step"], tag, res)
         tracker.log(metrics, state["step"])
         return metrics

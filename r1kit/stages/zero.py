@@ -128,10 +128,10 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
                       resume_step=state["step"] if resume_from else None)
 
     def evaluate_now(tag: str) -> dict:
-        with distributed.gathered(policy, d) as model:  # rank 0 evaluates
-            res = distributed.on_main(lambda: evaluate(
-                model, tokenizer, eval_set, cfg.eval, template=cfg.data.template,
-                stop=cfg.rollout.stop, seed=cfg.run.seed), d)
+        with distributed.gathered(policy, d) as model:  # each rank samples a share of batches
+            res = evaluate(model, tokenizer, eval_set, cfg.eval, template=cfg.data.template,
+                           stop=cfg.rollout.stop, seed=cfg.run.seed, part=(d.rank, d.world),
+                           gather=lambda mine: distributed.gather(mine, d))
         metrics = run.record_eval(state["step"], tag, res)
         tracker.log(metrics, state["step"])
         return metrics
