@@ -19,13 +19,18 @@ import yaml
 
 from r1kit.errors import UserError
 from r1kit.tasks.arithmetic import CorpusStyle
+from r1kit.templates import TEMPLATES
+
+TEMPLATE_NAMES = (*TEMPLATES, "chat")
 
 
-def opt(default, help: str, **kw):
-    """A config field with its help string."""
+def opt(default, help: str, *, low=None, above=None, high=None, choices=None):
+    """A config field with its help string and the values a user may give it: at least `low`,
+    more than `above`, at most `high`, one of `choices` (checked when a file or --set gives it)."""
+    meta = {"help": help, "low": low, "above": above, "high": high, "choices": choices}
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 def section(cls, help: str):
@@ -42,23 +47,23 @@ class BaseConfig:
     out: str = opt("", "output folder; empty = the cache folder (R1KIT_CACHE or ~/.cache/r1kit)")
     seed: int = opt(0, "seed for corpus, initialisation and batches (the build is deterministic)")
     arch: str = opt("llama", "llama | qwen2: the transformers architecture (students: tiny-qwen)")
-    hidden_size: int = opt(128, "model width")
-    intermediate_size: int = opt(384, "MLP width")
-    num_layers: int = opt(3, "transformer layers")
-    num_heads: int = opt(4, "attention heads")
-    num_kv_heads: int = opt(0, "key/value heads (grouped-query attention); 0 = num_heads")
+    hidden_size: int = opt(128, "model width", low=1)
+    intermediate_size: int = opt(384, "MLP width", low=1)
+    num_layers: int = opt(3, "transformer layers", low=1)
+    num_heads: int = opt(4, "attention heads", low=1)
+    num_kv_heads: int = opt(0, "key/value heads (grouped-query attention); 0 = num_heads", low=0)
     device: str = opt("cpu", "where to pretrain: cpu | cuda (not part of the cache key; a cuda "
                              "build is the same recipe, not bit-identical to a cpu one)")
-    vocab_size: int = opt(1024, "BPE vocabulary size before the tag tokens")
-    corpus_docs: int = opt(200_000, "number of worked solutions in the pretraining corpus")
+    vocab_size: int = opt(1024, "BPE vocabulary size before the tag tokens", low=1)
+    corpus_docs: int = opt(200_000, "number of worked solutions in the pretraining corpus", low=1)
     tasks: list = opt(
         ["arithmetic"], "tasks of the corpus, documents split evenly: arithmetic, code "
         "(worked one-line programs, r1kit/tasks/code.py; the builtin:code base)",
     )
-    steps: int = opt(3000, "pretraining optimizer steps")
-    batch_size: int = opt(64, "documents per pretraining step")
-    lr: float = opt(3e-3, "peak learning rate (AdamW, cosine decay to 10%)")
-    warmup_steps: int = opt(100, "linear warm-up steps")
+    steps: int = opt(3000, "pretraining optimizer steps", low=1)
+    batch_size: int = opt(64, "documents per pretraining step", low=1)
+    lr: float = opt(3e-3, "peak learning rate (AdamW, cosine decay to 10%)", above=0)
+    warmup_steps: int = opt(100, "linear warm-up steps", low=0)
     corpus: CorpusStyle = section(CorpusStyle, "how sloppy the worked solutions are")
 
 
@@ -71,9 +76,10 @@ class RunConfig:
     out_dir: str = opt("runs", "where run folders are created")
     seed: int = opt(0, "seed for sampling, data order and initialisation")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
-    threads: int = opt(0, "torch intra-op threads on CPU; 0 = torch's default")
-    checkpoint_every: int = opt(25, "write a resumable checkpoint every N steps (0 = only at end)")
-    log_completions: int = opt(4, "completions per step written to completions.jsonl")
+    threads: int = opt(0, "torch intra-op threads on CPU; 0 = torch's default", low=0)
+    checkpoint_every: int = opt(25, "write a resumable checkpoint every N steps (0 = only at end)",
+                                low=0)
+    log_completions: int = opt(4, "completions per step written to completions.jsonl", low=0)
     report_to: list = opt(
         ["tensorboard"],
         "metric writers besides metrics.jsonl: tensorboard (the run folder's tb/), wandb "
@@ -93,9 +99,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LoraConfig:
-    r: int = opt(0, "LoRA rank; 0 = full fine-tuning (peft: pip install 'r1kit[lora]')")
-    alpha: float = opt(32.0, "LoRA scaling alpha (the update is scaled by alpha / r)")
-    dropout: float = opt(0.0, "dropout on the LoRA input")
+    r: int = opt(0, "LoRA rank; 0 = full fine-tuning (peft: pip install 'r1kit[lora]')", low=0)
+    alpha: float = opt(32.0, "LoRA scaling alpha (the update is scaled by alpha / r)", above=0)
+    dropout: float = opt(0.0, "dropout on the LoRA input", low=0, high=0.99)
     target_modules: list = opt(["all-linear"], "module names to adapt; all-linear = every linear "
                                                "layer but the output head")
 
@@ -121,8 +127,9 @@ class DataConfig:
     eval_split: str = opt("test", "split for an hf: eval source")
     prompt_key: str = opt("prompt", "field holding the question")
     answer_key: str = opt("answer", "field holding the reference answer")
-    template: str = opt("r1_zero", "r1_zero (R1-SPEC §2.1) | plain | chat (tokenizer's template)")
-    train_size: int = opt(20_000, "built-in train problems to draw")
+    template: str = opt("r1_zero", "r1_zero (R1-SPEC §2.1) | plain | chat (tokenizer's template)",
+                        choices=TEMPLATE_NAMES)
+    train_size: int = opt(20_000, "built-in train problems to draw", low=1)
 
 
 @dataclass(frozen=True)
@@ -134,47 +141,53 @@ class RolloutConfig:
                          "serve` on another GPU; weights over NCCL)")
     vllm_server_url: str = opt("http://localhost:8000", "vllm_mode=server: the server's URL")
     vllm_gpu_memory_utilization: float = opt(0.3, "vllm_mode=colocate: share of the GPU's "
-                                             "memory vLLM may take (the rest trains)")
-    temperature: float = opt(1.0, "sampling temperature for RL rollouts (R1-Zero: 1.0)")
-    top_p: float = opt(1.0, "nucleus sampling for rollouts")
-    max_new_tokens: int = opt(64, "completion budget; longer completions are truncated")
+                                             "memory vLLM may take (the rest trains)",
+                                             above=0, high=1)
+    temperature: float = opt(1.0, "sampling temperature for RL rollouts (R1-Zero: 1.0)", low=0)
+    top_p: float = opt(1.0, "nucleus sampling for rollouts", above=0, high=1)
+    max_new_tokens: int = opt(64, "completion budget; longer completions are truncated", low=1)
     stop: list = opt(["</answer>"], "strings that end a completion (besides EOS)")
 
 
 @dataclass(frozen=True)
 class RLConfig:
-    steps: int = opt(300, "rollout steps (one rollout = B*G completions)")
-    prompts_per_step: int = opt(16, "B: prompts per rollout step")
-    group_size: int = opt(8, "G: completions per prompt")
-    updates_per_rollout: int = opt(1, "mu: minibatch updates against the same pi_old (R1-Zero: 16)")
+    steps: int = opt(300, "rollout steps (one rollout = B*G completions)", low=0)
+    prompts_per_step: int = opt(16, "B: prompts per rollout step", low=1)
+    group_size: int = opt(8, "G: completions per prompt (the advantage is relative to them)",
+                          low=2)
+    updates_per_rollout: int = opt(1, "mu: minibatch updates against the same pi_old (R1-Zero: 16)",
+                                   low=1)
     reuse_sampling_logprobs: bool = opt(
         True, "mu > 1: pi_old is the log-probs the hf engine kept while sampling (no extra pass); "
         "false = recompute them (vllm always recomputes: its kernels differ from training's)",
     )
-    micro_batch_size: int = opt(64, "completions per forward/backward; gradients are accumulated")
+    micro_batch_size: int = opt(64, "completions per forward/backward; gradients are accumulated",
+                                low=1)
     max_tokens_per_micro_batch: int = opt(
         0, "token budget of a micro-batch (prompt + completion per row); lowers micro_batch_size "
-        "to fit, in whole groups (0 = no budget)",
+        "to fit, in whole groups (0 = no budget)", low=0,
     )
     offload_ref: bool = opt(True, "on a GPU, keep the reference model in CPU memory between passes")
-    lr: float = opt(1e-4, "peak learning rate (AdamW)")
-    warmup_steps: int = opt(5, "linear warm-up steps, then the schedule")
+    lr: float = opt(1e-4, "peak learning rate (AdamW)", above=0)
+    warmup_steps: int = opt(5, "linear warm-up steps, then the schedule", low=0)
     lr_schedule: str = opt("constant", "after warm-up: constant | cosine (down to rl.min_lr on "
-                           "the last step)")
-    min_lr: float = opt(0.0, "lr_schedule=cosine: the learning rate of the last step")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    grad_clip: float = opt(1.0, "max global gradient norm")
-    beta: float = opt(0.0, "KL coefficient to the reference (k3); R1-Zero used 0.001")
-    ref_reset_every: int = opt(0, "copy the policy into the reference every N steps (R1: 400)")
-    eps_low: float = opt(0.2, "lower clip range")
-    eps_high: float = opt(0.28, "upper clip range (DAPO clip-higher)")
-    aggregation: str = opt("token_mean", "token_mean | seq_mean_token_mean | constant")
+                           "the last step)", choices=("constant", "cosine"))
+    min_lr: float = opt(0.0, "lr_schedule=cosine: the learning rate of the last step", low=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay", low=0)
+    grad_clip: float = opt(1.0, "max global gradient norm", above=0)
+    beta: float = opt(0.0, "KL coefficient to the reference (k3); R1-Zero used 0.001", low=0)
+    ref_reset_every: int = opt(0, "copy the policy into the reference every N steps (R1: 400)",
+                               low=0)
+    eps_low: float = opt(0.2, "lower clip range", low=0, high=1)
+    eps_high: float = opt(0.28, "upper clip range (DAPO clip-higher)", low=0)
+    aggregation: str = opt("token_mean", "token_mean | seq_mean_token_mean | constant",
+                           choices=("token_mean", "seq_mean_token_mean", "constant"))
     scale_by_std: bool = opt(True, "divide advantages by the group std (False = Dr. GRPO)")
-    ratio_level: str = opt("token", "token | sequence (GSPO)")
+    ratio_level: str = opt("token", "token | sequence (GSPO)", choices=("token", "sequence"))
     dynamic_sampling: bool = opt(True, "drop groups whose rewards are all equal (DAPO)")
     overlong_filter: bool = opt(False, "mask the loss of truncated completions (DAPO)")
-    max_bad_steps: int = opt(3, "stop after this many consecutive non-finite steps")
-    stuck_steps: int = opt(5, "warn when every group has had equal rewards this many steps")
+    max_bad_steps: int = opt(3, "stop after this many consecutive non-finite steps", low=1)
+    stuck_steps: int = opt(5, "warn when every group has had equal rewards this many steps", low=1)
 
 
 @dataclass(frozen=True)
@@ -183,7 +196,8 @@ class RewardsConfig:
         {"accuracy": 1.0, "format": 0.1},
         "reward name -> weight; the total is the weighted sum (R1-SPEC §2.2)",
     )
-    timeout_s: float = opt(5.0, "per-call time limit; a reward over it scores as a failure")
+    timeout_s: float = opt(5.0, "per-call time limit; a reward over it scores as a failure",
+                           above=0)
     active_last: dict = opt(
         {}, "reward name -> N: that reward counts only in the last N steps (R1-SPEC §3.2: the "
         "preference reward, reward_model:PATH, ran in the last 400 of 1,700 steps)",
@@ -193,10 +207,11 @@ class RewardsConfig:
 @dataclass(frozen=True)
 class CodeConfig:
     all_or_nothing: bool = opt(False, "code reward: 1 only if every test passes (default: the share)")
-    wall_s: float = opt(4.0, "wall-clock limit per program, s (its whole process group is killed)")
-    cpu_s: int = opt(2, "CPU-time limit per program, s")
-    memory_mb: int = opt(256, "address-space limit per program, MiB")
-    workers: int = opt(0, "programs run at once; 0 = one per CPU core")
+    wall_s: float = opt(4.0, "wall-clock limit per program, s (its whole process group is killed)",
+                        above=0)
+    cpu_s: int = opt(2, "CPU-time limit per program, s", low=1)
+    memory_mb: int = opt(256, "address-space limit per program, MiB", low=1)
+    workers: int = opt(0, "programs run at once; 0 = one per CPU core", low=0)
     unsafe_allow_unsandboxed: bool = opt(
         False, "where bubblewrap cannot run, run model-written code UNCONFINED with only resource "
         "limits (logged loudly); same as --unsafe-allow-unsandboxed",
@@ -205,13 +220,13 @@ class CodeConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    every: int = opt(50, "evaluate every N steps (0 = only before and after)")
-    num_problems: int = opt(200, "held-out problems")
-    k: int = opt(4, "samples per problem for pass@1 and cons@k (R1-SPEC §4.4)")
-    temperature: float = opt(0.6, "sampling temperature (R1-SPEC §4.4: 0.6)")
-    top_p: float = opt(0.95, "nucleus sampling (R1-SPEC §4.4: 0.95)")
-    max_new_tokens: int = opt(64, "completion budget at evaluation")
-    batch_size: int = opt(256, "completions generated at once")
+    every: int = opt(50, "evaluate every N steps (0 = only before and after)", low=0)
+    num_problems: int = opt(200, "held-out problems", low=0)
+    k: int = opt(4, "samples per problem for pass@1 and cons@k (R1-SPEC §4.4)", low=1)
+    temperature: float = opt(0.6, "sampling temperature (R1-SPEC §4.4: 0.6)", low=0)
+    top_p: float = opt(0.95, "nucleus sampling (R1-SPEC §4.4: 0.95)", above=0, high=1)
+    max_new_tokens: int = opt(64, "completion budget at evaluation", low=1)
+    batch_size: int = opt(256, "completions generated at once", low=1)
 
 
 @dataclass(frozen=True)
@@ -242,20 +257,23 @@ class SFTDataConfig:
     eval_split: str = opt("test", "split for an hf: eval source")
     prompt_key: str = opt("prompt", "field of eval_source holding the question")
     answer_key: str = opt("answer", "field of eval_source holding the reference answer")
-    template: str = opt("r1_zero", "prompt template for training and eval: r1_zero | plain | chat")
-    max_len: int = opt(256, "max tokens of prompt + completion + EOS; longer ones are cut")
+    template: str = opt("r1_zero", "prompt template for training and eval: r1_zero | plain | chat",
+                        choices=TEMPLATE_NAMES)
+    max_len: int = opt(256, "max tokens of prompt + completion + EOS; longer ones are cut", low=2)
 
 
 @dataclass(frozen=True)
 class SFTTrainConfig:
-    epochs: int = opt(2, "passes over train_file (R1-SPEC §3.2: 2-3)")
-    lr: float = opt(5e-5, "peak learning rate, AdamW (R1-SPEC §3.2 cold start: 5e-5)")
-    min_lr: float = opt(5e-6, "the cosine decay ends here on the last step (R1-SPEC §3.2: 5e-6)")
-    warmup_steps: int = opt(10, "linear warm-up optimizer steps")
-    batch_size: int = opt(32, "examples per optimizer step (R1: 128; distillation: 64)")
-    micro_batch_size: int = opt(32, "examples per forward/backward; gradients are accumulated")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    grad_clip: float = opt(1.0, "max global gradient norm")
+    epochs: int = opt(2, "passes over train_file (R1-SPEC §3.2: 2-3)", low=1)
+    lr: float = opt(5e-5, "peak learning rate, AdamW (R1-SPEC §3.2 cold start: 5e-5)", above=0)
+    min_lr: float = opt(5e-6, "the cosine decay ends here on the last step (R1-SPEC §3.2: 5e-6)",
+                        low=0)
+    warmup_steps: int = opt(10, "linear warm-up optimizer steps", low=0)
+    batch_size: int = opt(32, "examples per optimizer step (R1: 128; distillation: 64)", low=1)
+    micro_batch_size: int = opt(32, "examples per forward/backward; gradients are accumulated",
+                                low=1)
+    weight_decay: float = opt(0.0, "AdamW weight decay", low=0)
+    grad_clip: float = opt(1.0, "max global gradient norm", above=0)
 
 
 @dataclass(frozen=True)
@@ -288,10 +306,13 @@ class EvalStageConfig:
 
 @dataclass(frozen=True)
 class RejectionSamplingConfig:
-    samples_per_prompt: int = opt(4, "completions sampled per prompt")
-    num_prompts: int = opt(500, "train prompts to sample: a seeded random subset (never held-out)")
-    batch_size: int = opt(32, "prompts per generation call; progress is saved after each batch")
-    max_per_prompt: int = opt(1, "distinct kept completions per prompt at most (0 = no limit)")
+    samples_per_prompt: int = opt(4, "completions sampled per prompt", low=1)
+    num_prompts: int = opt(500, "train prompts to sample: a seeded random subset (never held-out)",
+                           low=1)
+    batch_size: int = opt(32, "prompts per generation call; progress is saved after each batch",
+                          low=1)
+    max_per_prompt: int = opt(1, "distinct kept completions per prompt at most (0 = no limit)",
+                              low=0)
     filters: list = opt(
         ["not_truncated", "correct", "well_formed", "single_language", "no_repetition",
          "short_paragraphs"],
@@ -310,14 +331,18 @@ class RejectionSamplingConfig:
         "'builtin' (greetings, one-step number questions) or a JSONL of {prompt, completion}",
     )
     general_samples: int = opt(
-        0, "how many non-reasoning records: generated for 'builtin', the first N of a file (0 = all)"
+        0, "how many non-reasoning records: generated for 'builtin', the first N of a file "
+        "(0 = all)", low=0,
     )
     language_tolerance: float = opt(
-        0.0, "single_language keeps reasoning with a target-language word share >= 1 - this"
+        0.0, "single_language keeps reasoning with a target-language word share >= 1 - this",
+        low=0, high=1,
     )
-    repeat_ngram: int = opt(4, "no_repetition: n of the word n-grams counted")
-    max_repeats: int = opt(3, "no_repetition: rejects when an n-gram occurs more often than this")
-    max_paragraph_chars: int = opt(1000, "short_paragraphs: longest paragraph allowed, in chars")
+    repeat_ngram: int = opt(4, "no_repetition: n of the word n-grams counted", low=1)
+    max_repeats: int = opt(3, "no_repetition: rejects when an n-gram occurs more often than this",
+                           low=1)
+    max_paragraph_chars: int = opt(1000, "short_paragraphs: longest paragraph allowed, in chars",
+                                   low=1)
 
 
 @dataclass(frozen=True)
@@ -392,44 +417,48 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class PipelineStagesConfig:
-    zero_steps: int = opt(300, "01-zero: GRPO steps from the base model (recipes/tiny/zero.yaml)")
-    cold_start_prompts: int = opt(800, "02-cold-start: train prompts sampled from Zero")
-    cold_start_samples: int = opt(4, "02-cold-start: completions per prompt (T = 1.0)")
-    reasoning_rl_steps: int = opt(100, "04-dev2: GRPO steps from Dev1 (reasoning RL)")
+    zero_steps: int = opt(300, "01-zero: GRPO steps from the base model (recipes/tiny/zero.yaml)",
+                          low=1)
+    cold_start_prompts: int = opt(800, "02-cold-start: train prompts sampled from Zero", low=1)
+    cold_start_samples: int = opt(4, "02-cold-start: completions per prompt (T = 1.0)", low=1)
+    reasoning_rl_steps: int = opt(100, "04-dev2: GRPO steps from Dev1 (reasoning RL)", low=1)
     language_reward: float = opt(
-        0.2, "04-dev2 and 07-r1: weight of the language-consistency reward (0 = off; R1-SPEC §5)"
+        0.2, "04-dev2 and 07-r1: weight of the language-consistency reward (0 = off; R1-SPEC §5)",
+        low=0,
     )
     format_reward: float = opt(
-        0.1, "04-dev2 and 07-r1: weight of summary_format, the cold-start format Dev1 learns"
+        0.1, "04-dev2 and 07-r1: weight of summary_format, the cold-start format Dev1 learns",
+        low=0,
     )
-    rejection_prompts: int = opt(1500, "05-rejection: train prompts sampled from Dev2")
-    rejection_samples: int = opt(4, "05-rejection: completions per prompt")
-    final_rl_steps: int = opt(150, "07-r1: GRPO steps from Dev3")
-    final_temperature: float = opt(0.7, "07-r1: rollout temperature (R1-SPEC §3.2: 0.7)")
+    rejection_prompts: int = opt(1500, "05-rejection: train prompts sampled from Dev2", low=1)
+    rejection_samples: int = opt(4, "05-rejection: completions per prompt", low=1)
+    final_rl_steps: int = opt(150, "07-r1: GRPO steps from Dev3", low=1)
+    final_temperature: float = opt(0.7, "07-r1: rollout temperature (R1-SPEC §3.2: 0.7)", low=0)
     language_form: str = opt(
         "language", "the language reward of 04-dev2 and 07-r1: 'language' (the paper's proportion) "
         "or 'language_threshold' (1 when the share is >= 0.95)",
     )
     general_samples: int = opt(
         100, "05-rejection: built-in non-reasoning records mixed into Dev3's SFT data (0 = none; "
-        "sample.general_data names a JSONL of your own instead)",
+        "sample.general_data names a JSONL of your own instead)", low=0,
     )
     preference_model: str = opt(
         "", "07-r1: a sequence-classification model scoring the summary (reward_model:PATH); "
         "'' = none",
     )
-    preference_weight: float = opt(1.0, "07-r1: weight of the preference reward")
+    preference_weight: float = opt(1.0, "07-r1: weight of the preference reward", low=0)
     preference_steps: int = opt(
         0, "07-r1: the preference reward counts only in the last N steps (0 = all; R1: 400 of "
-        "1,700)",
+        "1,700)", low=0,
     )
     distill: bool = opt(
         False, "08-distill: distil R1 into pipeline.students by SFT (r1kit distill, R1-SPEC §3.5); "
         "their rows join the table",
     )
     students: list = opt(["tiny-qwen", "tiny-llama"], "08-distill: presets, model folders or hub names")
-    distill_prompts: int = opt(3000, "08-distill: train prompts sampled from R1")
-    distill_samples: int = opt(4, "08-distill: completions per prompt (at most one kept per prompt)")
+    distill_prompts: int = opt(3000, "08-distill: train prompts sampled from R1", low=1)
+    distill_samples: int = opt(4, "08-distill: completions per prompt (at most one kept per prompt)",
+                               low=1)
 
 
 @dataclass(frozen=True)
@@ -528,7 +557,21 @@ def _build(cls, values: dict, prefix: str = ""):
     for f in dataclasses.fields(cls):
         if f.name in values:
             kwargs[f.name] = _coerce(values[f.name], hints[f.name], prefix + f.name)
+            _check_range(kwargs[f.name], f.metadata, prefix + f.name)
     return cls(**kwargs)
+
+
+def _check_range(value: Any, meta, key: str) -> None:
+    low, above, high, choices = (meta.get(k) for k in ("low", "above", "high", "choices"))
+    if choices is not None and value not in choices:
+        raise UserError(f"config key '{key}' must be one of {', '.join(map(str, choices))}; "
+                        f"got {value!r}")
+    if low is not None and value < low:
+        raise UserError(f"config key '{key}' must be at least {low}, got {value!r}")
+    if above is not None and value <= above:
+        raise UserError(f"config key '{key}' must be more than {above}, got {value!r}")
+    if high is not None and value > high:
+        raise UserError(f"config key '{key}' must be at most {high}, got {value!r}")
 
 
 def to_dict(cfg) -> dict:

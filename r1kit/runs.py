@@ -75,6 +75,25 @@ class RunFolder:
         path = self.path / name
         return read_json(path) if self.resumed and path.is_file() else None
 
+    def drop_rows_after(self, name: str, step: int, tags: tuple[str, ...] = ()) -> None:
+        """Keep only the log rows of `name` up to `step` (and none tagged one of `tags`): a
+        resumed run writes the steps after its checkpoint again. A torn last line (a write cut
+        off by the kill) goes too; any other unreadable line is an error naming it."""
+        path = self.path / name
+        if not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").split("\n")  # the last item: "" or torn
+        rows = []
+        for i, line in enumerate(lines[:-1], 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{i}: not a JSON row ({e.msg})") from None
+        kept = [r for r in rows if r.get("step", 0) <= step and r.get("tag") not in tags]
+        if len(kept) < len(rows) or lines[-1]:
+            self.write_jsonl(name, kept)
+
     def append(self, name: str, record: dict) -> None:
         self.append_many(name, [record])
 
@@ -103,13 +122,24 @@ def _load_source(source: str, split: str, data: DataConfig) -> list[Problem]:
 
 
 def load_problems(data: DataConfig, num_eval: int) -> tuple[list[Problem], list[Problem]]:
-    """(train, held-out) problems. Without an eval source, a fixed 1-in-10 hash bucket of the
-    training source's ids is held out, so the two never overlap."""
+    """(train, held-out) problems. `data.eval_source`, when given, is the held-out set whatever the
+    training source; otherwise the builtin tasks have their own held-out split, and from a file a
+    fixed 1-in-10 hash bucket of its ids is held out, so the two never overlap."""
+    train, heldout = _train_and_heldout(data, num_eval)
+    if data.eval_source and not data.source.startswith("reasoning_gym:"):
+        if data.eval_source.startswith(("builtin", "reasoning_gym:")):  # a builtin held-out split
+            other = dataclasses.replace(data, source=data.eval_source, eval_source="")
+            heldout = _train_and_heldout(other, num_eval)[1]
+        else:
+            heldout = _load_source(data.eval_source, data.eval_split, data)
+    return train, heldout[:num_eval]
+
+
+def _train_and_heldout(data: DataConfig, num_eval: int) -> tuple[list[Problem], list[Problem]]:
     if data.source in ("builtin", "builtin:carry"):  # the carry tier: R1-SPEC §6, reflection
         carry = data.source == "builtin:carry"
         train = sample_problems(data.train_size, "train", seed=0, carry_only=carry)
-        heldout = sample_problems(num_eval, "heldout", seed=0, carry_only=carry)
-        return train, heldout
+        return train, sample_problems(num_eval, "heldout", seed=0, carry_only=carry)
     if data.source.startswith("reasoning_gym:"):  # procedural tasks scored by their own scorer
         from r1kit.tasks import reasoning_gym
 
@@ -121,9 +151,8 @@ def load_problems(data: DataConfig, num_eval: int) -> tuple[list[Problem], list[
         return (code.sample_problems(data.train_size, "train", seed=0),
                 code.sample_problems(num_eval, "heldout", seed=0))
     problems = _load_source(data.source, data.split, data)
-    if data.eval_source:
-        heldout = _load_source(data.eval_source, data.eval_split, data)
-        return problems, heldout[:num_eval]
+    if data.eval_source:  # all of the file is for training
+        return problems, []
     train = [p for p in problems if not is_heldout(p.id)]
     heldout = [p for p in problems if is_heldout(p.id)]
     if not train or not heldout:
@@ -131,4 +160,4 @@ def load_problems(data: DataConfig, num_eval: int) -> tuple[list[Problem], list[
             f"data source '{data.source}' has {len(problems)} problems: too few to hold out 1 in "
             "10 for evaluation; give data.eval_source"
         )
-    return train, heldout[:num_eval]
+    return train, heldout

@@ -36,6 +36,12 @@ def test_int_accepted_for_float_and_reward_weight_override():
         ("rl.dynamic_sampling=maybe", "config key 'rl.dynamic_sampling' must be true or false"),
         ("rl.beta", "must look like section.key=value"),
         ("rl=3", "config key 'rl' is a section"),
+        ("eval.k=0", "config key 'eval.k' must be at least 1, got 0"),
+        ("rl.group_size=1", "config key 'rl.group_size' must be at least 2"),
+        ("rl.lr=-1", "config key 'rl.lr' must be more than 0"),
+        ("rollout.top_p=1.5", "config key 'rollout.top_p' must be at most 1"),
+        ("data.template=bogus", "config key 'data.template' must be one of r1_zero, plain, chat"),
+        ("rl.aggregation=sum", "config key 'rl.aggregation' must be one of token_mean"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

@@ -38,16 +38,19 @@ def _rows(ro: Rollouts, rows: torch.Tensor) -> Rollouts:
         texts=pick(ro.texts), num_tokens=pick(ro.num_tokens), truncated=pick(ro.truncated))
 
 
-def _update(model, ro, adv, keep, d, aggregation, beta):
-    """One optimizer step (SGD: a wrong gradient scale shows, unlike with Adam's normalisation)."""
+def _update(model, ro, adv, keep, d, aggregation, beta, mu=1, lr=0.5, metrics=None):
+    """One optimizer step (SGD: a wrong gradient scale shows, unlike with Adam's normalisation);
+    `metrics`, a dict, receives update_policy's."""
     ref = None
     if beta > 0:
         ref = AutoModelForCausalLM.from_pretrained(model.name_or_path).eval()
     model = distributed.wrap(model, d)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    rl = RLConfig(micro_batch_size=2, aggregation=aggregation, beta=beta, grad_clip=1e9)
-    update_policy(model, ref, opt, ro, adv, ro.completion_mask, keep, rl, RolloutConfig(), 16,
-                  Timer(), d)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    rl = RLConfig(micro_batch_size=2, aggregation=aggregation, beta=beta, grad_clip=1e9,
+                  updates_per_rollout=mu)
+    m = update_policy(model, ref, opt, ro, adv, ro.completion_mask, keep, rl, RolloutConfig(), 16,
+                      Timer(), d)
+    (metrics if metrics is not None else {}).update(m)
     return distributed.full_state_dict(model, d)
 
 
@@ -72,6 +75,12 @@ def _worker(rank: int, world: int, port: int, folder: str, data: str, out: str):
         model = AutoModelForCausalLM.from_pretrained(folder)
         sd = _update(model, _rows(ro, mine), adv[mine], keep, d, aggregation, beta)
         results.append({k: v.detach().clone() for k, v in sd.items()})
+    # mu = 2 minibatches at lr 0 (the policy never moves): the logged means are those of one
+    # process, each counted once (they were once re-summed over ranks after every minibatch)
+    metrics = {}
+    _update(AutoModelForCausalLM.from_pretrained(folder), _rows(ro, mine), adv[mine],
+            torch.arange(len(mine)), d, "token_mean", 0.0, mu=2, lr=0.0, metrics=metrics)
+    results.append(metrics)
     if rank == 0:
         torch.save(results, out)
     distributed.finish(d)
@@ -100,7 +109,7 @@ def test_two_ranks_update_exactly_like_one(tmp_path):
     torch.save((ro, adv), data)
 
     mp.spawn(_worker, args=(2, _free_port(), folder, str(data), str(out)), nprocs=2, join=True)
-    two = torch.load(out)
+    *two, two_metrics = torch.load(out)
 
     start = AutoModelForCausalLM.from_pretrained(folder).state_dict()
     for case, got in zip(CASES, two):
@@ -112,6 +121,11 @@ def test_two_ranks_update_exactly_like_one(tmp_path):
         assert moved > 1e-3, case
         for k in one:
             torch.testing.assert_close(got[k], one[k], rtol=1e-5, atol=1e-6, msg=f"{case} {k}")
+    one_metrics = {}
+    _update(AutoModelForCausalLM.from_pretrained(folder), ro, adv, torch.arange(B * G),
+            distributed.SINGLE, "token_mean", 0.0, mu=2, lr=0.0, metrics=one_metrics)
+    for k, rel in (("train/ratio_mean", 0.02), ("train/entropy", 0.1), ("train/grad_norm", 0.25)):
+        assert two_metrics[k] == pytest.approx(one_metrics[k], rel=rel), k
 
 
 EVAL_CFG = {"k": 2, "batch_size": 4, "max_new_tokens": 64}  # 2 problems a batch: 7 make 4

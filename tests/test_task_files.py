@@ -145,3 +145,21 @@ def test_load_hf_dataset_from_data_files(tmp_path, monkeypatch):
         load_hf_dataset(folder, split="test")
     with pytest.raises(UserError, match=r"missing: no such dataset"):
         load_hf_dataset(tmp_path / "missing")
+
+
+def test_eval_source_is_the_held_out_set_whatever_the_training_source(tmp_path):
+    from r1kit.config import DataConfig
+    from r1kit.runs import load_problems
+
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps({"prompt": f"Compute {a}+1", "answer": str(a + 1)}) + "\n"
+                            for a in range(5)))
+    for source in ("builtin", "builtin:carry", "builtin:code"):
+        train, heldout = load_problems(
+            DataConfig(source=source, eval_source=str(held), train_size=8), 3)
+        assert len(train) == 8 and [p.answer for p in heldout] == ["1", "2", "3"], source
+    # a file trains on all of it; a builtin eval source gives that task's held-out split
+    train, heldout = load_problems(DataConfig(source=str(held), eval_source="builtin:carry"), 4)
+    assert len(train) == 5 and len(heldout) == 4 and heldout[0].prompt.startswith("Compute")
+    with pytest.raises(UserError, match="nope.jsonl"):
+        load_problems(DataConfig(source="builtin", eval_source=str(tmp_path / "nope.jsonl")), 3)

@@ -177,18 +177,30 @@ def test_resume_continues_from_checkpoint(tiny_base, tmp_path):
     CALLS.update(n=0, interrupt_at=None)
     zero.main(load_config(ZeroConfig, None, _overrides(tmp_path, tiny_base, "full")))
 
-    # Killed during step 3 (after the step-2 checkpoint): 16 reward calls per step.
-    CALLS.update(n=0, interrupt_at=2 * 16 + 5)
+    # Killed during step 4 (after the step-2 checkpoint and step 3's log rows): 16 reward calls
+    # per step; a torn last line, as a kill during a write leaves one.
+    CALLS.update(n=0, interrupt_at=3 * 16 + 5)
     with pytest.raises(KeyboardInterrupt):
         zero.main(load_config(ZeroConfig, None, _overrides(tmp_path, tiny_base, "killed")))
     run = tmp_path / "killed"
     assert (run / "checkpoints" / "latest").read_text() == "step-000002"
     assert not (run / "summary.json").exists()
+    logged = lambda name: [json.loads(x) for x in (run / name).read_text().splitlines()]
+    assert [r["step"] for r in logged("metrics.jsonl")] == [1, 2, 3]
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "train/lo')
 
     CALLS.update(n=0, interrupt_at=None)
     assert cli(["zero", "--resume", str(run)]) == 0
-    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4]
+    # the rows after the checkpoint were written again, not twice
+    assert [r["step"] for r in logged("metrics.jsonl")] == [1, 2, 3, 4]
+    assert sorted({r["step"] for r in logged("completions.jsonl")}) == [1, 2, 3, 4]
+    assert len(logged("completions.jsonl")) == 4 * len(
+        [r for r in logged("completions.jsonl") if r["step"] == 1])
+    assert [r["tag"] for r in logged("eval.jsonl")] == ["base", "step2", "final"]
+    # resuming the finished run evaluates it again: one final row still
+    assert cli(["zero", "--resume", str(run)]) == 0
+    assert [r["tag"] for r in logged("eval.jsonl")] == ["base", "step2", "final"]
     # Same data order, RNG streams and optimizer state: the resumed run ends where the
     # uninterrupted one did.
     full, resumed = _weights(tmp_path / "full" / "final"), _weights(run / "final")

@@ -15,7 +15,6 @@ Departures from the paper, on purpose: defaults are sized for a small model (bat
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -29,7 +28,7 @@ from r1kit.config import DataConfig, SFTConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.evaluation import evaluate
 from r1kit.models import prepare_torch
-from r1kit.runs import RunFolder, load_problems
+from r1kit.runs import load_problems
 from r1kit.sft import (
     collate,
     cosine_lr,
@@ -87,7 +86,7 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
         sched.load_state_dict(saved["scheduler"])
         state = saved["state"]
         for name in ("metrics.jsonl", "eval.jsonl"):  # rows written after the checkpoint
-            _drop_rows_after(run, name, state["step"])
+            run.drop_rows_after(name, state["step"], tags=("final",))
         log.warning(f"resumed {run.path} from {resume_from.name} (step {state['step']})")
     tracker = Tracker(run.path, cfg.run.report_to if ranks.main else [], config=to_dict(cfg),
                       resume_step=state["step"] if resume_from else None)
@@ -215,14 +214,6 @@ def _inputs(cfg: SFTConfig) -> tuple[list, list]:
                       eval_split=d.eval_split, prompt_key=d.prompt_key,
                       answer_key=d.answer_key, template=d.template, train_size=0)
     return examples, load_problems(data, cfg.eval.num_problems)[1]
-
-
-def _drop_rows_after(run: RunFolder, name: str, step: int) -> None:
-    """Keep only the log rows up to `step`: a resumed run rewrites the steps after its checkpoint."""
-    path = run.path / name
-    if path.is_file():
-        rows = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
-        run.write_jsonl(name, [r for r in rows if r.get("step", 0) <= step])
 
 
 def _save(run, state, model, tokenizer, opt, sched, ranks) -> None:

@@ -75,7 +75,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     # Inputs first: a bad problem file or reward name leaves no run folder behind.
     cfg = builtin_model_for(cfg)  # builtin:code -> the code base and reward
     train_set, eval_set = load_problems(cfg.data, cfg.eval.num_problems)
-    specs = [RewardSpec(name, float(w)) for name, w in cfg.rewards.weights.items()]
+    specs = [RewardSpec(name, _weight(name, w)) for name, w in cfg.rewards.weights.items()]
     for spec in specs:
         get_reward(spec.name)
     _check_active_last(cfg.rewards.active_last, cfg.rewards.weights)
@@ -83,9 +83,6 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
     check_report_to(cfg.run.report_to)
     check_engine(cfg.rollout.engine, cfg.rollout.vllm_mode, strategy=cfg.dist.strategy)
-    if cfg.rl.lr_schedule not in ("constant", "cosine"):
-        raise UserError(f"rl.lr_schedule: unknown schedule {cfg.rl.lr_schedule!r}; use constant "
-                        "or cosine")
     if lora.enabled(cfg.lora) and cfg.rl.ref_reset_every:
         raise UserError("rl.ref_reset_every needs full fine-tuning: with LoRA (lora.r > 0) the "
                         "reference is the frozen base model; set rl.ref_reset_every=0")
@@ -115,6 +112,8 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         state = saved["state"]
         if ref is not None:
             ref.load_state_dict(saved["ref"])
+        for name in ("metrics.jsonl", "eval.jsonl", "completions.jsonl"):  # written again
+            run.drop_rows_after(name, state["step"], tags=("final",))
         log.warning(f"resumed {run.path} from {resume_from.name} (step {state['step']})")
     # vLLM loads the model from its folder, then takes the policy's weights (resumed, LoRA-merged)
     engine = make_engine(cfg.rollout.engine, cfg.model.path, vllm_mode=cfg.rollout.vllm_mode,
@@ -271,6 +270,17 @@ def _reasons(scores, i: int) -> dict:
     return {"reasons": reasons} if reasons else {}
 
 
+def _weight(name: str, w) -> float:
+    """A reward weight as a float (YAML reads `1e-3` as a string); an error names a bad one."""
+    try:
+        value = float(w) if isinstance(w, (int, float, str)) and not isinstance(w, bool) else None
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value):
+        raise UserError(f"rewards.weights.{name} must be a finite number, got {w!r}")
+    return value
+
+
 def _check_active_last(active_last: dict, weights: dict) -> None:
     for name, n in active_last.items():
         if name not in weights:
@@ -367,7 +377,8 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         (g[:, None] * G + torch.arange(G)).flatten()
         for g in group_order.tensor_split(rl.updates_per_rollout)
     ]
-    sums: dict[str, float] = {}
+    sums: dict[str, float] = {}  # this rank's partial sums, summed over ranks after the loop
+    grad_norms: list[float] = []
     ok = True
     for mbatch in minibatches:
         local = real and len(mbatch) > 0 and bool(data["c_mask"][mbatch].any())
@@ -398,7 +409,6 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
                 m.pop("pg_loss")) / len(minibatches)
             for k, v in m.items():  # per-call means, weighted by the call's share of rows
                 sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + float(v) * len(idx) / n_all
-        sums = distributed.sum_metrics(sums, d)  # the loss sums and row-weighted means, global
         grad_norm = distributed.full(
             torch.nn.utils.clip_grad_norm_(policy.parameters(), rl.grad_clip))
         if not torch.isfinite(grad_norm):
@@ -406,8 +416,10 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
             opt.zero_grad(set_to_none=True)
             break
         opt.step()
-        sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + grad_norm.item() / len(
-            minibatches)
+        grad_norms.append(grad_norm.item())  # already global
+    sums = distributed.sum_metrics(sums, d)  # the loss sums and row-weighted means, global
+    if grad_norms:
+        sums["train/grad_norm"] = sum(grad_norms) / len(minibatches)
     policy.eval()
     timer.add("update", time.perf_counter() - t_update)
     sums["ok"] = ok and math.isfinite(sums.get("train/loss", 0.0))
