@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from r1kit.config import (
     BaseConfig,
@@ -108,10 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         return _report(args.run)
     if args.stage in ("chat", "export"):
         return _chat_export(args)
-    if getattr(args, "nproc", None):  # re-run this command under torchrun
-        from r1kit.distributed import launch
-
-        return launch(args.nproc, _without_nproc(sys.argv[1:] if argv is None else argv))
     cls = STAGES[args.stage][0]
     overrides = list(args.set)
     if getattr(args, "report_to", None):
@@ -138,7 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "students", None):
         overrides.append(f"distill.students=[{args.students}]")
     try:
-        cfg = load_config(cls, args.config, overrides)
+        if getattr(args, "resume", None) and (overrides or args.config):
+            raise UserError(
+                f"--resume continues {args.resume} with its saved config.yaml, so --set, --config "
+                f"and the other settings given with it would be ignored; to change a setting (e.g. "
+                f"rl.steps, to train longer), edit {Path(args.resume) / 'config.yaml'}")
+        cfg = load_config(cls, args.config, overrides)  # a bad setting fails before torchrun
+        if getattr(args, "nproc", None) is not None:  # re-run this command under torchrun
+            from r1kit.distributed import launch
+
+            return launch(args.nproc, _without_nproc(sys.argv[1:] if argv is None else argv))
         if args.stage == "base":
             from r1kit.stages import base
 

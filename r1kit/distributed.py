@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -328,4 +329,13 @@ def launch(nproc: int, argv: list[str]) -> int:
         raise UserError(f"--nproc must be at least 1, got {nproc}")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={nproc}", "-m", "r1kit", *argv]
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd)
+    # A signal to this launcher goes on to torchrun, which stops its ranks (left running, they
+    # would go on writing the run folder); `subprocess.call` would SIGKILL torchrun instead.
+    previous = {s: signal.signal(s, lambda sig, _: proc.send_signal(sig))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from r1kit.checkpoint import atomic_write_text, read_json
+from r1kit.checkpoint import atomic_write_text, latest_checkpoint, read_json
 from r1kit.config import DataConfig, load_config, to_dict
 from r1kit.errors import UserError
 from r1kit.tasks.arithmetic import is_heldout, sample_problems
 from r1kit.tasks.base import Problem
 from r1kit.tasks.files import load_hf_dataset, load_jsonl
+
+log = logging.getLogger("r1kit")
 
 
 @dataclass
@@ -45,7 +49,8 @@ class RunFolder:
                 raise UserError(f"{path}: not a run folder (no config.yaml)")
             cfg = load_config(type(cfg), saved)
             if checkpoints and not (path / "checkpoints" / "latest").is_file():
-                raise UserError(f"{path}: no checkpoint to resume from yet")
+                log.warning(f"{path}: no checkpoint yet, so the run starts over in this folder "
+                            "(with its saved config.yaml)")
             return cls(path, cfg, resumed=True)
         name = cfg.run.name or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
         path = Path(cfg.run.out_dir) / name
@@ -62,6 +67,19 @@ class RunFolder:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name))
         atomic_write_text(path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return cls(path, cfg, resumed=False)
+
+    def checkpoint(self) -> Path | None:
+        """The checkpoint a resumed run continues from; None for a new run, or a resumed one
+        killed before its first checkpoint (it starts over)."""
+        if not self.resumed or not (self.path / "checkpoints" / "latest").is_file():
+            return None
+        return latest_checkpoint(self.path)
+
+    def discard(self) -> None:
+        """Remove a new run's folder that holds nothing but its config.yaml: a run that failed
+        before it began (a model that does not load) leaves no folder in the way of a rerun."""
+        if not self.resumed and [p.name for p in self.path.iterdir()] == ["config.yaml"]:
+            shutil.rmtree(self.path)
 
     def record_eval(self, step: int, tag: str, result) -> dict[str, float]:
         """Log an `EvalResult` to eval.jsonl and its samples to samples/eval-TAG.jsonl."""

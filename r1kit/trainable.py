@@ -90,6 +90,9 @@ class _QuietRun(RunFolder):
     def write_jsonl(self, name: str, records: list[dict]) -> None:
         pass
 
+    def discard(self) -> None:
+        pass
+
 
 def open_run(cfg, stage: str, resume: str | None, d: Dist = SINGLE, **kw) -> RunFolder:
     """`RunFolder.open` on rank 0; the other ranks get the same folder, read-only for them."""

@@ -95,6 +95,21 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert code == 2
     assert "no-model" in capsys.readouterr().err
 
+    code = cli(["zero", "--set", "rewards.weights={accuracy: high}", "--set", "model.path=builtin",
+                "--set", f"run.out_dir={tmp_path}"])
+    assert code == 2
+    assert "rewards.weights.accuracy must be a finite number, got 'high'" in capsys.readouterr().err
+
+    # a setting given with --resume would be ignored (the saved config.yaml rules): refused
+    code = cli(["zero", "--resume", str(tmp_path / "some-run"), "--set", "rl.steps=600"])
+    assert code == 2
+    assert "edit " + str(tmp_path / "some-run" / "config.yaml") in capsys.readouterr().err
+
+    for n in ("0", "-1"):  # before torchrun is started
+        assert cli(["zero", "--nproc", n]) == 2
+        assert f"--nproc must be at least 1, got {n}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [bad]  # no run folder was left by any of these
+
 
 def test_eval_stage_on_jsonl(tiny_base, tmp_path, capsys):
     probs = tmp_path / "heldout.jsonl"

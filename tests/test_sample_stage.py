@@ -49,8 +49,8 @@ def test_help_documents_every_key(capsys):
     [
         ("sample.filters=[correct, readable]", "unknown filter 'readable'"),
         ("sample.cold_start_format=true", "needs the 'correct' filter"),
-        ("sample.samples_per_prompt=0", "sample.samples_per_prompt must be at least 1"),
-        ("sample.language_tolerance=2", "sample.language_tolerance must be in [0, 1]"),
+        ("sample.samples_per_prompt=0", "'sample.samples_per_prompt' must be at least 1, got 0"),
+        ("sample.language_tolerance=2", "'sample.language_tolerance' must be at most 1, got 2"),
     ],
 )
 def test_bad_settings_fail_before_a_run_folder_is_made(tmp_path, capsys, override, message):

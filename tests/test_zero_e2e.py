@@ -208,6 +208,26 @@ def test_resume_continues_from_checkpoint(tiny_base, tmp_path):
         torch.testing.assert_close(resumed[k], full[k], rtol=1e-5, atol=1e-6)
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_over_on_resume(tiny_base, tmp_path):
+    CALLS.update(n=0, interrupt_at=5)  # during step 1; the first checkpoint is at step 2
+    with pytest.raises(KeyboardInterrupt):
+        zero.main(load_config(ZeroConfig, None, _overrides(tmp_path, tiny_base, "early", 2)))
+    run = tmp_path / "early"
+    assert not (run / "checkpoints").exists() and (run / "eval.jsonl").is_file()
+    CALLS.update(n=0, interrupt_at=None)
+    assert cli(["zero", "--resume", str(run)]) == 0
+    logged = lambda name: [json.loads(x) for x in (run / name).read_text().splitlines()]
+    assert [r["step"] for r in logged("metrics.jsonl")] == [1, 2]
+    assert [r["tag"] for r in logged("eval.jsonl")] == ["base", "final"]
+
+
+def test_a_model_that_does_not_load_leaves_no_run_folder(tmp_path, capsys):
+    code = cli(["zero", "--set", f"model.path={tmp_path / 'no-model'}", "--set",
+                f"run.out_dir={tmp_path}", "--set", "run.name=nomodel"])
+    assert code == 2 and "no-model" in capsys.readouterr().err
+    assert not (tmp_path / "nomodel").exists()
+
+
 def test_existing_run_folder_is_not_overwritten(tiny_base, tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "config.yaml").write_text("run: {}\n")

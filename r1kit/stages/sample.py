@@ -76,11 +76,15 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     device = pick_device(cfg.run.device)
-    model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, device)
     try:
+        model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, device)
         render_prompt("", cfg.data.template, tokenizer)
-    except ValueError as e:
+    except ValueError as e:  # the chat template on a tokenizer that has none
+        run.discard()
         raise UserError(f"data.template: {e}") from None
+    except BaseException:
+        run.discard()
+        raise
     s, ro_cfg = cfg.sample, cfg.rollout
     G = s.samples_per_prompt
     batches = [problems[i : i + s.batch_size] for i in range(0, len(problems), s.batch_size)]

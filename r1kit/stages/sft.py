@@ -56,13 +56,18 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
         run = trainable.open_run(cfg, "sft", None, ranks)
         cfg = run.cfg
 
-    resume_from = ckpt.latest_checkpoint(run.path) if run.resumed else None
-    model, tokenizer = trainable.load_trainable(cfg.model, cfg.lora, resume_from, device)
+    resume_from = run.checkpoint()
+    try:
+        model, tokenizer = trainable.load_trainable(cfg.model, cfg.lora, resume_from, device)
+    except BaseException:
+        run.discard()
+        raise
     model = distributed.wrap(model, ranks)
     d, s = cfg.data, cfg.sft
     try:
         render_prompt("", d.template, tokenizer)
-    except ValueError as e:
+    except ValueError as e:  # the chat template on a tokenizer that has none
+        run.discard()
         raise UserError(f"data.template: {e}") from None
     lengths = [len(p) + len(c) for p, c in encode(examples, tokenizer, d.template)]
     truncated = sum(n > d.max_len for n in lengths)
@@ -85,11 +90,12 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
         trainable.restore(saved, model, opt, ranks)
         sched.load_state_dict(saved["scheduler"])
         state = saved["state"]
-        for name in ("metrics.jsonl", "eval.jsonl"):  # rows written after the checkpoint
-            run.drop_rows_after(name, state["step"], tags=("final",))
         log.warning(f"resumed {run.path} from {resume_from.name} (step {state['step']})")
+    if run.resumed:  # the rows after the checkpoint (all, without one) are written again
+        for name in ("metrics.jsonl", "eval.jsonl"):
+            run.drop_rows_after(name, state["step"] if resume_from else -1, tags=("final",))
     tracker = Tracker(run.path, cfg.run.report_to if ranks.main else [], config=to_dict(cfg),
-                      resume_step=state["step"] if resume_from else None)
+                      resume_step=state["step"] if run.resumed else None)
 
     def evaluate_now(tag: str) -> dict:
         if not eval_set:

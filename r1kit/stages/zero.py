@@ -92,8 +92,17 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     run = trainable.open_run(cfg, stage, resume, d)
     cfg = run.cfg
 
-    resume_from = ckpt.latest_checkpoint(run.path) if run.resumed else None
-    policy, tokenizer = trainable.load_trainable(cfg.model, cfg.lora, resume_from, device)
+    resume_from = run.checkpoint()
+    try:
+        policy, tokenizer = trainable.load_trainable(cfg.model, cfg.lora, resume_from, device)
+    except BaseException:
+        run.discard()
+        raise
+    try:
+        render_prompt("", cfg.data.template, tokenizer)
+    except ValueError as e:  # the chat template on a tokenizer that has none
+        run.discard()
+        raise UserError(f"data.template: {e}") from None
     rl = cfg.rl
     B, G = mine.stop - mine.start, rl.group_size  # this rank's prompts
     ref = memory.make_reference(policy, rl.beta, lora.is_lora(policy), rl.offload_ref)
@@ -112,9 +121,10 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         state = saved["state"]
         if ref is not None:
             ref.load_state_dict(saved["ref"])
-        for name in ("metrics.jsonl", "eval.jsonl", "completions.jsonl"):  # written again
-            run.drop_rows_after(name, state["step"], tags=("final",))
         log.warning(f"resumed {run.path} from {resume_from.name} (step {state['step']})")
+    if run.resumed:  # the rows after the checkpoint (all, without one) are written again
+        for name in ("metrics.jsonl", "eval.jsonl", "completions.jsonl"):
+            run.drop_rows_after(name, state["step"] if resume_from else -1, tags=("final",))
     # vLLM loads the model from its folder, then takes the policy's weights (resumed, LoRA-merged)
     engine = make_engine(cfg.rollout.engine, cfg.model.path, vllm_mode=cfg.rollout.vllm_mode,
                          vllm_server_url=cfg.rollout.vllm_server_url,
@@ -124,7 +134,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         with distributed.gathered(policy, d) as model:
             engine.sync(model)
     tracker = Tracker(run.path, cfg.run.report_to if d.main else [], config=to_dict(cfg),
-                      resume_step=state["step"] if resume_from else None)
+                      resume_step=state["step"] if run.resumed else None)
 
     def evaluate_now(tag: str) -> dict:
         with distributed.gathered(policy, d) as model:  # each rank samples a share of batches
