@@ -198,7 +198,7 @@ class Sandbox:
                 raise UserError(
                     f"code execution needs the bubblewrap sandbox, which cannot run here: {problem}. "
                     "Install it (Debian/Ubuntu: apt-get install bubblewrap; `make env` does it as "
-                    "root), or pass --unsafe-allow-unsandboxed (sandbox.unsafe_allow_unsandboxed="
+                    "root), or pass --unsafe-allow-unsandboxed (code.unsafe_allow_unsandboxed="
                     "true) to run model-written code UNCONFINED with only resource limits"
                 )
             log.warning(

@@ -141,9 +141,12 @@ def test_language_rewards_proportion_and_threshold():
     assert make_language_threshold(0.9)(below, EN) == 1.0
     # only the reasoning counts: Russian after </think> does not
     assert language("<think> so </think> ответ <answer> 46 </answer>", EN) == 1.0
-    # no words in the reasoning: not scorable
-    assert language("<think> 47+8=55 </think> <answer> 55 </answer>", EN) is None
-    assert threshold("<think> 47+8=55 </think> <answer> 55 </answer>", EN) is None
+    # no words in the reasoning: nothing mixed, the same reward as all-English words (a filler
+    # "wait" earns nothing); no reasoning at all: not scorable
+    for r in (language, threshold):
+        assert r("<think> 47+8=55 </think> <answer> 55 </answer>", EN) == 1.0
+        assert r("<think> 47+8=55, wait </think> <answer> 55 </answer>", EN) == 1.0
+        assert r("<think>  </think> <answer> 55 </answer>", EN) is None
     # the problem may name its language
     ru = Problem("p", "Compute 47+8", "55", {"language": "ru"})
     assert language("<think> 47 плюс 8 равно 55 </think>", ru) == 1.0
@@ -154,7 +157,7 @@ def test_language_rewards_proportion_and_threshold():
 def test_language_reward_in_weighted_scoring():
     texts = ["<think> so, 47 plus 8 </think> <answer> 55 </answer>",
              "<think> 47 плюс 8 </think> <answer> 55 </answer>",
-             "<think> 47+8 </think> <answer> 55 </answer>"]
+             "<think></think> <answer> 55 </answer>"]
     s = score(texts, [EN] * 3, [RewardSpec("accuracy", 1.0), RewardSpec("language", 1.0)],
               [10] * 3, 64)
     assert s.per_reward["language"] == [1.0, 0.0, None]

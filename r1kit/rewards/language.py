@@ -11,7 +11,10 @@ problem's target language (`meta["language"]`, else the prompt's majority langua
 - `language_threshold`: 1.0 when that proportion is at least a threshold (0.95), else 0.0; a
   binary signal that ignores a stray foreign word (`make_language_threshold` sets another).
 
-Both return None (not scorable) when the reasoning has no words: the proportion is 0/0. Words,
+Reasoning without words (`47+8=55, 55-9=46`) mixes no language: both give it 1.0, as for
+reasoning all in the target language. (Scored None, which counts 0 in the total, any word at all,
+a filler `wait` included, would have earned the reward.) Both return None only when there is no
+reasoning at all. Words,
 scripts and the target language are defined in `r1kit.language`; a library detector plugs in as
 the `labeler` of `make_language` / `make_language_threshold`.
 """
@@ -40,7 +43,11 @@ def make_language(labeler: Labeler = script_labels) -> Callable[[str, Problem], 
 
     def language(completion: str, problem: Problem) -> float | None:
         target = problem.meta.get("language") or target_language(problem.prompt, labeler)
-        return language_consistency(reasoning_part(completion), target, labeler)
+        reasoning = reasoning_part(completion)
+        share = language_consistency(reasoning, target, labeler)
+        if share is None:  # no words, so none in another language; no reasoning: not scorable
+            return 1.0 if reasoning.strip() else None
+        return share
 
     return language
 
@@ -48,7 +55,8 @@ def make_language(labeler: Labeler = script_labels) -> Callable[[str, Problem], 
 def make_language_threshold(
     threshold: float = DEFAULT_THRESHOLD, labeler: Labeler = script_labels
 ) -> Callable[[str, Problem], float | None]:
-    """The threshold form: 1.0 if the proportion is >= `threshold`, 0.0 if below, None if no words.
+    """The threshold form: 1.0 if the proportion is >= `threshold`, 0.0 if below, None if there
+    is no reasoning.
 
     >>> strict = make_language_threshold(1.0)
     >>> p = Problem("p", "Compute 47+8", "55")
@@ -67,12 +75,15 @@ def make_language_threshold(
 
 
 language = register("language")(make_language())
-language.__doc__ = """Share of target-language words in the reasoning; None if it has no words.
+language.__doc__ = """Share of target-language words in the reasoning (1.0 if it has no words);
+None if there is no reasoning.
 
 >>> p = Problem("p", "Compute 47+8-9", "46")
 >>> language("<think> 47 plus 8 is 55, wait, 55 минус 9 равно 46 </think> <answer>46</answer>", p)
 0.6
->>> language("<think> 47+8=55, 55-9=46 </think> <answer>46</answer>", p) is None
+>>> language("<think> 47+8=55, 55-9=46 </think> <answer>46</answer>", p)
+1.0
+>>> language("<think> </think> <answer>46</answer>", p) is None
 True
 >>> language("<think> сорок семь </think>", Problem("p", "?", "47", {"language": "ru"}))
 1.0
@@ -80,7 +91,7 @@ True
 
 language_threshold = register("language_threshold")(make_language_threshold())
 language_threshold.__doc__ = """1.0 if at least 95% of the reasoning's words are in the target
-language, 0.0 if fewer, None if it has no words.
+language (or it has no words), 0.0 if fewer, None if there is no reasoning.
 
 >>> p = Problem("p", "Compute 47+8-9", "46")
 >>> language_threshold("<think> 47 plus 8 is 55, wait, 55 минус 9 равно 46 </think>", p)

@@ -157,6 +157,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     while state["step"] < rl.steps:
         timer = Timer()
         t_step = time.perf_counter()
+        lr = sched.get_last_lr()[0]  # this step's rate (the scheduler moves on after the update)
 
         # ---------------------------------------------------------------- generate
         with timer("generate"):
@@ -224,7 +225,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         state["train_seconds"] += metrics["time/step"]
         metrics.update(timer.times)
         metrics = distributed.reduce_metrics(metrics, d)  # means over ranks
-        metrics["train/lr"] = sched.get_last_lr()[0]
+        metrics["train/lr"] = lr
         run.append("metrics.jsonl", {"step": state["step"], **metrics})
         tracker.log(metrics, state["step"])
         run.append_many("completions.jsonl", [
