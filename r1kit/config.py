@@ -198,6 +198,8 @@ class RewardsConfig:
     )
     timeout_s: float = opt(5.0, "per-call time limit; a reward over it scores as a failure",
                            above=0)
+    modules: list = opt([], "Python modules to import first, whose @register calls add rewards "
+                        "(e.g. [myrewards] for ./myrewards.py)")
     active_last: dict = opt(
         {}, "reward name -> N: that reward counts only in the last N steps (R1-SPEC §3.2: the "
         "preference reward, reward_model:PATH, ran in the last 400 of 1,700 steps)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import doctest
 import logging
 import signal
+import sys
 import time
 
 import pytest
@@ -297,3 +298,22 @@ def test_score_rejects_bad_specs():
         score(["a"], [problem()], [RewardSpec("nope", 1.0)], [1], 10)
     with pytest.raises(UserError, match="listed twice"):
         score(["a"], [problem()], [RewardSpec("format", 1.0), RewardSpec("format", 2.0)], [1], 10)
+
+
+def test_rewards_modules_are_imported_from_the_current_directory(tmp_path, monkeypatch):
+    from r1kit.rewards import import_reward_modules
+
+    (tmp_path / "my_r1kit_rewards.py").write_text(
+        "from r1kit.rewards import register\n\n"
+        "@register('short_for_test')\n"
+        "def short(completion, problem):\n"
+        "    return 1.0 if len(completion) < 20 else 0.0\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.setattr(r1kit.rewards, "_REGISTRY", dict(r1kit.rewards._REGISTRY))  # undone after
+    with pytest.raises(UserError, match="unknown reward 'short_for_test'"):
+        get_reward("short_for_test")
+    import_reward_modules(["my_r1kit_rewards"])
+    assert get_reward("short_for_test")("<answer>1</answer>", Problem("p", "?", "1")) == 1.0
+    with pytest.raises(UserError, match="rewards.modules: cannot import 'no_such_module'"):
+        import_reward_modules(["no_such_module"])

@@ -22,7 +22,10 @@ True
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from r1kit.errors import UserError
 
@@ -57,6 +60,18 @@ def get_reward(name: str) -> RewardFn:
     known = ", ".join(sorted(_REGISTRY) + ["reward_model:PATH", "language:lingua",
                                             "language_threshold:lingua"])
     raise UserError(f"unknown reward {name!r}; known rewards: {known}")
+
+
+def import_reward_modules(modules: list[str]) -> None:
+    """Import the user's reward modules (`rewards.modules`), so that their `@register` calls run;
+    the current directory is searched first, as `python -m` would."""
+    for name in modules:
+        if str(Path.cwd()) not in sys.path and "" not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))
+        try:
+            importlib.import_module(str(name))
+        except ImportError as e:
+            raise UserError(f"rewards.modules: cannot import {name!r} ({e})") from None
 
 
 def available_rewards() -> list[str]:

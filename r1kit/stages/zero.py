@@ -38,7 +38,7 @@ from r1kit.metrics import reflection_rate
 from r1kit.models import builtin_model_for, prepare_torch
 from r1kit.report import write_report_safely
 from r1kit.rewards import code as code_reward
-from r1kit.rewards import get_reward
+from r1kit.rewards import get_reward, import_reward_modules
 from r1kit.rewards.scoring import RewardSpec, score
 from r1kit.rollout import check as check_engine
 from r1kit.rollout import make_engine
@@ -75,10 +75,15 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     # Inputs first: a bad problem file or reward name leaves no run folder behind.
     cfg = builtin_model_for(cfg)  # builtin:code -> the code base and reward
     train_set, eval_set = load_problems(cfg.data, cfg.eval.num_problems)
+    import_reward_modules(cfg.rewards.modules)
     specs = [RewardSpec(name, _weight(name, w)) for name, w in cfg.rewards.weights.items()]
     for spec in specs:
         get_reward(spec.name)
     _check_active_last(cfg.rewards.active_last, cfg.rewards.weights)
+    if "code" not in cfg.rewards.weights and any(code_reward.has_tests(p) for p in train_set):
+        log.warning("the training problems have tests, but rewards.weights has no `code` reward: "
+                    "accuracy cannot score a program, so nothing would be learnt; e.g. --set "
+                    "'rewards.weights={code: 1.0, format: 0.1}'")
     if "code" in cfg.rewards.weights or any(code_reward.has_tests(p) for p in eval_set):
         code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
     check_report_to(cfg.run.report_to)
@@ -234,8 +239,8 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
             for i in range(0, len(ro), max(1, len(ro) // max(1, cfg.run.log_completions)))
         ][: cfg.run.log_completions])
         bar.update(1)
-        bar.set_postfix(reward=f"{metrics['reward/total']:.2f}",
-                        acc=f"{metrics.get('reward/accuracy', float('nan')):.2f}")
+        solved = metrics.get("reward/accuracy", metrics.get("reward/code", math.nan))
+        bar.set_postfix(reward=f"{metrics['reward/total']:.2f}", acc=f"{solved:.2f}")
 
         if cfg.eval.every and state["step"] % cfg.eval.every == 0 and state["step"] < rl.steps:
             m = evaluate_now(f"step{state['step']}")
