@@ -5,6 +5,9 @@ For a run folder (`metrics.jsonl`): plots over steps of the total reward and eac
 language consistency, held-out pass@1 and the loss; the eval results as a table; a few sampled
 completions from the first and the last logged step with their rewards.
 
+For a distillation folder (`r1kit distill`): the students' SFT curves, the teacher-vs-students
+table of `distill.json` and held-out completions of every model.
+
 For a pipeline folder (`manifest.json`, stage sub-folders): the same plots with one line per RL
 stage (`01-zero`, `04-dev2`, `07-r1`; x = the stage's own step), the per-stage table of
 `pipeline.json`, and a few held-out completions of every checkpoint (`eval/LABEL.jsonl`).
@@ -77,7 +80,9 @@ class Run:
 def write_report(folder: str | Path) -> Path:
     """Build `report.html` in a run or pipeline folder; its path."""
     folder = Path(folder)
-    if (folder / "manifest.json").is_file():
+    if "parts" in (_read_json(folder / "manifest.json") or {}):  # `r1kit distill`
+        page = _distill_page(folder)
+    elif (folder / "manifest.json").is_file():
         page = _pipeline_page(folder)
     elif (folder / "metrics.jsonl").is_file():
         page = _run_page(folder)
@@ -150,6 +155,36 @@ def _pipeline_page(folder: Path) -> str:
                                      "no eval/*.jsonl yet (written with the per-stage table)"))
     body.append(_config_section(folder))
     sub = f"pipeline folder {folder} · RL stages: {', '.join(r.label for r in rl_runs) or 'none'}"
+    return _html(f"r1kit report: {folder.name}", html.escape(sub), body)
+
+
+def _distill_page(folder: Path) -> str:
+    """The students' SFT curves, the teacher-vs-students table of `distill.json` and a few held-out
+    completions of every model."""
+    students = [d for d in sorted((folder / "students").glob("*"))
+                if (d / "metrics.jsonl").is_file()]
+    body = [_plots_section([_load_run(d, d.name) for d in students])]
+    result = _read_json(folder / "distill.json")
+    if result:
+        rows = [dict(r, ci=f"[{r['pass@1_ci'][0]:.3f}, {r['pass@1_ci'][1]:.3f}]")
+                if len(r.get("pass@1_ci") or []) == 2 else dict(r) for r in result["rows"]]
+        k = result.get("k", "k")
+        body.append("<h2>Teacher and students</h2>" + _rows_table(
+            rows, ["model", "arch", "params", "pass@1", "ci", "cons@k", "format", "tokens",
+                   "reflection"],
+            ["model", "arch", "params", "pass@1", "95% CI", f"cons@{k}", "format", "tokens",
+             "reflection"]) + f"<p>{html.escape(str(result.get('num_problems', '?')))} held-out "
+            f"problems, k = {html.escape(str(k))} samples each.</p>")
+    else:
+        body.append("<h2>Teacher and students</h2><p>Not written yet: the table is made after "
+                    "the last student (distill.json).</p>")
+    groups = [(f"{p.stem} (held-out)", _eval_samples(p)) for p in sorted(
+        (folder / "eval").glob("*.jsonl"))]
+    body.append(_completions_section("Held-out completions per model", groups,
+                                     "no eval/*.jsonl yet (written with the table)"))
+    body.append(_config_section(folder))
+    names = ", ".join(d.name for d in students) or "none"
+    sub = f"distillation folder {folder} · students: {names}"
     return _html(f"r1kit report: {folder.name}", html.escape(sub), body)
 
 

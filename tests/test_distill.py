@@ -185,6 +185,10 @@ def test_distill_trains_students_and_resumes(tiny_base, qwen_student, tmp_path, 
         "Teacher", "model base", "model distilled", "model-2 base", "model-2 distilled"]
     assert {r["arch"] for r in result["rows"]} == {"llama", "qwen2"}
     assert "| Teacher |" in out and "vs Teacher" in (root / "distill.md").read_text()
+    assert cli(["report", str(root)]) == 0  # a distillation page, not a pipeline's
+    page = (root / "report.html").read_text()
+    assert "Teacher and students" in page and "students: model, model-2" in page
+    assert page.count("<tr><td>model") == 4 and "pipeline" not in page
 
     # a finished run resumed again trains and samples nothing
     assert cli(["distill", "--resume", str(root)]) == 0
