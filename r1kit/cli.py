@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                       [f"data.source={args.problems}", f"data.eval_source={args.problems}"])
     if getattr(args, "teacher", None):
         overrides.append(f"distill.teacher={args.teacher}")
-    if getattr(args, "students", None):
+    if getattr(args, "students", None) is not None:  # "": an empty list, an error (not defaults)
         overrides.append(f"distill.students=[{args.students}]")
     try:
         if getattr(args, "resume", None) and (overrides or args.config):

@@ -50,16 +50,19 @@ def markdown_table(rows: list[dict], k: int, ratio_to: str | None = None) -> str
     """The comparison table; with `ratio_to`, a column of pass@1 relative to that row's model."""
     ref = next((r["pass@1"] for r in rows if r["model"] == ratio_to), None)
     show_ratio = ref is not None
-    head = f"| model | arch | params | pass@1 | 95% CI | cons@{k} | pass@{k} | format | tokens | reflection |"
-    sep = "|---|---|---|---|---|---|---|---|---|---|"
+    pass_k = f" pass@{k} |" if k > 1 else ""  # pass@1 again at k = 1
+    head = (f"| model | arch | params | pass@1 | 95% CI | cons@{k} |{pass_k} format | tokens | "
+            "reflection |")
+    sep = "|---|---|---|---|---|---|" + ("---|" if k > 1 else "") + "---|---|---|"
     if show_ratio:
         head, sep = head + f" vs {ratio_to} |", sep + "---|"
     lines = [head, sep]
     for r in rows:
         lo, hi = r["pass@1_ci"]
         line = (f"| {r['model']} | {r['arch']} | {r['params'] / 1e6:.2f}M | {r['pass@1']:.3f} | "
-                f"[{lo:.3f}, {hi:.3f}] | {r['cons@k']:.3f} | {r['pass@k']:.3f} | "
-                f"{r['format']:.3f} | {r['tokens']:.1f} | {r['reflection']:.3f} |")
+                f"[{lo:.3f}, {hi:.3f}] | {r['cons@k']:.3f} |"
+                + (f" {r['pass@k']:.3f} |" if k > 1 else "")
+                + f" {r['format']:.3f} | {r['tokens']:.1f} | {r['reflection']:.3f} |")
         if show_ratio:
             line += f" {r['pass@1'] / ref:.2f} |" if ref else " n/a |"
         lines.append(line)

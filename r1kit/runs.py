@@ -47,7 +47,11 @@ class RunFolder:
             saved = path / "config.yaml"
             if not saved.is_file():
                 raise UserError(f"{path}: not a run folder (no config.yaml)")
-            cfg = load_config(type(cfg), saved)
+            try:
+                cfg = load_config(type(cfg), saved)
+            except UserError as e:
+                raise UserError(f"{path}: not a run folder of `r1kit {stage}` ({e}); resume it "
+                                "with the command that made it") from None
             if checkpoints and not (path / "checkpoints" / "latest").is_file():
                 log.warning(f"{path}: no checkpoint yet, so the run starts over in this folder "
                             "(with its saved config.yaml)")

@@ -42,7 +42,7 @@ def main(cfg: EvalStageConfig, models: list[str] | None = None, out: str | None 
     k = cfg.eval.k
     print(f"{cfg.model.path}: {res.num_problems} problems, k={k}")
     print(f"  pass@1 {res.pass1:.3f}  95% CI [{res.pass1_ci[0]:.3f}, {res.pass1_ci[1]:.3f}]")
-    print(f"  pass@{k} {res.pass_k:.3f}   cons@{k} {res.cons_k:.3f}  "
+    print((f"  pass@{k} {res.pass_k:.3f}   " if k > 1 else "  ") + f"cons@{k} {res.cons_k:.3f}  "
           f"95% CI [{res.cons_k_ci[0]:.3f}, {res.cons_k_ci[1]:.3f}]")
     print(f"  format {res.format_rate:.3f}  tokens {res.mean_tokens:.1f}  "
           f"reflection {res.reflection:.3f}")

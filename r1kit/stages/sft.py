@@ -69,7 +69,12 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
     except ValueError as e:  # the chat template on a tokenizer that has none
         run.discard()
         raise UserError(f"data.template: {e}") from None
-    lengths = [len(p) + len(c) for p, c in encode(examples, tokenizer, d.template)]
+    encoded = encode(examples, tokenizer, d.template)
+    if encoded and all(len(p) >= d.max_len for p, _ in encoded):  # no completion token fits
+        run.discard()
+        raise UserError(f"data.max_len={d.max_len} leaves no room for any completion: the shortest "
+                        f"prompt is {min(len(p) for p, _ in encoded)} tokens")
+    lengths = [len(p) + len(c) for p, c in encoded]
     truncated = sum(n > d.max_len for n in lengths)
     if truncated:
         log.warning(f"{truncated} of {len(examples)} examples are longer than data.max_len="

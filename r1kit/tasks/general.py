@@ -9,12 +9,15 @@ numbers (which is larger, what comes next, repeat this), each answered in one sh
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
 from r1kit.errors import UserError
 from r1kit.sft import load_sft_jsonl
 from r1kit.tasks.base import draw_distinct
+
+log = logging.getLogger("r1kit")
 
 GREETINGS = ("hello", "hi", "hey", "good morning", "good evening", "thanks", "thank you")
 
@@ -56,6 +59,9 @@ def load_general(source: str, n: int, seed: int) -> list[dict]:
         return builtin_general(n, seed)
     path = Path(source)
     examples = load_sft_jsonl(path)  # UserError naming the file and line on bad records
+    if n > len(examples):
+        log.warning(f"sample.general_samples={n}, but {path} holds {len(examples)} records: all of "
+                    "them are used")
     if n:
         examples = examples[:n]
     return [{"prompt": e.prompt, "completion": e.completion, "id": f"{path.stem}-{i}",
