@@ -16,7 +16,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def pick_device(name: str = "auto") -> torch.device:
     if name != "auto":
-        return torch.device(name)
+        try:
+            return torch.device(name)
+        except RuntimeError:
+            raise UserError(f"run.device: {name!r} is not a device; use auto, cpu, cuda, cuda:N "
+                            "or mps") from None
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():

@@ -52,6 +52,9 @@ def test_load_jsonl_custom_keys(tmp_path):
             r"problems\.jsonl:3: missing field 'answer'",
         ),
         ('{"answer": "1"}\n', r"problems\.jsonl:1: missing field 'prompt'"),
+        ('{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": " "}\n',
+         r"problems\.jsonl:2: field 'answer' is empty"),
+        ('{"prompt": "a", "answer": NaN}\n', r"problems\.jsonl:1: field 'answer' is nan"),
         (
             '{"prompt": "a", "answer": "1"}\n{"prompt": ["b"], "answer": "2"}\n',
             r"problems\.jsonl:2: field 'prompt' must be a string, got list",

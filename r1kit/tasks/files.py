@@ -14,6 +14,7 @@ program in the sandbox by the `code` reward) instead of an answer, and optionall
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -128,12 +129,16 @@ def _to_problems(
             _check_code_fields(record, where)
         answer = record.get(answer_key, "")
         if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            if not math.isfinite(answer):
+                raise UserError(f"{where}: field {answer_key!r} is {answer}, not an answer")
             answer = str(answer)
         elif not isinstance(answer, str):
             raise UserError(
                 f"{where}: field {answer_key!r} must be a string or a number, "
                 f"got {_type_name(answer)}"
             )
+        if not answer.strip() and not has_tests:  # nothing to check a completion against
+            raise UserError(f"{where}: field {answer_key!r} is empty")
         pid = record.get("id")
         if pid is None:
             pid = default_id
