@@ -12,6 +12,25 @@ from r1kit.distributed import SINGLE, Dist
 from r1kit.errors import UserError
 from r1kit.models import load_model
 from r1kit.runs import RunFolder
+from r1kit.templates import render_prompt
+
+
+def load_for_run(run: RunFolder, cfg, device):
+    """(model, tokenizer, the checkpoint resumed or None) of a stage's run folder, its prompt
+    template checked on the tokenizer; a new folder that fails here is removed (`discard`), so
+    that a rerun is not stopped by it."""
+    resume_from = run.checkpoint()
+    try:
+        model, tokenizer = load_trainable(cfg.model, cfg.lora, resume_from, device)
+    except BaseException:
+        run.discard()
+        raise
+    try:
+        render_prompt("", cfg.data.template, tokenizer)
+    except ValueError as e:  # the chat template on a tokenizer that has none
+        run.discard()
+        raise UserError(f"data.template: {e}") from None
+    return model, tokenizer, resume_from
 
 
 def load_trainable(model_cfg, lora_cfg, resume_from: Path | None, device):

@@ -38,7 +38,6 @@ from r1kit.sft import (
     sft_loss,
     target_count,
 )
-from r1kit.templates import render_prompt
 from r1kit.tracking import Tracker, check_report_to
 
 log = logging.getLogger("r1kit")
@@ -56,19 +55,9 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
         run = trainable.open_run(cfg, "sft", None, ranks)
         cfg = run.cfg
 
-    resume_from = run.checkpoint()
-    try:
-        model, tokenizer = trainable.load_trainable(cfg.model, cfg.lora, resume_from, device)
-    except BaseException:
-        run.discard()
-        raise
+    model, tokenizer, resume_from = trainable.load_for_run(run, cfg, device)
     model = distributed.wrap(model, ranks)
     d, s = cfg.data, cfg.sft
-    try:
-        render_prompt("", d.template, tokenizer)
-    except ValueError as e:  # the chat template on a tokenizer that has none
-        run.discard()
-        raise UserError(f"data.template: {e}") from None
     encoded = encode(examples, tokenizer, d.template)
     if encoded and all(len(p) >= d.max_len for p, _ in encoded):  # no completion token fits
         run.discard()

@@ -97,17 +97,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     run = trainable.open_run(cfg, stage, resume, d)
     cfg = run.cfg
 
-    resume_from = run.checkpoint()
-    try:
-        policy, tokenizer = trainable.load_trainable(cfg.model, cfg.lora, resume_from, device)
-    except BaseException:
-        run.discard()
-        raise
-    try:
-        render_prompt("", cfg.data.template, tokenizer)
-    except ValueError as e:  # the chat template on a tokenizer that has none
-        run.discard()
-        raise UserError(f"data.template: {e}") from None
+    policy, tokenizer, resume_from = trainable.load_for_run(run, cfg, device)
     rl = cfg.rl
     B, G = mine.stop - mine.start, rl.group_size  # this rank's prompts
     ref = memory.make_reference(policy, rl.beta, lora.is_lora(policy), rl.offload_ref)
