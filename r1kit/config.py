@@ -439,6 +439,7 @@ class PipelineStagesConfig:
     language_form: str = opt(
         "language", "the language reward of 04-dev2 and 07-r1: 'language' (the paper's proportion) "
         "or 'language_threshold' (1 when the share is >= 0.95)",
+        choices=("language", "language_threshold"),
     )
     general_samples: int = opt(
         100, "05-rejection: built-in non-reasoning records mixed into Dev3's SFT data (0 = none; "

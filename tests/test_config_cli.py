@@ -105,6 +105,10 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert code == 2
     assert "edit " + str(tmp_path / "some-run" / "config.yaml") in capsys.readouterr().err
 
+    code = cli(["zero", "--set", "eval.num_problems=0", "--set", "model.path=builtin",
+                "--set", f"run.out_dir={tmp_path}"])
+    assert code == 2 and "no held-out problems" in capsys.readouterr().err
+
     for n in ("0", "-1"):  # before torchrun is started
         assert cli(["zero", "--nproc", n]) == 2
         assert f"--nproc must be at least 1, got {n}" in capsys.readouterr().err

@@ -28,6 +28,8 @@ def main(cfg: EvalStageConfig, models: list[str] | None = None, out: str | None 
         torch.set_num_threads(cfg.run.threads)
     # Inputs first: a bad problem file or model path leaves no run folder behind.
     _, problems = load_problems(cfg.data, cfg.eval.num_problems)
+    if not problems:
+        raise UserError("no problems to evaluate (eval.num_problems=0 or an empty eval source)")
     if any(code_reward.has_tests(p) for p in problems):
         code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
     cfg = builtin_model_for(cfg)
@@ -59,6 +61,8 @@ def compare(cfg: EvalStageConfig, models: list[str], out: str | None = None) -> 
                 and not (Path(path) / "config.json").is_file():
             raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
     _, problems = load_problems(cfg.data, cfg.eval.num_problems)
+    if not problems:
+        raise UserError("no problems to evaluate (eval.num_problems=0 or an empty eval source)")
     if out:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)

@@ -75,6 +75,9 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     # Inputs first: a bad problem file or reward name leaves no run folder behind.
     cfg = builtin_model_for(cfg)  # builtin:code -> the code base and reward
     train_set, eval_set = load_problems(cfg.data, cfg.eval.num_problems)
+    if not eval_set:
+        raise UserError("no held-out problems (eval.num_problems=0 or an empty eval source): a "
+                        "GRPO run evaluates its model before and after training")
     import_reward_modules(cfg.rewards.modules)
     specs = [RewardSpec(name, _weight(name, w)) for name, w in cfg.rewards.weights.items()]
     for spec in specs:
