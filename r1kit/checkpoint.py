@@ -57,6 +57,23 @@ def atomic_dir(path: Path):
     shutil.rmtree(old, ignore_errors=True)
 
 
+def check_model_out(out: str | Path, *sources: str | Path, key: str = "OUT") -> Path:
+    """`out` as an absolute path that a model folder may be written to (replacing it): absent,
+    empty, or a model folder already (config.json), and none of `sources` nor a folder holding
+    one. Anything else would be deleted by the write."""
+    out = Path(out).expanduser().resolve()
+    for source in sources:
+        src = Path(source).expanduser().resolve()
+        if out == src or out in src.parents:
+            raise UserError(f"{key} {out} is {source} or holds it: writing there would delete it")
+    if out.is_file():
+        raise UserError(f"{key} {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise UserError(f"{key} {out} holds files and is not a model folder: writing there would "
+                        "delete them; choose an empty or new folder")
+    return out
+
+
 def save_hf_folder(model, tokenizer, out: Path, extra: dict[str, str] | None = None,
                    state_dict: dict | None = None) -> None:
     """`save_pretrained` of model and tokenizer, atomically, plus extra text files.

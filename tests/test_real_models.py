@@ -145,6 +145,15 @@ def test_chat_streams_reasoning_apart_and_export_makes_a_servable_folder(tmp_pat
     assert gen["temperature"] == 0.6 and gen["top_p"] == 0.95
     a, b = (AutoModelForCausalLM.from_pretrained(p).state_dict() for p in (model, out))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert cli(["export", model, str(out)]) == 0  # a model folder is replaced by the new export
+
+    # an export never replaces a folder it would lose: other files, its own source, a parent
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    for target in (tmp_path / "notes", Path(model), tmp_path):
+        assert cli(["export", model, str(target)]) == 2, target
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+    assert (Path(model) / "config.json").is_file()
 
 
 def test_export_merges_a_lora_adapter(tmp_path):

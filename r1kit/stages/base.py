@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from r1kit.checkpoint import check_model_out
 from r1kit.config import BaseConfig, to_dict
 
 PACKAGED_BASE = Path(__file__).resolve().parent.parent / "assets" / "tiny-base"
@@ -62,7 +63,7 @@ def ensure_builtin_base(cfg: BaseConfig | None = None, log=print) -> Path:
 def main(cfg: BaseConfig, out: Path | None = None, log=print) -> dict:
     from r1kit.tinybase import build_base
 
-    out = Path(out) if out else default_out(cfg)
+    out = check_model_out(out or default_out(cfg), key="out")  # before minutes of work
     record = build_base(cfg, out, log=log)
     record["config_key"] = config_key(cfg)
     record["out"] = str(out)

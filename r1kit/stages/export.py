@@ -78,6 +78,7 @@ def main(source: str, out: str, *, dtype: str = "", template: str = "") -> Path:
     if dtype and dtype not in DTYPES:
         raise UserError(f"--dtype: unknown {dtype!r}; use one of {sorted(DTYPES)}")
     path = resolve_source(source)
+    out = ckpt.check_model_out(out, source, path)
     model, tokenizer = load_for_export(path, dtype or "float32")
     if not dtype:  # keep the dtype the weights were trained in
         dtype = str(model.config.dtype).removeprefix("torch.") if model.config.dtype else "float32"
