@@ -216,7 +216,8 @@ def _add_chat_export(sub) -> None:
                                    "terminal (r1kit/stages/chat.py).")
     p.add_argument("model", metavar="MODEL", help="model folder, run folder (its final/) or hub name")
     p.add_argument("--template", default="auto", choices=["auto", "chat", "r1_zero"],
-                   help="prompt: the tokenizer's chat template (auto: when it has one) or R1-Zero")
+                   help="prompt: auto = the template it was trained on (its run's data.template; "
+                        "r1_zero for a built-in base), else its chat template when it has one")
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (R1: 0.6)")
     p.add_argument("--top-p", type=float, default=0.95)

@@ -156,6 +156,44 @@ def test_chat_streams_reasoning_apart_and_export_makes_a_servable_folder(tmp_pat
     assert (Path(model) / "config.json").is_file()
 
 
+def test_chat_reports_a_generation_error_instead_of_waiting_for_tokens(tmp_path, monkeypatch):
+    import threading
+
+    from transformers import LlamaForCausalLM
+
+    def boom(self, **kwargs):
+        raise RuntimeError("generation broke")
+
+    monkeypatch.setattr(LlamaForCausalLM, "generate", boom)
+    model = build(tmp_path / "m", "llama")
+    questions = iter(["What is 2+2?"])
+    result = {}
+
+    def talk():
+        try:
+            chat.main(model, template="r1_zero", input_fn=lambda _: next(questions),
+                      out=io.StringIO())
+        except RuntimeError as e:
+            result["error"] = str(e)
+
+    worker = threading.Thread(target=talk, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and result == {"error": "generation broke"}
+
+
+def test_chat_uses_the_template_the_model_was_trained_on(tmp_path):
+    from r1kit.stages.base import PACKAGED_BASE
+    from r1kit.stages.export import template_of
+
+    assert template_of(str(PACKAGED_BASE)) == "r1_zero"  # its tokenizer has a chat template
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "config.yaml").write_text("data: {template: plain}\n")
+    assert template_of(str(run / "final")) == "plain"
+    assert template_of(build(tmp_path / "m", "llama")) is None
+
+
 def test_export_merges_a_lora_adapter(tmp_path):
     pytest.importorskip("peft")
     from r1kit import lora

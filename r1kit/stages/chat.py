@@ -1,8 +1,9 @@
 """`r1kit chat MODEL`: talk to a model in the terminal, tokens streamed as they are sampled, the
 reasoning (`<think>…</think>`) shown apart from the answer.
 
-MODEL is a model folder, a hub name, or a run folder (its `final/`). The prompt is the model's chat
-template (`--template chat`, the default when it has one) or the R1-Zero template; earlier turns
+MODEL is a model folder, a hub name, or a run folder (its `final/`). The prompt is, by default, the
+template the model was trained on (its run's `data.template`; R1-Zero's for the built-in bases),
+else the model's own chat template (`--template chat`) when it has one; earlier turns
 are kept without their reasoning, as DeepSeek recommends for multi-turn use of R1. Sampling
 defaults are R1's recommended T = 0.6, top-p 0.95 (R1-SPEC §4.4).
 """
@@ -17,7 +18,7 @@ from transformers import TextIteratorStreamer
 
 from r1kit.errors import UserError
 from r1kit.models import load_model, pick_device
-from r1kit.stages.export import resolve_source
+from r1kit.stages.export import resolve_source, template_of
 from r1kit.templates import prefills_think, render_prompt
 
 OPEN, CLOSE = "<think>", "</think>"
@@ -100,11 +101,14 @@ def main(source: str, *, template: str = "auto", max_new_tokens: int = 1024,
          temperature: float = 0.6, top_p: float = 0.95, device: str = "auto",
          dtype: str = "float32", input_fn=input, out=sys.stdout) -> int:
     """Read questions from `input_fn` until EOF, `exit` or `quit` (`/reset` forgets the turns)."""
+    if max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     path = resolve_source(source)
     model, tok = load_model(path, dtype, pick_device(device))
     model.eval()
-    if template == "auto":
-        template = "chat" if getattr(tok, "chat_template", None) else "r1_zero"
+    if template == "auto":  # what it was trained on, else its own chat template if it has one
+        template = template_of(path) or (
+            "chat" if getattr(tok, "chat_template", None) else "r1_zero")
     if template == "chat" and not getattr(tok, "chat_template", None):
         raise UserError(f"{source}: the tokenizer has no chat template; use --template r1_zero")
     out.write(f"r1kit chat: {path} ({template} template). Empty line, exit or Ctrl-D to quit; "
@@ -140,16 +144,25 @@ def _reply(model, tok, prompt, template, max_new_tokens, temperature, top_p, out
         kwargs.update(temperature=temperature, top_p=top_p)
     if template == "r1_zero":  # the R1-Zero format ends with the answer tag
         kwargs.update(stop_strings=["</answer>"], tokenizer=tok)
-    worker = Thread(target=_generate, args=(model, kwargs), daemon=True)
+    failed: list[BaseException] = []
+    worker = Thread(target=_generate, args=(model, kwargs, failed), daemon=True)
     worker.start()
     printer = ReasoningPrinter(out, prefilled=prefills_think(prompt))
     for piece in streamer:
         printer.feed(piece)
     printer.close()
     worker.join()
+    if failed:
+        raise failed[0]
     return printer.answer
 
 
 @torch.no_grad()
-def _generate(model, kwargs) -> None:
-    model.generate(**kwargs)
+def _generate(model, kwargs, failed: list) -> None:
+    """`generate` in the worker thread; an error is kept for the caller, and the stream ended so
+    that the caller does not wait for tokens forever."""
+    try:
+        model.generate(**kwargs)
+    except BaseException as e:  # noqa: BLE001 -- re-raised in the calling thread
+        failed.append(e)
+        kwargs["streamer"].end()

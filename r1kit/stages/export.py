@@ -45,14 +45,16 @@ def resolve_source(source: str) -> str:
                     "(adapter_config.json) nor a run folder (final/ or checkpoints/)")
 
 
-def _template_of(source: str) -> str | None:
-    """The prompt template of the run `source` belongs to (None when it is not in a run)."""
+def template_of(source: str) -> str | None:
+    """The prompt template `source` was trained on: its run's `data.template`, or r1_zero for a
+    built-in base (whose tokenizer carries a chat template the model never saw); None when
+    neither says."""
     for folder in (Path(source), *Path(source).parents[:3]):
         config = folder / "config.yaml"
         if config.is_file():
             data = yaml.safe_load(config.read_text()) or {}
             return (data.get("data") or {}).get("template")
-    return None
+    return "r1_zero" if (Path(source) / "r1kit_base.json").is_file() else None
 
 
 def load_for_export(path: str, dtype: str):
@@ -83,7 +85,7 @@ def main(source: str, out: str, *, dtype: str = "", template: str = "") -> Path:
     if not dtype:  # keep the dtype the weights were trained in
         dtype = str(model.config.dtype).removeprefix("torch.") if model.config.dtype else "float32"
     model = model.to(DTYPES.get(dtype, model.dtype))
-    template = template or _template_of(path) or ("chat" if tokenizer.chat_template else "r1_zero")
+    template = template or template_of(path) or ("chat" if tokenizer.chat_template else "r1_zero")
     if template == "r1_zero":
         tokenizer.chat_template = R1_ZERO_CHAT_TEMPLATE
     elif not tokenizer.chat_template:
