@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="problems to evaluate on: a .jsonl of {prompt, answer}, hf:NAME, "
                                 "or builtin (the held-out split; the default)")
             p.add_argument("--out", metavar="DIR",
-                           help="write comparison.md and comparison.json here (default: a run "
-                                "folder)")
+                           help="write the results here (comparison.md and .json; one model: "
+                                "summary.json and samples.jsonl); default: a run folder")
         if name == "distill":
             p.add_argument("--teacher", help="teacher model, run or pipeline folder "
                                              "(same as --set distill.teacher=)")
@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"--resume continues {args.resume} with its saved config.yaml, so --set, --config "
                 f"and the other settings given with it would be ignored; to change a setting (e.g. "
                 f"rl.steps, to train longer), edit {Path(args.resume) / 'config.yaml'}")
+        if getattr(args, "models", None) and getattr(args, "model", None):
+            raise UserError("name the models either as arguments (several, compared) or with "
+                            "--model (one), not both")
         cfg = load_config(cls, args.config, overrides)  # a bad setting fails before torchrun
         if getattr(args, "nproc", None) is not None:  # re-run this command under torchrun
             from r1kit.distributed import launch

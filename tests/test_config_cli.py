@@ -129,3 +129,18 @@ def test_eval_stage_on_jsonl(tiny_base, tmp_path, capsys):
     assert summary["num_problems"] == 6
     assert 0.0 <= summary["eval/pass@1"] <= 1.0
     assert "pass@1" in capsys.readouterr().out
+
+    # --out: one model's results go there too; a model both ways, a typo'd path, a file: errors
+    code = cli(["eval", "--model", tiny_base, "--problems", str(probs), "--set", "eval.k=1",
+                "--set", "eval.max_new_tokens=8", "--out", str(tmp_path / "one")])
+    assert code == 0
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["num_problems"] == 6
+    assert len((tmp_path / "one" / "samples.jsonl").read_text().splitlines()) == 6
+    capsys.readouterr()
+    for args, message in [
+        (["--model", tiny_base, "builtin"], "not both"),
+        ([tiny_base, str(tmp_path / "runs" / "x" / "finall")], "no config.json"),
+        (["--model", tiny_base, "--out", str(probs)], "a file, not a folder"),
+    ]:
+        assert cli(["eval", *args, "--problems", str(probs)]) == 2, args
+        assert message in capsys.readouterr().err, args

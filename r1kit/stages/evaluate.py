@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 from r1kit.comparison import evaluate_row, write_comparison
 from r1kit.config import EvalStageConfig
@@ -19,6 +20,7 @@ from r1kit.evaluation import evaluate
 from r1kit.models import builtin_model_for, load_model, pick_device, resolve_model_path
 from r1kit.rewards import code as code_reward
 from r1kit.runs import RunFolder, load_problems
+from r1kit.templates import render_prompt
 
 
 def main(cfg: EvalStageConfig, models: list[str] | None = None, out: str | None = None) -> dict:
@@ -34,8 +36,12 @@ def main(cfg: EvalStageConfig, models: list[str] | None = None, out: str | None 
         code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
     cfg = builtin_model_for(cfg)
     model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, pick_device(cfg.run.device))
-    run = RunFolder.open(cfg, "eval")
-    cfg = run.cfg
+    _check_template(cfg.model.path, cfg.data.template, tokenizer)
+    if out:  # the summary and samples go to OUT instead of a new run folder
+        run = RunFolder(_out_folder(out), cfg, resumed=False)
+    else:
+        run = RunFolder.open(cfg, "eval")
+        cfg = run.cfg
     res = evaluate(model, tokenizer, problems, cfg.eval, template=cfg.data.template,
                    stop=cfg.rollout.stop, seed=cfg.run.seed)
     metrics = {"model": cfg.model.path, "num_problems": res.num_problems, **res.metrics()}
@@ -57,16 +63,17 @@ def compare(cfg: EvalStageConfig, models: list[str], out: str | None = None) -> 
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     for path in models:  # every path checked before any model is evaluated
-        if path != "builtin" and (Path(path).exists() or path.startswith((".", "/", "~"))) \
-                and not (Path(path) / "config.json").is_file():
-            raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
+        local = Path(path).exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
+        if path not in ("builtin", "builtin:code") and local:  # (a hub name is ORG/NAME)
+            if not (Path(path) / "config.json").is_file():
+                raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
+            if cfg.data.template == "chat":
+                _check_template(path, "chat", AutoTokenizer.from_pretrained(path))
     _, problems = load_problems(cfg.data, cfg.eval.num_problems)
     if not problems:
         raise UserError("no problems to evaluate (eval.num_problems=0 or an empty eval source)")
     if out:
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        run_path = folder
+        run_path = _out_folder(out)
     else:
         run = RunFolder.open(cfg, "eval")
         cfg, run_path = run.cfg, run.path
@@ -85,6 +92,21 @@ def compare(cfg: EvalStageConfig, models: list[str], out: str | None = None) -> 
     print("\n" + table)
     print(json.dumps({"comparison": str(run_path / "comparison.md")}))
     return {"rows": rows}
+
+
+def _check_template(path: str, template: str, tokenizer) -> None:
+    try:
+        render_prompt("", template, tokenizer)
+    except ValueError as e:  # the chat template on a tokenizer that has none
+        raise UserError(f"{path}: data.template: {e}") from None
+
+
+def _out_folder(out: str) -> Path:
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {out}: a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _labels(models: list[str]) -> list[str]:
