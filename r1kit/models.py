@@ -80,6 +80,8 @@ def load_model(path: str, dtype: str = "float32", device: torch.device | str = "
     local = Path(path)
     if (path.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
         raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
+    if local.exists():  # an absolute name_or_path: what a LoRA adapter records as its base
+        path = str(local.expanduser().resolve())
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)

@@ -161,3 +161,12 @@ def test_lora_sft_trains_adapters_and_saves_merged(tiny_llama, tmp_path):
     assert set(base) == set(merged)
     changed = [k for k in base if not torch.equal(base[k], merged[k])]
     assert changed and all("proj" in k for k in changed)  # only adapted linear layers moved
+
+
+def test_a_relative_model_path_is_recorded_absolute(tiny_llama, tmp_path, monkeypatch):
+    """What a LoRA adapter records as its base must load from any directory."""
+    from r1kit.models import load_model
+
+    monkeypatch.chdir(Path(tiny_llama).parent)
+    model, _ = load_model(Path(tiny_llama).name)
+    assert Path(model.name_or_path).is_absolute() and Path(model.name_or_path) == Path(tiny_llama)
