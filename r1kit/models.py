@@ -17,10 +17,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def pick_device(name: str = "auto") -> torch.device:
     if name != "auto":
         try:
-            return torch.device(name)
+            device = torch.device(name)
         except RuntimeError:
             raise UserError(f"run.device: {name!r} is not a device; use auto, cpu, cuda, cuda:N "
                             "or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"device {name!r}: CUDA is not available here (torch "
+                            f"{torch.__version__}, no GPU it can use); use cpu or auto")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():

@@ -109,6 +109,11 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
                 "--set", f"run.out_dir={tmp_path}"])
     assert code == 2 and "no held-out problems" in capsys.readouterr().err
 
+    assert cli(["base", "--set", "num_heads=5", "--set", f"out={tmp_path / 'base'}"]) == 2
+    assert "must divide by num_heads (5)" in capsys.readouterr().err
+    assert cli(["zero", "--set", "run.device=gpu0", "--set", f"run.out_dir={tmp_path}"]) == 2
+    assert "'gpu0' is not a device" in capsys.readouterr().err
+
     for n in ("0", "-1"):  # before torchrun is started
         assert cli(["zero", "--nproc", n]) == 2
         assert f"--nproc must be at least 1, got {n}" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from r1kit.checkpoint import check_model_out
 from r1kit.config import BaseConfig, to_dict
+from r1kit.errors import UserError
 
 PACKAGED_BASE = Path(__file__).resolve().parent.parent / "assets" / "tiny-base"
 # `model.path=builtin:code`: the default recipe with half of the corpus worked one-line programs
@@ -63,6 +64,10 @@ def ensure_builtin_base(cfg: BaseConfig | None = None, log=print) -> Path:
 def main(cfg: BaseConfig, out: Path | None = None, log=print) -> dict:
     from r1kit.tinybase import build_base
 
+    kv = cfg.num_kv_heads or cfg.num_heads
+    if cfg.hidden_size % cfg.num_heads or cfg.num_heads % kv:
+        raise UserError(f"hidden_size ({cfg.hidden_size}) must divide by num_heads "
+                        f"({cfg.num_heads}), and num_heads by num_kv_heads ({kv})")
     out = check_model_out(out or default_out(cfg), key="out")  # before minutes of work
     record = build_base(cfg, out, log=log)
     record["config_key"] = config_key(cfg)

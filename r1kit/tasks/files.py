@@ -97,6 +97,8 @@ def load_hf_dataset(
             raise UserError(f"{name}: cannot load dataset ({e})") from None
         except FileNotFoundError as e:
             raise UserError(f"{name}: no such dataset or folder ({e})") from None
+        except ConnectionError as e:  # a hub name, offline or unreachable
+            raise UserError(f"{name}: cannot reach the Hugging Face Hub for it ({e})") from None
 
     columns = list(data.column_names)
     for key in (prompt_key, answer_key):
