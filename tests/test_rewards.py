@@ -192,6 +192,16 @@ def test_registry():
         register("accuracy")(lambda completion, problem: 0.0)
 
 
+def test_a_reward_defined_again_replaces_itself(monkeypatch):
+    """A notebook cell run twice defines the same function again: no error, the new one wins."""
+    monkeypatch.setattr(r1kit.rewards, "_REGISTRY", dict(r1kit.rewards._REGISTRY))
+    for value in (0.0, 1.0):
+        def short(completion, problem, value=value):
+            return value
+        register("short_again")(short)
+    assert get_reward("short_again")("x", problem()) == 1.0
+
+
 # --- scoring ---------------------------------------------------------------------------------
 
 

@@ -39,7 +39,10 @@ def register(name: str) -> Callable[[RewardFn], RewardFn]:
     """Decorator: make `fn` available as `get_reward(name)`. Names are unique."""
 
     def decorator(fn: RewardFn) -> RewardFn:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
+        old = _REGISTRY.get(name)
+        redefined = old is not None and (old.__module__, old.__qualname__) == (
+            fn.__module__, fn.__qualname__)  # the same definition run again (a notebook cell)
+        if old is not None and old is not fn and not redefined:
             raise ValueError(f"a reward named {name!r} is already registered")
         _REGISTRY[name] = fn
         return fn
