@@ -107,6 +107,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
     """Write `checkpoints/step-N/` (HF model + `trainer_state.pt`), then point `latest` at it."""
     ckpt_root = Path(run_dir) / "checkpoints"
     target = ckpt_root / f"step-{step:06d}"
+    for torn in ckpt_root.glob(".step-*"):  # a write cut off by a kill (`atomic_dir`'s temporaries)
+        shutil.rmtree(torn, ignore_errors=True)
     with atomic_dir(target) as tmp:
         _save_model(model, tmp, state_dict)
         tokenizer.save_pretrained(tmp)

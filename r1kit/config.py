@@ -9,6 +9,7 @@ of the wrong type are `UserError`s that name the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -435,7 +436,7 @@ class PipelineStagesConfig:
     rejection_prompts: int = opt(1500, "05-rejection: train prompts sampled from Dev2", low=1)
     rejection_samples: int = opt(4, "05-rejection: completions per prompt", low=1)
     final_rl_steps: int = opt(150, "07-r1: GRPO steps from Dev3", low=1)
-    final_temperature: float = opt(0.7, "07-r1: rollout temperature (R1-SPEC §3.2: 0.7)", low=0)
+    final_temperature: float = opt(0.7, "07-r1: rollout temperature (R1-SPEC §3.2: 0.7)", above=0)
     language_form: str = opt(
         "language", "the language reward of 04-dev2 and 07-r1: 'language' (the paper's proportion) "
         "or 'language_threshold' (1 when the share is >= 0.95)",
@@ -566,6 +567,9 @@ def _build(cls, values: dict, prefix: str = ""):
 
 def _check_range(value: Any, meta, key: str) -> None:
     low, above, high, choices = (meta.get(k) for k in ("low", "above", "high", "choices"))
+    bounded = (low, above, high) != (None, None, None)
+    if bounded and isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"config key '{key}' must be a finite number, got {value!r}")
     if choices is not None and value not in choices:
         raise UserError(f"config key '{key}' must be one of {', '.join(map(str, choices))}; "
                         f"got {value!r}")

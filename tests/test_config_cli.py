@@ -114,6 +114,13 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert cli(["zero", "--set", "run.device=gpu0", "--set", f"run.out_dir={tmp_path}"]) == 2
     assert "'gpu0' is not a device" in capsys.readouterr().err
 
+    assert cli(["zero", "--nproc", "2", "--set", "rl.prompts_per_step=3"]) == 2
+    assert "rl.prompts_per_step=3 must be divisible" in capsys.readouterr().err
+    assert cli(["zero", "--set", "rl.lr=nan"]) == 2
+    assert "'rl.lr' must be a finite number" in capsys.readouterr().err
+    assert cli(["zero", "--set", "rollout.temperature=0", "--set", f"run.out_dir={tmp_path}"]) == 2
+    assert "rollout.temperature must be more than 0 for GRPO" in capsys.readouterr().err
+
     for n in ("0", "-1"):  # before torchrun is started
         assert cli(["zero", "--nproc", n]) == 2
         assert f"--nproc must be at least 1, got {n}" in capsys.readouterr().err

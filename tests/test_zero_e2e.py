@@ -189,9 +189,13 @@ def test_resume_continues_from_checkpoint(tiny_base, tmp_path):
     assert [r["step"] for r in logged("metrics.jsonl")] == [1, 2, 3]
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 4, "train/lo')
+    torn = run / "checkpoints" / ".step-000004.tmp-x1"  # a checkpoint write cut off by a kill
+    torn.mkdir()
+    (torn / "model.safetensors").write_bytes(b"partial")
 
     CALLS.update(n=0, interrupt_at=None)
     assert cli(["zero", "--resume", str(run)]) == 0
+    assert not torn.exists()  # cleared by the next checkpoint write
     # the rows after the checkpoint were written again, not twice
     assert [r["step"] for r in logged("metrics.jsonl")] == [1, 2, 3, 4]
     assert sorted({r["step"] for r in logged("completions.jsonl")}) == [1, 2, 3, 4]

@@ -89,7 +89,7 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
         for name in ("metrics.jsonl", "eval.jsonl"):
             run.drop_rows_after(name, state["step"] if resume_from else -1, tags=("final",))
     tracker = Tracker(run.path, cfg.run.report_to if ranks.main else [], config=to_dict(cfg),
-                      resume_step=state["step"] if run.resumed else None)
+                      resume_step=(state["step"] if resume_from else -1) if run.resumed else None)
 
     def evaluate_now(tag: str) -> dict:
         if not eval_set:

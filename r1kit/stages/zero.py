@@ -78,6 +78,9 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     if not eval_set:
         raise UserError("no held-out problems (eval.num_problems=0 or an empty eval source): a "
                         "GRPO run evaluates its model before and after training")
+    if cfg.rollout.temperature <= 0:
+        raise UserError("rollout.temperature must be more than 0 for GRPO: a group of greedy "
+                        "completions has no spread to learn from, and the log-probs divide by it")
     import_reward_modules(cfg.rewards.modules)
     specs = [RewardSpec(name, _weight(name, w)) for name, w in cfg.rewards.weights.items()]
     for spec in specs:
@@ -132,7 +135,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         with distributed.gathered(policy, d) as model:
             engine.sync(model)
     tracker = Tracker(run.path, cfg.run.report_to if d.main else [], config=to_dict(cfg),
-                      resume_step=state["step"] if run.resumed else None)
+                      resume_step=(state["step"] if resume_from else -1) if run.resumed else None)
 
     def evaluate_now(tag: str) -> dict:
         with distributed.gathered(policy, d) as model:  # each rank samples a share of batches
@@ -147,7 +150,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     if state["base_eval"] is None:
         state["base_eval"] = evaluate_now("base")
         if d.main:
-            _print_eval("base", state["base_eval"], cfg.eval.k)
+            _print_eval("base", state["base_eval"], cfg.eval)
 
     bar = tqdm(total=rl.steps, initial=state["step"], desc=stage, dynamic_ncols=True,
                mininterval=1.0, disable=not d.main)
@@ -207,8 +210,9 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
             state["bad_steps"] += 1
             log.warning(f"step {state['step'] + 1}: non-finite rewards; update skipped")
         if state["bad_steps"] >= rl.max_bad_steps:
-            stopped = (f"stopped after {state['bad_steps']} consecutive non-finite steps; the last "
-                       f"good checkpoint is intact in {run.path / 'checkpoints'}")
+            kept = (f"the last good checkpoint is intact in {run.path / 'checkpoints'}"
+                    if (run.path / "checkpoints" / "latest").is_file() else "no checkpoint was written")
+            stopped = f"stopped after {state['bad_steps']} consecutive non-finite steps; {kept}"
             log.error(stopped)
             break
         _watch_for_stuck_rewards(state, group_equal, scores, rl.stuck_steps)
@@ -256,7 +260,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     if d.main:
         write_report_safely(run.path)
         if final:
-            _print_eval("final", final, cfg.eval.k, base=state["base_eval"])
+            _print_eval("final", final, cfg.eval, base=state["base_eval"])
         print(f"run folder: {run.path}")
     distributed.finish(d)
     return summary
@@ -514,7 +518,8 @@ def _summary(state: dict, final: dict, k: int, stopped: str | None) -> dict:
     return out
 
 
-def _print_eval(tag: str, m: dict, k: int, base: dict | None = None) -> None:
+def _print_eval(tag: str, m: dict, ev, base: dict | None = None) -> None:
+    k = ev.k
     if base is None:
         print(f"[{tag}] held-out pass@1 {m['eval/pass@1']:.3f} "
               f"[{m['eval/pass@1_lo']:.3f}, {m['eval/pass@1_hi']:.3f}]  "
@@ -528,4 +533,4 @@ def _print_eval(tag: str, m: dict, k: int, base: dict | None = None) -> None:
         print(f"{name:<12}{base[key]:>10.3f}{m[key]:>10.3f}")
     print(f"pass@1 95% CI: base [{base['eval/pass@1_lo']:.3f}, {base['eval/pass@1_hi']:.3f}]"
           f"  final [{m['eval/pass@1_lo']:.3f}, {m['eval/pass@1_hi']:.3f}]"
-          f"  (k={k} samples per problem, T=0.6, top-p 0.95)")
+          f"  (k={k} samples per problem, T={ev.temperature}, top-p {ev.top_p})")
