@@ -69,7 +69,8 @@ def evaluate(
     """Sample `cfg.k` completions per problem and score them.
 
     Over several processes, `part=(rank, world)` makes this one sample batches rank, rank +
-    world, ... (its generator seeded `seed + 1_000_003 * rank`, so one process is `seed`), and
+    world, ... (as many batches as one process makes, rounded up to a multiple of `world` and
+    evened out; its generator seeded `seed + 1_000_003 * rank`, so one process is `seed`), and
     `gather` (every rank's list, in rank order, on every rank) brings their per-problem records
     together: every rank returns the whole result.
     """
@@ -77,6 +78,9 @@ def evaluate(
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(
         seed + 1_000_003 * rank)
     per_batch = max(1, cfg.batch_size // cfg.k)
+    if world > 1:  # as many batches as before, rounded up to a multiple of world, evened out
+        n_batches = -(-len(problems) // per_batch)
+        per_batch = max(1, -(-len(problems) // (-(-n_batches // world) * world)))
     starts = list(range(0, len(problems), per_batch))[rank::world]
     model.eval()
     mine = [rec for start in starts for rec in _score_batch(
