@@ -1,4 +1,5 @@
-"""The one entry point: `r1kit base | zero | rl | sft | sample | distill | eval | pipeline | report`.
+"""The one entry point: `r1kit base | zero | rl | sft | sample | distill | eval | pipeline | report |
+chat | export`.
 
 Every stage takes `--config FILE.yaml` (overrides only) and any number of `--set key=value`;
 `r1kit STAGE --help` lists every key with its default and meaning.

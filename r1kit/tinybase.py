@@ -11,7 +11,7 @@ Departures from a real base model, on purpose:
   number below 100 becomes one token (as in GPT-2's vocabulary, unlike Qwen2's single digits) and
   the fixed template compresses to a few tokens. A model of this size on 2 cores learns 2-digit
   arithmetic as a lookup over number tokens in minutes; with single-digit tokens it had learned
-  only 17% of steps after 20 minutes (benchmarks/results/base_model.md);
+  only 17% of steps after 20 minutes (measured once when the tokenizer was chosen);
 - the architecture is Llama rather than Qwen2 because transformers reloads a Qwen2 folder's
   tokenizer as `Qwen2Tokenizer`, which swaps in its own whitespace-splitting pre-tokenizer; a Llama
   folder whose tokenizer_config says `TokenizersBackend` reloads `tokenizer.json` exactly as

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from r1kit.tasks.base import Problem, draw_distinct
 
@@ -33,15 +33,20 @@ RU_EQUALS = "равно"
 RU_WAIT = "подожди"
 
 
+def _share(default: float, help: str):
+    """A probability field of `CorpusStyle`, documented and range-checked like r1kit/config.py's."""
+    return field(default=default, metadata={"help": help, "low": 0.0, "high": 1.0})
+
+
 @dataclass(frozen=True)
 class CorpusStyle:
     """How sloppy the worked solutions of the pretraining corpus are (see the module docstring)."""
 
-    carry_slip: float = 0.5
-    slip: float = 0.03
-    recheck: float = 0.3
-    second_language: float = 0.15
-    no_tags: float = 0.04
+    carry_slip: float = _share(0.5, "chance that a step needing a carry or borrow forgets it")
+    slip: float = _share(0.03, "chance that another step is off by one")
+    recheck: float = _share(0.3, "chance that a wrong step is caught with `wait, ...` and redone")
+    second_language: float = _share(0.15, "share of traces written with Russian operation words")
+    no_tags: float = _share(0.04, "share of traces that end without the answer tags")
 
 
 def is_heldout(expression: str) -> bool:
