@@ -112,5 +112,13 @@ def test_carry_tier_makes_most_steps_carry_and_keeps_the_default_task():
     train, heldout = load_problems(DataConfig(source="builtin:carry", train_size=300), 50)
     assert {p.id for p in train}.isdisjoint(p.id for p in heldout)
     assert carry_share(heldout) > 0.8
+    # every step carries or borrows wherever the 0..99 range allows one, either way
+    for p in hard:
+        total = p.meta["start"]
+        for op, d in p.meta["steps"]:
+            possible = any(_needs_carry(total, o, e) for o in "+-" for e in range(2, 10)
+                           if 0 <= (total + e if o == "+" else total - e) <= 99)
+            assert _needs_carry(total, op, d) or not possible, (p.id, total, op, d)
+            total = total + d if op == "+" else total - d
     for p in hard[:50]:  # answers are still the true totals
         assert str(eval(p.id)) == p.answer  # our own generated expression

@@ -66,11 +66,11 @@ def _random_chain(rng: random.Random, min_terms: int, max_terms: int, carry_only
 
     for _ in range(rng.randint(min_terms, max_terms) - 1):
         op = rng.choice("+-")
-        choices = digits(op)
-        other = digits("-" if op == "+" else "+")
+        flip = "-" if op == "+" else "+"
+        choices, other = digits(op), digits(flip)
         if not choices or (carry_only and not _needs_carry(total, op, choices[0])
-                           and other and _needs_carry(total, op, other[0])):
-            op, choices = ("-" if op == "+" else "+"), other  # near a bound, or no carry this way
+                           and other and _needs_carry(total, flip, other[0])):
+            op, choices = flip, other  # near a bound, or no carry this way
         d = rng.choice(choices)
         total = total + d if op == "+" else total - d
         steps.append((op, d))
