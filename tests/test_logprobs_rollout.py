@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -75,3 +76,36 @@ def test_stop_string_ends_a_row_and_cuts_text(tiny_base):
             assert not trunc
         else:
             assert n == 20 and trunc
+
+
+class _Scripted(torch.nn.Module):
+    """A model that always predicts the next token of `script` (by completion position)."""
+
+    def __init__(self, inner, script: list[int], prompt_len: int):
+        super().__init__()
+        self.inner, self.script, self.p0 = inner, script, prompt_len
+        self.config, self.generation_config = inner.config, inner.generation_config
+
+    def forward(self, input_ids=None, position_ids=None, **kw):
+        out = self.inner(input_ids=input_ids, position_ids=position_ids, **kw)
+        k = (position_ids[:, -out.logits.shape[1]:] + 1 - self.p0).clamp(0, len(self.script) - 1)
+        target = torch.tensor(self.script)[k]
+        out.logits = torch.full_like(out.logits, -30.0).scatter_(-1, target[..., None], 30.0)
+        return out
+
+
+@pytest.mark.parametrize("stop", ["答案", "ё", "</answer>"])
+def test_a_stop_string_of_byte_tokens_or_split_characters_ends_the_row(tiny_base, stop):
+    """`答案` and `ё` are spelled by several byte tokens, each decoding to U+FFFD alone;
+    `</answer>` is spelled here one character at a time, not as its own token."""
+    model, tok = _load(tiny_base)
+    enc = lambda text: tok.encode(text, add_special_tokens=False)
+    stop_ids = [i for c in stop for i in enc(c)] if stop.startswith("<") else enc(stop)
+    script = enc("<answer> 55 ") + stop_ids + enc(" and more text after it")
+    prompt = "Compute 47+8"
+    ro = sample(_Scripted(model, script, len(enc(prompt))), tok, [prompt], 1,
+                max_new_tokens=len(script) + 2, stop=[stop],
+                generator=torch.Generator().manual_seed(0))
+    n = len(enc("<answer> 55 ")) + len(stop_ids)
+    assert ro.texts == [f"<answer> 55 {stop}"] and ro.num_tokens == [n]
+    assert ro.truncated == [False] and ro.completion_mask.sum().item() == n
