@@ -74,6 +74,8 @@ def evaluate(
     `gather` (every rank's list, in rank order, on every rank) brings their per-problem records
     together: every rank returns the whole result.
     """
+    if not problems:
+        raise ValueError("no problems to evaluate")
     rank, world = part
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(
         seed + 1_000_003 * rank)

@@ -132,6 +132,9 @@ def policy_loss(
             f"logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)} and "
             f"completion_mask {tuple(completion_mask.shape)} must share one (B*G, T) shape"
         )
+    if ref_logprobs is not None and ref_logprobs.shape != logprobs.shape:
+        raise ValueError(f"ref_logprobs {tuple(ref_logprobs.shape)} must have the shape of "
+                         f"logprobs {tuple(logprobs.shape)}")
     if advantages.shape != logprobs.shape[:1]:
         raise ValueError(
             f"advantages must be ({logprobs.shape[0]},), one per row; got {tuple(advantages.shape)}"

@@ -46,6 +46,9 @@ def completion_logprobs(
     sampled from (as TRL and verl do).
     """
     n = completion_ids.shape[0]
+    if not temperature > 0:
+        raise ValueError(f"temperature must be more than 0 (the logits are divided by it), got "
+                         f"{temperature}")
     if groups is not None and group_size > 1:
         raise ValueError("pass group_size (contiguous groups) or groups, not both")
     if groups is None and group_size > 1:

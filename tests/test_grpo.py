@@ -419,3 +419,11 @@ def test_errors():
         group_advantages(torch.zeros(10), group_size=4)
     with pytest.raises(ValueError, match="group_size"):
         group_advantages(torch.zeros(4), group_size=0)
+
+
+def test_reference_logprobs_of_another_shape_are_refused():
+    lp = -torch.rand(4, 5)
+    for shape in ((5,), (1, 5), (4, 1)):  # each would broadcast silently
+        with pytest.raises(ValueError, match="ref_logprobs"):
+            policy_loss(lp, lp, torch.ones(4), torch.ones(4, 5), ref_logprobs=-torch.rand(shape),
+                        beta=0.1)

@@ -109,3 +109,26 @@ def test_a_stop_string_of_byte_tokens_or_split_characters_ends_the_row(tiny_base
     n = len(enc("<answer> 55 ")) + len(stop_ids)
     assert ro.texts == [f"<answer> 55 {stop}"] and ro.num_tokens == [n]
     assert ro.truncated == [False] and ro.completion_mask.sum().item() == n
+
+
+def test_degenerate_inputs_are_clear_errors_and_a_tokenizer_without_pad_works(tiny_base):
+    from r1kit.logprobs import completion_logprobs
+    from r1kit.rollout.hf import _sample_next
+
+    model, tok = _load(tiny_base)
+    for prompts, g, message in (([], 2, "at least one prompt"), (["1+1"], 0, "group_size >= 1"),
+                                (["1+1", ""], 2, "prompt 1 has no tokens")):
+        with pytest.raises(ValueError, match=message):
+            sample(model, tok, prompts, g, max_new_tokens=4)
+    tok.pad_token = None  # left-padding is done by `sample` itself
+    ro = sample(model, tok, ["Compute 1+2", "Compute 47+8-9"], 2, max_new_tokens=4,
+                generator=torch.Generator().manual_seed(0))
+    assert ro.prompt_mask[:2, 0].tolist() == [0, 0] and ro.prompt_mask[2:].all()
+    with pytest.raises(ValueError, match="temperature must be more than 0"):
+        completion_logprobs(model, ro.prompt_ids, ro.prompt_mask, ro.completion_ids,
+                            ro.completion_mask, temperature=0.0)
+    # top-p keeps the smallest set reaching top_p, as transformers' TopPLogitsWarper does
+    logits = torch.tensor([[0.5, 0.25, 0.25]]).log().repeat(2000, 1)
+    for top_p, kept in ((0.5, 1), (0.75, 2), (0.76, 3)):  # 0.5 reached by the first token
+        tokens, _ = _sample_next(logits, 1.0, top_p, torch.Generator().manual_seed(0))
+        assert len(set(tokens.tolist())) == kept, top_p

@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -18,13 +19,15 @@ from r1kit.stages.zero import Timer, update_policy
 from r1kit.templates import render_prompt
 
 
-def _update_with(model, ro, advantages, micro_batch_size, aggregation):
+def _update_with(model, ro, advantages, micro_batch_size, aggregation, mu=1, metrics=None):
     model = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    rl = RLConfig(micro_batch_size=micro_batch_size, aggregation=aggregation, beta=0.0)
+    rl = RLConfig(micro_batch_size=micro_batch_size, aggregation=aggregation, beta=0.0,
+                  updates_per_rollout=mu)
     rows = torch.arange(len(ro))
-    update_policy(model, None, opt, ro, advantages, ro.completion_mask, rows, rl,
-                  RolloutConfig(), 16, Timer())
+    m = update_policy(model, None, opt, ro, advantages, ro.completion_mask, rows, rl,
+                      RolloutConfig(), 16, Timer())
+    (metrics if metrics is not None else {}).update(m)
     return model
 
 
@@ -44,6 +47,15 @@ def test_micro_batching_does_not_change_the_update(tiny_base):
         moved = sum((a - b).abs().sum().item()
                     for a, b in zip(whole.parameters(), model.parameters()))
         assert moved > 0
+
+    # mu above the number of groups: the extra minibatches are empty and change nothing, neither
+    # the update nor the logged means (they once halved the loss and grad norm at mu = 2 x groups)
+    logged = [{}, {}]
+    for mu, m in zip((4, 8), logged):
+        torch.manual_seed(0)  # the same group order
+        _update_with(model, ro, advantages, 16, "token_mean", mu=mu, metrics=m)
+    for key in ("train/loss", "train/pg_loss", "train/grad_norm", "train/entropy"):
+        assert logged[1][key] == pytest.approx(logged[0][key], rel=1e-6), key
 
 
 @register("test_varied")

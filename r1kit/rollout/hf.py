@@ -39,7 +39,8 @@ class Rollouts:
     truncated: list[bool]  # hit max_new_tokens without EOS or a stop string
     group_size: int
     # (B*G, T) log-prob of each sampled token under the sampling policy at the sampling
-    # temperature (full softmax, before top-p), 0 on padding; None if the engine gives none
+    # temperature (T = 1 when greedy; full softmax, before top-p), 0 on padding; None if the
+    # engine gives none
     logprobs: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -128,7 +129,8 @@ def _sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen):
     probs = torch.softmax(logits.float() / temperature, dim=-1)  # (N, V)
     if top_p < 1.0:
         sorted_p, idx = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
+        drop = sorted_p.cumsum(-1) - sorted_p >= top_p  # keep the smallest set reaching top_p
+        drop[:, 0] = False  # (and the most likely token, whatever top_p)
         choice = _inverse_cdf(sorted_p.masked_fill(drop, 0.0), gen)  # (N,)
         tokens = idx.gather(-1, choice[:, None])[:, 0]
     else:
@@ -170,11 +172,16 @@ def sample(
     """Sample `group_size` completions for each prompt (rows grouped contiguously)."""
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
-                    padding_side="left")
-    p_ids = enc["input_ids"].to(device)  # (B, P)
-    p_mask = enc["attention_mask"].to(device)  # (B, P)
-    P, T = p_ids.shape[1], max_new_tokens
+    if not prompts or group_size < 1:
+        raise ValueError(f"need at least one prompt and group_size >= 1; got {len(prompts)} "
+                         f"prompts, group_size={group_size}")
+    ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    if not all(ids):
+        raise ValueError(f"prompt {[len(i) for i in ids].index(0)} has no tokens")
+    P = max(map(len, ids))  # left-padded here, so a tokenizer without a pad token works too
+    p_ids = torch.tensor([[pad_id] * (P - len(i)) + i for i in ids], device=device)  # (B, P)
+    p_mask = torch.tensor([[0] * (P - len(i)) + [1] * len(i) for i in ids], device=device)
+    T = max_new_tokens
     cache, cache_kw, logits, pos = _prefill(model, p_ids, p_mask, group_size, P + T)
 
     n, vocab = len(prompts) * group_size, logits.shape[-1]

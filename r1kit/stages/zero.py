@@ -391,12 +391,14 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         for g in group_order.tensor_split(rl.updates_per_rollout)
     ]
     sums: dict[str, float] = {}  # this rank's partial sums, summed over ranks after the loop
-    grad_norms: list[float] = []
+    grad_norms: list[float] = []  # one per minibatch that updated
     ok = True
     for mbatch in minibatches:
         local = real and len(mbatch) > 0 and bool(data["c_mask"][mbatch].any())
         denom = distributed.all_sum(  # every rank's tokens (or sequences) of this minibatch
             grpo.loss_denominator(data["c_mask"][mbatch], rl.aggregation) if local else 0.0, d)
+        if denom == 0:  # empty on every rank (mu above the kept groups): no step, no metrics
+            continue
         opt.zero_grad(set_to_none=True)
         chunks = micro_batches(mbatch, not one_forward(policy)) if real else []
         for idx, weight, last in distributed.micro_steps(chunks, d, filler=torch.arange(G)):
@@ -417,9 +419,8 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
             # averaged over the completion tokens of the rows being updated.
             m["entropy"] = ((ent * cm).sum() / cm.sum().clamp(min=1)).item()
             # loss and pg_loss are partial sums (exact denominator); the rest are per-call means
-            sums["train/loss"] = sums.get("train/loss", 0.0) + loss.item() / len(minibatches)
-            sums["train/pg_loss"] = sums.get("train/pg_loss", 0.0) + float(
-                m.pop("pg_loss")) / len(minibatches)
+            sums["train/loss"] = sums.get("train/loss", 0.0) + loss.item()
+            sums["train/pg_loss"] = sums.get("train/pg_loss", 0.0) + float(m.pop("pg_loss"))
             for k, v in m.items():  # per-call means, weighted by the call's share of rows
                 sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + float(v) * len(idx) / n_all
         grad_norm = distributed.full(
@@ -431,8 +432,11 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         opt.step()
         grad_norms.append(grad_norm.item())  # already global
     sums = distributed.sum_metrics(sums, d)  # the loss sums and row-weighted means, global
+    for key in ("train/loss", "train/pg_loss"):  # the mean over the minibatches that updated
+        if key in sums:
+            sums[key] /= max(1, len(grad_norms) + (not ok))
     if grad_norms:
-        sums["train/grad_norm"] = sum(grad_norms) / len(minibatches)
+        sums["train/grad_norm"] = sum(grad_norms) / len(grad_norms)
     policy.eval()
     timer.add("update", time.perf_counter() - t_update)
     sums["ok"] = ok and math.isfinite(sums.get("train/loss", 0.0))
