@@ -140,6 +140,9 @@ def test_preference_reward_scores_the_summary_only(preference_model):
     # The reasoning is not read: any thinking with the same summary scores the same.
     assert reward(GOOD.format(t="a long and different 1+1=2 trace"), P) == pytest.approx(good)
     assert summary_part(GOOD.format(t="x")) == "The answer is <answer> 46 </answer>"
+    # a prompt past the model's 512 tokens loses its start, not the summary being scored
+    long = Problem(P.id, "Compute 47+8-9 " * 400, P.answer)
+    assert reward(BAD.format(t="x"), long) < reward(GOOD.format(t="x"), long)
 
 
 def test_preference_reward_in_score_is_batched_and_weighted(preference_model):
@@ -192,3 +195,14 @@ def test_pipeline_puts_preference_and_general_data_in_their_stages(preference_mo
     assert stages["05-rejection"][1].sample.general_data == "builtin"
     assert stages["05-rejection"][1].sample.general_samples == 7
     assert stages["02-cold-start"][1].sample.general_data == ""
+
+    # sample.general_data=builtin takes its size from pipeline.general_samples too; 08-distill
+    # keeps the user's filter thresholds and lists any_format once
+    cfg = load_config(PipelineConfig, None, [
+        "sample.general_data=builtin", "pipeline.general_samples=7", "pipeline.distill=true",
+        "sample.filters=[correct, well_formed, any_format]", "sample.max_paragraph_chars=200"])
+    rejection = pipeline.stage_configs(cfg, Path(tmp_path))["05-rejection"][1].sample
+    assert rejection.general_samples == 7
+    distill = pipeline.distill_stage_config(cfg, Path(tmp_path))["08-distill"][1].sample
+    assert distill.filters == ["correct", "any_format"] and distill.max_paragraph_chars == 200
+    assert distill.general_data == "" and not distill.cold_start_format

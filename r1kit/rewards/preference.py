@@ -52,6 +52,8 @@ def _load(path: str):
     except (OSError, ValueError) as e:
         raise UserError(f"reward_model:{path}: cannot load a sequence-classification model "
                         f"({str(e).splitlines()[0]})") from None
+    # "prompt\nsummary" past max_length loses the start of the prompt, never the summary scored
+    tokenizer.truncation_side = "left"
     if model.config.num_labels not in (1, 2):
         raise UserError(f"reward_model:{path}: expected 1 or 2 output labels, got "
                         f"{model.config.num_labels}")

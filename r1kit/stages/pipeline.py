@@ -154,10 +154,14 @@ def distill_stage_config(cfg: PipelineConfig, root: Path) -> dict[str, tuple[str
         data=cfg.data,
         rollout=dataclasses.replace(default.rollout, max_new_tokens=cfg.rollout.max_new_tokens,
                                     stop=list(cfg.rollout.stop)),
-        # R1 writes the summary format: R1-Zero's `well_formed` would reject all of it.
+        # The user's filters and thresholds, but R1 writes the summary format: R1-Zero's
+        # `well_formed` would reject all of it (`any_format` once, even if listed already).
         sample=dataclasses.replace(
-            default.sample, num_prompts=p.distill_prompts, samples_per_prompt=p.distill_samples,
-            filters=["any_format" if f == "well_formed" else f for f in cfg.sample.filters]),
+            cfg.sample, num_prompts=p.distill_prompts, samples_per_prompt=p.distill_samples,
+            batch_size=default.sample.batch_size, max_per_prompt=default.sample.max_per_prompt,
+            general_data="", general_samples=0, cold_start_format=False,
+            filters=list(dict.fromkeys(
+                "any_format" if f == "well_formed" else f for f in cfg.sample.filters))),
         sft=default.sft, eval=cfg.eval,
     ))}
 
@@ -196,7 +200,7 @@ def stage_configs(cfg: PipelineConfig, root: Path) -> dict[str, tuple[str, objec
                                 filters=filters)
         if not general:  # non-reasoning data goes to Dev3's SFT only, as in R1 (§3.2)
             s = dataclasses.replace(s, general_data="", general_samples=0)
-        elif not s.general_data and p.general_samples:
+        elif s.general_data in ("", "builtin") and not s.general_samples and p.general_samples:
             s = dataclasses.replace(s, general_data="builtin", general_samples=p.general_samples)
         return SampleConfig(run=run_section(name), model=model(start), data=cfg.data,
                             rollout=cfg.rollout, sample=s)
@@ -294,6 +298,9 @@ def _check(cfg: PipelineConfig) -> None:
     # (the ranges of the sizes, weights and language_form are checked by the config itself)
     if p.preference_model:
         get_reward(f"reward_model:{p.preference_model}")  # loads it: a bad path fails now
+    elif p.preference_steps or p.preference_weight != 1.0:
+        log.warning("pipeline.preference_steps / preference_weight do nothing without "
+                    "pipeline.preference_model")
     if cfg.sample.cold_start_format and "correct" not in cfg.sample.filters:
         raise UserError("sample.cold_start_format needs the 'correct' filter in sample.filters "
                         "(the summary states the answer); or set sample.cold_start_format=false")
