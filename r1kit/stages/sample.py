@@ -228,6 +228,9 @@ def _inputs(cfg: SampleConfig) -> tuple[FilterChain, list[Problem], list[dict]]:
                     "problems; sampling all of them")
     rng = random.Random(f"sample-{cfg.run.seed}")
     picked = rng.sample(range(len(train)), min(s.num_prompts, len(train)))
+    if s.general_samples and not s.general_data:
+        log.warning(f"sample.general_samples={s.general_samples} does nothing without "
+                    "sample.general_data (builtin or a JSONL file)")
     general = load_general(s.general_data, s.general_samples, cfg.run.seed) if s.general_data else []
     return chain, [train[i] for i in picked], general
 
