@@ -53,19 +53,21 @@ _ENDERS: dict[tuple, torch.Tensor] = {}  # (tokenizer, stop chars) -> which toke
 class _StopChecker:
     """Does a token sequence end a stop string? Checked on text, not token ids: a model can spell
     `</answer>` with other tokens than the one it encodes to. Only tokens whose text holds the
-    last character of some stop string, or part of a character (a byte token of `答` or `ё`
-    decodes to U+FFFD alone), trigger the short decode (`enders`, a bool table over the
-    vocabulary), so the check costs little."""
+    last character of some stop string, or, for non-ASCII stop strings, part of a character (a
+    byte token of `答` or `ё` decodes to U+FFFD alone), trigger the short decode (`enders`, a
+    bool table over the vocabulary), so the check costs little."""
 
     def __init__(self, tokenizer, stop: list[str], vocab: int):
         self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
         # tokens to decode: each spells at least one UTF-8 byte (+4: a last token that goes on
         # past the stop string, or starts inside a character)
         self.window = max((len(s.encode()) + 4 for s in self.stop), default=0)
-        key = (id(tokenizer), len(tokenizer), vocab, "".join(sorted({s[-1] for s in self.stop})))
+        last = {s[-1] for s in self.stop}
+        if not all(s.isascii() for s in self.stop):  # a character may span byte tokens
+            last.add("\ufffd")
+        key = (id(tokenizer), len(tokenizer), vocab, "".join(sorted(last)))
         if self.stop and key not in _ENDERS:
             texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-            last = {s[-1] for s in self.stop} | {"\ufffd"}
             table = torch.zeros(max(vocab, len(texts)), dtype=torch.bool)
             table[[i for i, t in enumerate(texts) if any(c in t for c in last)]] = True
             _ENDERS[key] = table
