@@ -9,6 +9,7 @@ the programs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -81,8 +82,8 @@ def evaluate(
         seed + 1_000_003 * rank)
     per_batch = max(1, cfg.batch_size // cfg.k)
     if world > 1:  # as many batches as before, rounded up to a multiple of world, evened out
-        n_batches = -(-len(problems) // per_batch)
-        per_batch = max(1, -(-len(problems) // (-(-n_batches // world) * world)))
+        n_batches = math.ceil(math.ceil(len(problems) / per_batch) / world) * world
+        per_batch = math.ceil(len(problems) / n_batches)
     starts = list(range(0, len(problems), per_batch))[rank::world]
     model.eval()
     mine = [rec for start in starts for rec in _score_batch(

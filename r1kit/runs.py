@@ -7,6 +7,7 @@ A run folder holds the resolved `config.yaml`, `metrics.jsonl` (one object per s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -85,6 +86,15 @@ class RunFolder:
         if not self.resumed and [p.name for p in self.path.iterdir()] == ["config.yaml"]:
             shutil.rmtree(self.path)
 
+    @contextlib.contextmanager
+    def discarded_on_error(self):
+        """`discard` the folder if the block raises (and re-raise)."""
+        try:
+            yield
+        except BaseException:
+            self.discard()
+            raise
+
     def record_eval(self, step: int, tag: str, result) -> dict[str, float]:
         """Log an `EvalResult` to eval.jsonl and its samples to samples/eval-TAG.jsonl."""
         metrics = result.metrics()
@@ -115,6 +125,18 @@ class RunFolder:
         kept = [r for r in rows if r.get("step", 0) <= step and r.get("tag") not in tags]
         if len(kept) < len(rows) or lines[-1]:
             self.write_jsonl(name, kept)
+
+    def rewind_logs(self, step: int | None, names: tuple[str, ...]) -> int | None:
+        """For a resumed run, drop the rows of `names` after `step` (its checkpoint's; None:
+        killed before its first one, so all of them) and any `final` row: they are written
+        again. Returns the step the logs now end at (-1: none), the `Tracker`'s `resume_step`;
+        None for a new run."""
+        if not self.resumed:
+            return None
+        step = -1 if step is None else step
+        for name in names:
+            self.drop_rows_after(name, step, tags=("final",))
+        return step
 
     def append(self, name: str, record: dict) -> None:
         self.append_many(name, [record])

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from r1kit.errors import UserError
+
 R1_ZERO_TEMPLATE = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant "
     "solves it. The assistant first thinks about the reasoning process in the mind and then "
@@ -34,6 +36,15 @@ def render_prompt(question: str, template: str = "r1_zero", tokenizer=None) -> s
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; known: {sorted(TEMPLATES) + ['chat']}")
     return TEMPLATES[template].format(prompt=question)
+
+
+def check_template(template: str, tokenizer, where: str = "data.template") -> None:
+    """A `UserError` naming `where` if `template` cannot render with `tokenizer` (the chat
+    template on a tokenizer that has none)."""
+    try:
+        render_prompt("", template, tokenizer)
+    except ValueError as e:
+        raise UserError(f"{where}: {e}") from None
 
 
 def prefills_think(prompt: str) -> bool:

@@ -12,7 +12,7 @@ from r1kit.distributed import SINGLE, Dist
 from r1kit.errors import UserError
 from r1kit.models import load_model
 from r1kit.runs import RunFolder
-from r1kit.templates import render_prompt
+from r1kit.templates import check_template
 
 
 def load_for_run(run: RunFolder, cfg, device):
@@ -20,16 +20,9 @@ def load_for_run(run: RunFolder, cfg, device):
     template checked on the tokenizer; a new folder that fails here is removed (`discard`), so
     that a rerun is not stopped by it."""
     resume_from = run.checkpoint()
-    try:
+    with run.discarded_on_error():
         model, tokenizer = load_trainable(cfg.model, cfg.lora, resume_from, device)
-    except BaseException:
-        run.discard()
-        raise
-    try:
-        render_prompt("", cfg.data.template, tokenizer)
-    except ValueError as e:  # the chat template on a tokenizer that has none
-        run.discard()
-        raise UserError(f"data.template: {e}") from None
+        check_template(cfg.data.template, tokenizer)
     return model, tokenizer, resume_from
 
 

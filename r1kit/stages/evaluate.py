@@ -20,7 +20,7 @@ from r1kit.evaluation import evaluate
 from r1kit.models import builtin_model_for, load_model, pick_device, resolve_model_path
 from r1kit.rewards import code as code_reward
 from r1kit.runs import RunFolder, load_problems
-from r1kit.templates import render_prompt
+from r1kit.templates import check_template
 
 
 def main(cfg: EvalStageConfig, models: list[str] | None = None, out: str | None = None) -> dict:
@@ -36,7 +36,7 @@ def main(cfg: EvalStageConfig, models: list[str] | None = None, out: str | None 
         code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
     cfg = builtin_model_for(cfg)
     model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, pick_device(cfg.run.device))
-    _check_template(cfg.model.path, cfg.data.template, tokenizer)
+    check_template(cfg.data.template, tokenizer, f"{cfg.model.path}: data.template")
     if out:  # the summary and samples go to OUT instead of a new run folder
         run = RunFolder(_out_folder(out), cfg, resumed=False)
     else:
@@ -68,7 +68,8 @@ def compare(cfg: EvalStageConfig, models: list[str], out: str | None = None) -> 
             if not (Path(path) / "config.json").is_file():
                 raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
             if cfg.data.template == "chat":
-                _check_template(path, "chat", AutoTokenizer.from_pretrained(path))
+                check_template("chat", AutoTokenizer.from_pretrained(path),
+                               f"{path}: data.template")
     _, problems = load_problems(cfg.data, cfg.eval.num_problems)
     if not problems:
         raise UserError("no problems to evaluate (eval.num_problems=0 or an empty eval source)")
@@ -92,13 +93,6 @@ def compare(cfg: EvalStageConfig, models: list[str], out: str | None = None) -> 
     print("\n" + table)
     print(json.dumps({"comparison": str(run_path / "comparison.md")}))
     return {"rows": rows}
-
-
-def _check_template(path: str, template: str, tokenizer) -> None:
-    try:
-        render_prompt("", template, tokenizer)
-    except ValueError as e:  # the chat template on a tokenizer that has none
-        raise UserError(f"{path}: data.template: {e}") from None
 
 
 def _out_folder(out: str) -> Path:

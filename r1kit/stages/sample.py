@@ -57,7 +57,7 @@ from r1kit.rollout.hf import sample
 from r1kit.runs import RunFolder, load_problems
 from r1kit.tasks.base import Problem
 from r1kit.tasks.general import load_general
-from r1kit.templates import mark_prefill, render_prompt
+from r1kit.templates import check_template, mark_prefill, render_prompt
 
 log = logging.getLogger("r1kit")
 
@@ -76,15 +76,9 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     device = pick_device(cfg.run.device)
-    try:
+    with run.discarded_on_error():
         model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, device)
-        render_prompt("", cfg.data.template, tokenizer)
-    except ValueError as e:  # the chat template on a tokenizer that has none
-        run.discard()
-        raise UserError(f"data.template: {e}") from None
-    except BaseException:
-        run.discard()
-        raise
+        check_template(cfg.data.template, tokenizer)
     s, ro_cfg = cfg.sample, cfg.rollout
     G = s.samples_per_prompt
     batches = [problems[i : i + s.batch_size] for i in range(0, len(problems), s.batch_size)]
@@ -202,20 +196,7 @@ def keep_for_prompt(candidates: list[Candidate], chain: FilterChain, max_per_pro
 def _inputs(cfg: SampleConfig) -> tuple[FilterChain, list[Problem], list[dict]]:
     """(filter chain, the train problems to sample, the non-reasoning rows to mix in), checking
     the settings a user can get wrong."""
-    s = cfg.sample
-    for key, value, least in [
-        ("sample.samples_per_prompt", s.samples_per_prompt, 1),
-        ("sample.num_prompts", s.num_prompts, 1), ("sample.batch_size", s.batch_size, 1),
-        ("sample.max_per_prompt", s.max_per_prompt, 0), ("sample.repeat_ngram", s.repeat_ngram, 1),
-        ("sample.max_repeats", s.max_repeats, 1),
-        ("sample.max_paragraph_chars", s.max_paragraph_chars, 1),
-        ("sample.general_samples", s.general_samples, 0),
-        ("rollout.max_new_tokens", cfg.rollout.max_new_tokens, 1),
-    ]:
-        if value < least:
-            raise UserError(f"{key} must be at least {least}, got {value}")
-    if not 0.0 <= s.language_tolerance <= 1.0:
-        raise UserError(f"sample.language_tolerance must be in [0, 1], got {s.language_tolerance}")
+    s = cfg.sample  # (the ranges of its sizes are checked by the config itself)
     if s.cold_start_format and "correct" not in s.filters:
         raise UserError("sample.cold_start_format needs the 'correct' filter: the summary states "
                         "the completion's answer, which must be right")

@@ -85,11 +85,10 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
         sched.load_state_dict(saved["scheduler"])
         state = saved["state"]
         log.warning(f"resumed {run.path} from {resume_from.name} (step {state['step']})")
-    if run.resumed:  # the rows after the checkpoint (all, without one) are written again
-        for name in ("metrics.jsonl", "eval.jsonl"):
-            run.drop_rows_after(name, state["step"] if resume_from else -1, tags=("final",))
+    logged_to = run.rewind_logs(state["step"] if resume_from else None,
+                                ("metrics.jsonl", "eval.jsonl"))
     tracker = Tracker(run.path, cfg.run.report_to if ranks.main else [], config=to_dict(cfg),
-                      resume_step=(state["step"] if resume_from else -1) if run.resumed else None)
+                      resume_step=logged_to)
 
     def evaluate_now(tag: str) -> dict:
         if not eval_set:
@@ -199,11 +198,6 @@ def _inputs(cfg: SFTConfig) -> tuple[list, list]:
     if not d.train_file:
         raise UserError("data.train_file is required (a JSONL of {prompt, completion} pairs)")
     check_report_to(cfg.run.report_to)
-    for key, value, least in [("sft.epochs", s.epochs, 1), ("sft.batch_size", s.batch_size, 1),
-                              ("sft.micro_batch_size", s.micro_batch_size, 1),
-                              ("data.max_len", d.max_len, 2), ("eval.k", cfg.eval.k, 1)]:
-        if value < least:
-            raise UserError(f"{key} must be at least {least}, got {value}")
     if not 0 <= s.min_lr <= s.lr or s.lr <= 0:
         raise UserError(f"need 0 <= sft.min_lr <= sft.lr and sft.lr > 0; got min_lr={s.min_lr}, lr={s.lr}")
     examples = load_sft_jsonl(d.train_file)

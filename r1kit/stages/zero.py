@@ -123,9 +123,8 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         if ref is not None:
             ref.load_state_dict(saved["ref"])
         log.warning(f"resumed {run.path} from {resume_from.name} (step {state['step']})")
-    if run.resumed:  # the rows after the checkpoint (all, without one) are written again
-        for name in ("metrics.jsonl", "eval.jsonl", "completions.jsonl"):
-            run.drop_rows_after(name, state["step"] if resume_from else -1, tags=("final",))
+    logged_to = run.rewind_logs(state["step"] if resume_from else None,
+                                ("metrics.jsonl", "eval.jsonl", "completions.jsonl"))
     # vLLM loads the model from its folder, then takes the policy's weights (resumed, LoRA-merged)
     engine = make_engine(cfg.rollout.engine, cfg.model.path, vllm_mode=cfg.rollout.vllm_mode,
                          vllm_server_url=cfg.rollout.vllm_server_url,
@@ -135,7 +134,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         with distributed.gathered(policy, d) as model:
             engine.sync(model)
     tracker = Tracker(run.path, cfg.run.report_to if d.main else [], config=to_dict(cfg),
-                      resume_step=(state["step"] if resume_from else -1) if run.resumed else None)
+                      resume_step=logged_to)
 
     def evaluate_now(tag: str) -> dict:
         with distributed.gathered(policy, d) as model:  # each rank samples a share of batches
@@ -391,8 +390,8 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         for g in group_order.tensor_split(rl.updates_per_rollout)
     ]
     sums: dict[str, float] = {}  # this rank's partial sums, summed over ranks after the loop
-    grad_norms: list[float] = []  # one per minibatch that updated
-    ok = True
+    grad_norms: list[float] = []
+    ran, ok = 0, True  # minibatches that ran (empty ones are skipped)
     for mbatch in minibatches:
         local = real and len(mbatch) > 0 and bool(data["c_mask"][mbatch].any())
         denom = distributed.all_sum(  # every rank's tokens (or sequences) of this minibatch
@@ -423,6 +422,7 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
             sums["train/pg_loss"] = sums.get("train/pg_loss", 0.0) + float(m.pop("pg_loss"))
             for k, v in m.items():  # per-call means, weighted by the call's share of rows
                 sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + float(v) * len(idx) / n_all
+        ran += 1
         grad_norm = distributed.full(
             torch.nn.utils.clip_grad_norm_(policy.parameters(), rl.grad_clip))
         if not torch.isfinite(grad_norm):
@@ -432,9 +432,9 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         opt.step()
         grad_norms.append(grad_norm.item())  # already global
     sums = distributed.sum_metrics(sums, d)  # the loss sums and row-weighted means, global
-    for key in ("train/loss", "train/pg_loss"):  # the mean over the minibatches that updated
+    for key in ("train/loss", "train/pg_loss"):  # the mean over the minibatches that ran
         if key in sums:
-            sums[key] /= max(1, len(grad_norms) + (not ok))
+            sums[key] /= ran
     if grad_norms:
         sums["train/grad_norm"] = sum(grad_norms) / len(grad_norms)
     policy.eval()
