@@ -166,6 +166,19 @@ def test_stage_configs_follow_the_recipe():
         "accuracy": 1.0, "summary_format": 0.1, "language": 0.2}
 
 
+def test_table_format_column_follows_what_each_checkpoint_was_trained_towards():
+    default = load_config(PipelineConfig)
+    plain = load_config(PipelineConfig, None, ["sample.cold_start_format=false"])
+    summary = {label: pipeline.trained_on_summary(label, default) for label, _ in
+               pipeline.CHECKPOINTS}
+    assert summary == {"Base": False, "Zero": False, "Dev1": True, "Dev2": True, "Dev3": True,
+                       "R1": True}
+    # cold-start data left in R1-Zero's format: Dev1 is judged by R1-Zero's format
+    assert not pipeline.trained_on_summary("Dev1", plain)
+    assert pipeline.trained_on_summary("Dev2", plain)
+    assert pipeline.trained_on_summary(f"{pipeline.DISTILLED} s", plain)
+
+
 def test_pipeline_help_shows_its_own_defaults():
     rows = {key: (default, help) for key, default, help in describe(PipelineConfig)}
     assert all(help for _, help in rows.values())

@@ -69,7 +69,7 @@ def pipeline_folder(tiny_base, tmp_path_factory) -> Path:
         model, tokenizer = load_model(str(path), "float32", torch.device("cpu"))
         res = evaluate(model, tokenizer, problems, EvalConfig(k=2, max_new_tokens=16))
         pipe.write_jsonl(f"eval/{label}.jsonl", res.samples)
-        rows.append(pipeline.table_row(label, res, problems))
+        rows.append(pipeline.table_row(label, res, problems, summary=label == "Dev2"))
     pipe.write_json("manifest.json", manifest)
     pipe.write_json("pipeline.json", {"num_problems": 3, "k": 2, "rows": rows})
     return root

@@ -26,7 +26,8 @@ saved nothing yet. A stage whose summary exists but was not yet recorded counts 
 
 Table columns: pass@1 and cons@k as in `r1kit eval` (R1-SPEC §4.4); `format`: the share of
 completions in the format the checkpoint was trained towards (R1-Zero's `format` for Base and Zero,
-`summary_format` for Dev1 and after; pipeline.json holds both for every row); `language`: the mean
+`summary_format` after the cold start, for Dev1 only when its data are in the summary form,
+`sample.cold_start_format`; pipeline.json holds both for every row); `language`: the mean
 share of target-language words in the reasoning (`language.language_consistency` of
 `reasoning_part`, the problem's language), over the completions whose reasoning has words at all;
 `tokens`: mean completion length; `reflection`: share of completions with a reflection word
@@ -335,7 +336,8 @@ def evaluate_checkpoints(cfg: PipelineConfig, run: RunFolder, manifest: dict) ->
         res = evaluate(model, tokenizer, problems, cfg.eval, template=cfg.data.template,
                        stop=cfg.rollout.stop, seed=cfg.run.seed)
         run.write_jsonl(f"eval/{label}.jsonl", res.samples)
-        manifest["evals"][label] = table_row(label, res, problems)
+        manifest["evals"][label] = table_row(label, res, problems,
+                                             summary=trained_on_summary(label, cfg))
         run.write_json("manifest.json", manifest)
     return [manifest["evals"][label] for label, _ in checkpoints(cfg)]
 
@@ -351,8 +353,18 @@ def checkpoints(cfg: PipelineConfig) -> list[tuple[str, str | None]]:
     return rows
 
 
-def table_row(label: str, res: EvalResult, problems: list) -> dict:
-    """The table's numbers for one checkpoint, from all k completions of every problem."""
+def trained_on_summary(label: str, cfg: PipelineConfig) -> bool:
+    """Was this checkpoint trained towards the summary format? Dev1 only with the summary-form
+    cold-start data (`sample.cold_start_format`); Dev2 and R1 by their reward; Dev3 and the
+    students by SFT on samples of a model that was."""
+    if label == "Dev1":
+        return cfg.sample.cold_start_format
+    return label in TRAINED_ON_SUMMARY or label.startswith(DISTILLED)
+
+
+def table_row(label: str, res: EvalResult, problems: list, *, summary: bool) -> dict:
+    """The table's numbers for one checkpoint, from all k completions of every problem;
+    `format_rate` is the share in the summary format if `summary`, else R1-Zero's."""
     texts = res.completions
     per_row = [problems[i // res.k] for i in range(len(texts))]
     fmt, summary_fmt = get_reward("format"), get_reward("summary_format")
@@ -366,8 +378,7 @@ def table_row(label: str, res: EvalResult, problems: list) -> dict:
     return {
         "model": label,
         "pass@1": res.pass1, "pass@1_ci": list(res.pass1_ci), "cons@k": res.cons_k,
-        "format_rate": formats["summary_format" if label in TRAINED_ON_SUMMARY
-                               or label.startswith(DISTILLED) else "format"],
+        "format_rate": formats["summary_format" if summary else "format"],
         **formats,
         "language": sum(shares) / len(shares) if shares else None,
         "with_words": len(shares) / len(texts),
@@ -378,7 +389,7 @@ def table_row(label: str, res: EvalResult, problems: list) -> dict:
 
 TABLE_NOTE = (
     "format: share in the format the checkpoint was trained towards (R1-Zero's `format` for Base "
-    "and Zero, `summary_format` after the cold start; pipeline.json has both). language: mean "
+    "and Zero, `summary_format` after a summary-form cold start; pipeline.json has both). language: mean "
     "share of target-language words in the reasoning, over completions whose reasoning has words. "
     "reflection: share of completions with a reflection word (R1-SPEC §6)."
 )
