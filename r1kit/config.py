@@ -213,7 +213,8 @@ class CodeConfig:
     wall_s: float = opt(4.0, "wall-clock limit per program, s (its whole process group is killed)",
                         above=0)
     cpu_s: int = opt(2, "CPU-time limit per program, s", low=1)
-    memory_mb: int = opt(256, "address-space limit per program, MiB", low=1)
+    memory_mb: int = opt(256, "address-space limit per process of a program, MiB (a program "
+                         "that forks: up to 16 processes)", low=1)
     workers: int = opt(0, "programs run at once; 0 = one per CPU core", low=0)
     unsafe_allow_unsandboxed: bool = opt(
         False, "where bubblewrap cannot run, run model-written code UNCONFINED with only resource "

@@ -16,10 +16,13 @@ tests/test_sandbox_adversarial.py:
   size, open files, no core files; the parent kills the whole process group at the wall-clock
   limit or when the output passes its cap, and bubblewrap's PID 1 takes every leftover with it;
 - grading outside the program's reach: a test `assert EXPR == LITERAL` is split in the parent; only
-  `EXPR` goes into the sandbox, whose harness reports `repr(value)`, and the parent compares it with
-  the literal, which never enters the sandbox. Harness records carry a random per-run nonce, so
-  printed lines ("all tests passed") are ignored; duplicate or missing records fail the run; an
-  early `exit(0)` leaves tests unreported, which fail. A bare `assert EXPR` (or a comparison with a
+  `EXPR` goes into the sandbox, whose harness reports the value as literal source (the dict a
+  Counter equals, 1e999 for inf: `lit` in HARNESS), and the parent compares it with the literal,
+  which never enters the sandbox. Harness records carry a random per-run nonce, so printed lines
+  ("all tests passed") are ignored. The program can still find the nonce (it shares the harness's
+  process), so no record can claim a pass, only report a value; a record of any other shape,
+  duplicate or missing records fail that program alone; an early `exit(0)` leaves tests
+  unreported, which fail. A bare `assert EXPR` (or a comparison with a
   non-literal) is judged `EXPR is True` inside the sandbox: a program built to subvert the harness
   can forge those, so the built-in task uses only `== LITERAL` tests.
 
@@ -27,9 +30,14 @@ Not defended: kernel exploits, CPU-cache side channels, and timing noise from ot
 machine. There is no seccomp filter; the kernel surface is that of an unprivileged user in fresh
 namespaces.
 
+Limits are per process, as rlimits are: a program that forks may hold `processes` x `memory_mb`
+of memory in all, and the private `/tmp` caps bytes, not the number of (empty) files.
+
 Where bubblewrap cannot run, `Sandbox` refuses with a `UserError` unless `allow_unsandboxed=True`:
-then programs run as plain child processes with the same limits and grading, which contains bugs
-but not attacks (it can read your files and use the network), and a warning is logged loudly.
+then programs run as plain child processes with the same grading and rlimits, in a fresh temporary
+directory; started by root they run as `nobody` with the process limit, otherwise as you and
+without it (it would count all of your processes). That contains bugs but not attacks (it can read
+your files and use the network), and a warning is logged loudly.
 """
 
 from __future__ import annotations
@@ -59,7 +67,8 @@ log = logging.getLogger("r1kit")
 REASONS = ("passed", "wrong_answer", "runtime_error", "timeout", "memory_limit", "output_limit",
            "syntax_error", "no_code", "sandbox_error")
 _TRUE = object()  # expected value of a bare `assert EXPR`: the sandbox judges `EXPR is True`
-_MAX_REPR = 4096  # longest value repr the parent will parse
+_MAX_REPR = 30_000  # longest value text the parent will parse (the output cap is 64 kB)
+_ERROR_KINDS = ("runtime_error", "memory_limit", "output_limit")  # what the harness reports
 
 
 @dataclass(frozen=True)
@@ -130,12 +139,40 @@ import errno, json, os, resource, sys
 def kind(e):
     if isinstance(e, MemoryError): return "memory_limit"
     if isinstance(e, OSError) and e.errno == errno.EFBIG: return "output_limit"
-    if isinstance(e, RecursionError): return "runtime_error"
     return "runtime_error"
+KEYS, ITEMS = type({}.keys()), type({}.items())
+def lit(v, depth=0):
+    # Python source of a literal equal to v wherever Python's == says so: a Counter, OrderedDict
+    # or defaultdict is written as the dict it equals, a frozenset or keys view as a set, a
+    # namedtuple as a tuple, inf as 1e999, a Fraction or Decimal as the int or float it equals
+    # exactly. Base-class methods, so a subclass cannot choose its own text. Anything else: repr.
+    if depth > 100: raise RecursionError("value nested too deeply")
+    d = depth + 1
+    if v is None or v is True or v is False: return repr(v)
+    if isinstance(v, int): return int.__repr__(v)
+    if isinstance(v, float):
+        if v != v: return "nan"  # equals nothing, so no literal
+        return float.__repr__(v) if abs(v) != float("inf") else ("-1e999" if v < 0 else "1e999")
+    if isinstance(v, str): return str.__repr__(v)
+    if isinstance(v, bytes): return bytes.__repr__(v)
+    if isinstance(v, dict):
+        return "{" + ", ".join(lit(k, d) + ": " + lit(x, d) for k, x in dict.items(v)) + "}"
+    if isinstance(v, list): return "[" + ", ".join(lit(x, d) for x in list.__iter__(v)) + "]"
+    if isinstance(v, tuple):
+        inner = [lit(x, d) for x in tuple.__iter__(v)]
+        return "(" + ", ".join(inner) + ("," if len(inner) == 1 else "") + ")"
+    if isinstance(v, (set, frozenset, KEYS, ITEMS)):
+        inner = [lit(x, d) for x in v]
+        return "{" + ", ".join(inner) + "}" if inner else "set()"
+    if type(v).__module__ in ("fractions", "decimal") and type(v).__name__ in ("Fraction", "Decimal"):
+        if v == int(v): return int.__repr__(int(v))
+        if v == float(v): return lit(float(v), d)
+        return "nan"  # no int or float literal equals it
+    return repr(v)
 def main():
     job = json.loads(sys.stdin.read())
     sys.stdin.close()
-    write, dumps, tag = os.write, json.dumps, job["nonce"]
+    write, dumps, tag, cap = os.write, json.dumps, job["nonce"], job["max_repr"]
     def emit(*record):
         write(1, ("\n" + tag + " " + dumps(record) + "\n").encode())
     for name, soft, hard in job["rlimits"]:
@@ -155,11 +192,11 @@ def main():
     for i, test in enumerate(tests):
         try:
             value = eval(test, ns)
-            text = "True" if value is True else repr(value)
+            text = "True" if value is True else lit(value)
         except BaseException as e:
             emit("test_error", i, kind(e), type(e).__name__ + ": " + str(e)[:200])
             continue
-        emit("value", i, text[:4097])
+        emit("value", i, text[:cap + 1])
     emit("done")
 main()
 """
@@ -248,9 +285,11 @@ class Sandbox:
         nonce = secrets.token_hex(16)
         exprs = [f"(True if ({p.expr}) else False)" if p.expected is _TRUE else p.expr
                  for p in parsed]  # a bare assert passes on any truthy value, as in Python
-        job = json.dumps({"program": program, "tests": exprs,
-                          "nonce": nonce, "rlimits": self._rlimits()}).encode()
+        job = json.dumps({"program": program, "tests": exprs, "nonce": nonce,
+                          "max_repr": _MAX_REPR, "rlimits": self._rlimits()}).encode()
         workdir = None if self.sandboxed else tempfile.mkdtemp(prefix="r1kit-unsafe-")
+        if workdir and os.geteuid() == 0:
+            os.chown(workdir, 65534, 65534)  # the program runs as nobody
         try:
             output, killed, rc = self._execute(job, workdir)
         finally:
@@ -267,8 +306,8 @@ class Sandbox:
               ("RLIMIT_FSIZE", lim.file_bytes, lim.file_bytes),
               ("RLIMIT_NOFILE", lim.open_files, lim.open_files),
               ("RLIMIT_CORE", 0, 0)]
-        if self.sandboxed:  # outside a user namespace it would count all of this user's processes
-            rl.append(("RLIMIT_NPROC", lim.processes, lim.processes))
+        if self.sandboxed or os.geteuid() == 0:  # (run as nobody) as you, it would count all of
+            rl.append(("RLIMIT_NPROC", lim.processes, lim.processes))  # your processes
         return rl
 
     def _argv(self) -> list[str]:
@@ -279,7 +318,7 @@ class Sandbox:
 
     def _execute(self, job: bytes, workdir: str | None) -> tuple[bytes, str, int]:
         """Run the harness; return (output, why it was killed or "", exit status)."""
-        as_nobody = self.sandboxed and os.geteuid() == 0
+        as_nobody = os.geteuid() == 0  # never root: for bubblewrap (see above) or unsandboxed
         proc = subprocess.Popen(
             self._argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd=workdir or "/",
@@ -384,23 +423,30 @@ def grade(output: bytes, nonce: str, tests: list[ParsedTest], killed: str, rc: i
     for line in output.decode("utf-8", errors="replace").split("\n"):
         if not line.startswith(prefix):
             continue
+        # The program can read the nonce (it runs in the harness's process), so a record is
+        # trusted only in its exact shape; anything else is tampering, a failure of this program
+        # alone. No record can claim a pass: passes come from comparing values here.
         try:
             record = json.loads(line[len(prefix):])
-            kind = record[0]
-        except (ValueError, IndexError, TypeError):
+        except (ValueError, RecursionError):
+            record = None
+        if not (isinstance(record, list) and record and isinstance(record[0], str)):
             tampered = True
             continue
-        fresh = (len(record) > 1 and isinstance(record[1], int) and 0 <= record[1] < total
+        kind, n = record[0], len(record)
+        fresh = (n > 1 and type(record[1]) is int and 0 <= record[1] < total
                  and record[1] not in values and record[1] not in errors)
-        if kind == "value" and len(record) == 3 and fresh and isinstance(record[2], str):
+        if kind == "value" and n == 3 and fresh and isinstance(record[2], str):
             values[record[1]] = record[2]
-        elif kind == "test_error" and len(record) == 4 and fresh:
+        elif (kind == "test_error" and n == 4 and fresh and record[2] in _ERROR_KINDS
+              and isinstance(record[3], str)):
             errors[record[1]] = f"{record[2]}|{record[3]}"
-        elif kind == "program_error" and len(record) == 3 and program_error is None:
+        elif (kind == "program_error" and n == 3 and program_error is None
+              and record[1] in _ERROR_KINDS and isinstance(record[2], str)):
             program_error = (record[1], record[2])
-        elif kind == "syntax_error" and syntax is None:
-            syntax = str(record[1])
-        elif kind == "done" and not done:
+        elif kind == "syntax_error" and n == 2 and syntax is None and isinstance(record[1], str):
+            syntax = record[1]
+        elif kind == "done" and n == 1 and not done:
             done = True
         else:
             tampered = True

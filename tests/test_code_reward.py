@@ -70,6 +70,9 @@ def test_extract_program_takes_the_last_fenced_block_of_the_answer():
     assert code_task.extract_program("```python\nZ\n```") == "Z"  # no answer tags
     assert code_task.extract_program("<answer> ```python\ndef f(x): return") is None
     assert code_task.extract_program("<answer> ```python\n\n``` </answer>") is None
+    assert code_task.extract_program("<answer> ```python\r\nW\r\n``` </answer>") == "W"
+    with_output = "<answer> ```python\nprint(f(1))\n```\noutput:\n```\n1\n``` </answer>"
+    assert code_task.extract_program(with_output) == "print(f(1))"
 
 
 def test_score_records_reasons_and_all_or_nothing(sandbox_ready):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import pytest
@@ -53,6 +54,26 @@ def test_grade_compares_values_in_the_parent_and_ignores_untagged_lines():
     assert grade(huge, "n1", tests, "", 0).passed == 2
 
 
+def test_records_of_the_wrong_shape_fail_that_program_and_never_claim_a_pass():
+    """The program can learn the nonce, so every record shape it could forge is checked."""
+    tests = [parse_test(t) for t in TESTS]
+    ok = [("value", 0, "5"), ("value", 1, "8"), ("value", 2, "23"), ("done",)]
+    assert grade(_records("n", *ok), "n", tests, "", 0).reason == "passed"
+    forged = [
+        [("program_error", "passed", "ok")],  # a reason the harness never reports
+        [("test_error", i, "passed", "x") for i in range(3)] + [("done",)],
+        [("syntax_error",)],
+        [("value", True, "5")] + ok[1:],  # bool is an int subclass
+        [("done", 1)],
+    ]
+    for records in forged:
+        o = grade(_records("n", *records), "n", tests, "", 0)
+        assert (o.passed, o.reason) == (0, "runtime_error"), records
+    for raw in ('{"a": 1}', '"done"', "[]", "[" * 5000 + "]" * 5000, "[1, 2"):
+        o = grade(f"\nn {raw}\n".encode() + _records("n", *ok), "n", tests, "", 0)
+        assert (o.passed, o.reason) == (0, "runtime_error"), raw
+
+
 def test_refuses_without_bubblewrap_unless_explicitly_allowed(monkeypatch, caplog):
     monkeypatch.setitem(sb._PROBES, "/fake/python3", "bwrap is not installed")
     with pytest.raises(UserError, match="--unsafe-allow-unsandboxed"):
@@ -67,6 +88,9 @@ def test_refuses_without_bubblewrap_unless_explicitly_allowed(monkeypatch, caplo
     assert unsafe.run("def f(x):\n    return 3 * x + 2", TESTS).reason == "passed"
     assert unsafe.run("while True:\n    pass", TESTS).reason == "timeout"
     assert unsafe.run("def f(x):\n    return x", TESTS).reason == "wrong_answer"
+    if os.geteuid() == 0:  # started by root, the unconfined program still is not root
+        never_root = "import os\nuid = os.geteuid()\ndef f(x):\n    return 3 * x + 2 if uid else -1"
+        assert unsafe.run(never_root, TESTS).reason == "passed"
 
 
 @NEEDS_BWRAP
@@ -94,6 +118,41 @@ def test_bare_asserts_and_values_of_any_literal_type():
     truthy = "def is_even(n):\n    return 1\ndef pair(n):\n    return None"
     outcome = box.run(truthy, tests)  # 1 is truthy, as for `assert`; the others fail
     assert (outcome.passed, outcome.reason) == (1, "wrong_answer")
+
+
+@NEEDS_BWRAP
+def test_values_equal_by_pythons_eq_pass_even_when_their_repr_is_no_literal():
+    box = Sandbox(FAST)
+    equal = {  # returned expression -> the literal it equals in Python
+        "collections.Counter('aab')": "{'a': 2, 'b': 1}",
+        "collections.OrderedDict([(2, 'x'), (1, 'y')])": "{1: 'y', 2: 'x'}",
+        "collections.defaultdict(int, {'a': 1})": "{'a': 1}",
+        "frozenset({1, 2})": "{1, 2}",
+        "{1: 2, 3: 4}.keys()": "{1, 3}",
+        "{1: 2}.items()": "{(1, 2)}",
+        "collections.namedtuple('P', 'x y')(1, 2)": "(1, 2)",
+        "fractions.Fraction(6, 3)": "2",
+        "fractions.Fraction(1, 4)": "0.25",
+        "decimal.Decimal('2.5')": "2.5",
+        "float('inf')": "1e999",
+        "-float('inf')": "-1e999",
+        "list(range(3000))": repr(list(range(3000))),
+        "enum.IntEnum('E', 'A B').B": "2",
+        "[collections.Counter('a'), (frozenset(),)]": "[{'a': 1}, (set(),)]",
+    }
+    unequal = {  # Python's == says False for these, and so must the grader
+        "fractions.Fraction(1, 3)": "0.3333333333333333",
+        "{1: 2}.values()": "[2]",
+        "range(3)": "[0, 1, 2]",
+        "float('nan')": "0.0",
+        "type('S', (str,), {'__eq__': lambda s, o: True})('no')": "'yes'",
+    }
+    header = "import collections, decimal, enum, fractions\n"
+    for cases, reason in ((equal, "passed"), (unequal, "wrong_answer")):
+        jobs = [(f"{header}def f():\n    return {expr}", [f"assert f() == {lit}"])
+                for expr, lit in cases.items()]
+        for expr, o in zip(cases, box.run_many(jobs)):
+            assert o.reason == reason, (expr, o)
 
 
 @NEEDS_BWRAP

@@ -102,7 +102,24 @@ def cases(ctx: dict) -> list[tuple[str, str, str]]:
          ("print('all tests passed')\nprint('3/3 passed')\nprint('\\n' + '0' * 32 + ' [\"done\"]')\n"
          "def f(x):\n    return -1"), "wrong_answer"),
         ("unbounded recursion", "def f(x):\n    return f(x)", "runtime_error"),
+        ("forge a 'passed' verdict with the harness's nonce",
+         _forge('["program_error", "passed", "ok"]'), "runtime_error"),
+        ("forge 'passed' test errors and 'done' with the nonce",
+         _forge(*[f'["test_error", {i}, "passed", "x"]' for i in range(3)], '["done"]'),
+         "runtime_error"),
+        ("write a malformed record with the nonce", _forge('{"a": 1}'), "runtime_error"),
+        ("write a record nested 5000 deep with the nonce", _forge("[" * 5000 + "]" * 5000),
+         "runtime_error"),
+        ("write a short syntax_error record with the nonce", _forge('["syntax_error"]'),
+         "runtime_error"),
     ]
+
+
+def _forge(*records: str) -> str:
+    """A program that reads the nonce from the harness's frame and writes its own records."""
+    lines = "".join(f"os.write(1, ('\\n' + tag + ' ' + {r!r} + '\\n').encode())\n"
+                    for r in records)
+    return f"import os, sys\ntag = sys._getframe(1).f_locals['tag']\n{lines}os._exit(0)\n"
 
 
 def _try(attack: str) -> str:
@@ -159,7 +176,7 @@ def test_at_least_25_hostile_programs(results):
     assert len(results["table"]) >= 25
 
 
-@pytest.mark.parametrize("index", range(35))
+@pytest.mark.parametrize("index", range(45))
 def test_contained_and_scored_as_failure(results, index):
     if index >= len(results["table"]):
         pytest.skip("no such case")
