@@ -146,11 +146,14 @@ def main(argv: list[str] | None = None) -> int:
                             "--model (one), not both")
         cfg = load_config(cls, args.config, overrides)  # a bad setting fails before torchrun
         if getattr(args, "nproc", None) is not None:  # re-run this command under torchrun
-            from r1kit.distributed import Dist, launch, split_batch
+            from r1kit.distributed import Dist, check_strategy, launch, split_batch
+            from r1kit.lora import enabled
 
             if hasattr(cfg, "rl") and args.nproc > 0 and not getattr(args, "resume", None):
                 # the groups split evenly over the ranks, or torchrun is not started at all
                 split_batch(Dist(world=args.nproc), cfg.rl.prompts_per_step)
+            if hasattr(cfg, "dist") and hasattr(cfg, "lora"):
+                check_strategy(cfg.dist.strategy, enabled(cfg.lora), args.nproc)
 
             return launch(args.nproc, _without_nproc(sys.argv[1:] if argv is None else argv))
         if args.stage == "base":

@@ -92,7 +92,8 @@ class RunConfig:
 class ModelConfig:
     path: str = opt("builtin", "HF model name or folder; 'builtin' = the built-in tiny base model")
     dtype: str = opt("auto", "auto (bfloat16 on a CUDA GPU that has it, else float32) | float32 | "
-                     "bfloat16 | float16")
+                     "bfloat16 | float16 (not for training)",
+                     choices=("auto", "float32", "bfloat16", "float16"))
     gradient_checkpointing: bool = opt(
         False, "recompute activations in backward: less memory, ~30% more compute (training stages)"
     )
@@ -376,7 +377,8 @@ class DistillStagesConfig:
         "students: presets tiny-qwen | tiny-llama (r1kit/students.py), model folders or hub names",
     )
     dtype: str = opt("auto", "dtype of teacher and students: auto (bfloat16 on a CUDA GPU that "
-                     "has it, else float32) | float32 | bfloat16 | float16")
+                     "has it, else float32) | float32 | bfloat16",
+                     choices=("auto", "float32", "bfloat16", "float16"))
 
 
 @dataclass(frozen=True)

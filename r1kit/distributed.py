@@ -96,6 +96,13 @@ def split_batch(d: Dist, prompts_per_step: int) -> slice:
 # ----------------------------------------------------------------------------- the model
 
 
+def check_strategy(strategy: str, lora_on: bool, world: int) -> None:
+    """The strategy's errors before any run folder is made (or torchrun started)."""
+    if strategy == "fsdp" and lora_on and world > 1:
+        raise UserError("dist.strategy=fsdp with LoRA is not supported; use dist.strategy=ddp "
+                        "(the frozen base is replicated, only adapters are synchronised)")
+
+
 def wrap(model, d: Dist):
     """DDP or FSDP2 around `model` (unchanged on one process). Build the optimizer afterwards."""
     if not d.on:
@@ -103,9 +110,7 @@ def wrap(model, d: Dist):
     if d.strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        if hasattr(model, "peft_config"):
-            raise UserError("dist.strategy=fsdp with LoRA is not supported; use dist.strategy=ddp "
-                            "(the frozen base is replicated, only adapters are synchronised)")
+        check_strategy(d.strategy, hasattr(model, "peft_config"), d.world)
         layers = set(getattr(model, "_no_split_modules", None) or [])
         for module in model.modules():
             if type(module).__name__ in layers:

@@ -77,6 +77,16 @@ def resolve_dtype(name: str, device: torch.device | str = "cpu",
     return DTYPES[name]
 
 
+def check_trainable_dtype(name: str, key: str = "model.dtype") -> None:
+    """float16 weights cannot be trained here: AdamW on them underflows (its eps, 1e-8, is 0 in
+    float16; the weights turn to inf/NaN within a few steps) and there is no loss scaling. It
+    stays available where nothing is trained (eval, sample, a distillation teacher)."""
+    if name == "float16":
+        raise UserError(f"{key}=float16 cannot be trained: AdamW on float16 weights turns them to "
+                        "inf/NaN (no fp32 master weights or loss scaling here); use bfloat16 (GPUs "
+                        "that have it) or float32")
+
+
 def load_model(path: str, dtype: str = "float32", device: torch.device | str = "cpu"):
     """(model, tokenizer) from a hub name or a local folder, ready for sampling and training."""
     path = resolve_model_path(path)

@@ -37,8 +37,9 @@ PRESETS: dict[str, BaseConfig] = {
 }
 
 
-def check_student(name: str) -> None:
-    """A clear error for a student that is neither a preset, a model folder nor a hub name."""
+def check_student(name: str, template: str = "") -> None:
+    """A clear error for a student that is neither a preset, a model folder nor a hub name, or
+    a model folder whose tokenizer cannot render `template` (checked before any sampling)."""
     if name in PRESETS:
         return
     path = Path(name)
@@ -46,6 +47,13 @@ def check_student(name: str) -> None:
         if not (path / "config.json").is_file():
             raise UserError(f"student {name!r}: {path} is not a Hugging Face model folder "
                             "(no config.json)")
+        if template == "chat":
+            from transformers import AutoTokenizer
+
+            from r1kit.templates import check_template
+
+            check_template(template, AutoTokenizer.from_pretrained(path),
+                           where=f"student {name!r} with data.template")
         return
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise UserError(f"unknown student {name!r}: use a preset ({', '.join(PRESETS)}), a model "

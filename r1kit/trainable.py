@@ -10,7 +10,7 @@ from r1kit import checkpoint as ckpt
 from r1kit import distributed, lora, memory
 from r1kit.distributed import SINGLE, Dist
 from r1kit.errors import UserError
-from r1kit.models import load_model
+from r1kit.models import check_trainable_dtype, load_model
 from r1kit.runs import RunFolder
 from r1kit.templates import check_template
 
@@ -29,6 +29,7 @@ def load_for_run(run: RunFolder, cfg, device):
 def load_trainable(model_cfg, lora_cfg, resume_from: Path | None, device):
     """(model, tokenizer) to train: the checkpoint being resumed or `model.path`, with LoRA
     adapters (new, or the checkpoint's) and activation checkpointing as configured."""
+    check_trainable_dtype(model_cfg.dtype)
     if resume_from is not None and lora.has_adapter(resume_from):
         base, tokenizer = load_model(model_cfg.path, model_cfg.dtype, device)
         model = lora.load_adapter(base, resume_from)

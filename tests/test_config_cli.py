@@ -121,10 +121,26 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert cli(["zero", "--set", "rollout.temperature=0", "--set", f"run.out_dir={tmp_path}"]) == 2
     assert "rollout.temperature must be more than 0 for GRPO" in capsys.readouterr().err
 
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "1+1", "completion": "2"}\n')
+    for stage in ("zero", "sft"):  # float16 weights would turn to NaN under AdamW
+        args = ["--set", "model.dtype=float16", "--set", f"run.out_dir={tmp_path}"]
+        if stage == "sft":
+            args += ["--set", f"data.train_file={pairs}"]
+        assert cli([stage, *args]) == 2
+        assert "model.dtype=float16 cannot be trained" in capsys.readouterr().err
+    assert cli(["zero", "--set", "model.dtype=fp16"]) == 2
+    assert "model.dtype" in capsys.readouterr().err
+
+    fsdp_lora = ["--nproc", "2", "--set", "lora.r=4", "--set", "dist.strategy=fsdp",
+                 "--set", f"run.out_dir={tmp_path}"]
+    for argv in (["zero", *fsdp_lora], ["sft", *fsdp_lora, "--set", f"data.train_file={pairs}"]):
+        assert cli(argv) == 2  # before torchrun is started
+        assert "dist.strategy=fsdp with LoRA is not supported" in capsys.readouterr().err
     for n in ("0", "-1"):  # before torchrun is started
         assert cli(["zero", "--nproc", n]) == 2
         assert f"--nproc must be at least 1, got {n}" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == [bad]  # no run folder was left by any of these
+    assert sorted(tmp_path.iterdir()) == [pairs, bad]  # no run folder was left by any of these
 
 
 def test_eval_stage_on_jsonl(tiny_base, tmp_path, capsys):

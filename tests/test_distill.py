@@ -285,6 +285,19 @@ def test_check_student_and_help():
         check_student("qwen")
     with pytest.raises(SystemExit):
         cli(["distill", "--help"])
+
+
+def test_a_student_folder_without_a_chat_template_fails_before_sampling(tiny_base, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    student = tmp_path / "student"
+    AutoModelForCausalLM.from_pretrained(tiny_base).save_pretrained(student)
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    tok.chat_template = None
+    tok.save_pretrained(student)
+    check_student(str(student), "r1_zero")
+    with pytest.raises(UserError, match="student .* with data.template"):
+        check_student(str(student), "chat")
     keys = [k for k, _, _ in describe(DistillConfig)]
     assert "distill.teacher" in keys and "distill.students" in keys
 

@@ -156,6 +156,19 @@ def test_chat_streams_reasoning_apart_and_export_makes_a_servable_folder(tmp_pat
     assert (Path(model) / "config.json").is_file()
 
 
+def test_export_keeps_the_trained_dtype_and_every_end_token(tmp_path):
+    path = build(tmp_path / "m", "llama")
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    model.generation_config.eos_token_id = [5, tok.eos_token_id]  # e.g. <|im_end|>, <|endoftext|>
+    model.to(torch.bfloat16).save_pretrained(path)
+    out = tmp_path / "served"
+    assert cli(["export", path, str(out), "--template", "r1_zero"]) == 0
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [
+        5, tok.eos_token_id]
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
+    assert json.loads((out / "r1kit_export.json").read_text())["dtype"] == "bfloat16"
+
+
 def test_chat_reports_a_generation_error_instead_of_waiting_for_tokens(tmp_path, monkeypatch):
     import threading
 

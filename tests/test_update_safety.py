@@ -58,6 +58,26 @@ def test_micro_batching_does_not_change_the_update(tiny_base):
         assert logged[1][key] == pytest.approx(logged[0][key], rel=1e-6), key
 
 
+def test_a_bad_later_minibatch_reports_the_ones_already_applied(tiny_base, monkeypatch):
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    ro = sample(model, tok, [render_prompt(f"Compute {a}+3-2") for a in (11, 25)], 4,
+                max_new_tokens=16, generator=torch.Generator().manual_seed(0))
+    advantages = grpo.group_advantages(torch.tensor([float(len(t) % 3) for t in ro.texts]), 4)
+    calls, real = {"n": 0}, grpo.policy_loss
+
+    def nan_after_first(*args, **kwargs):
+        calls["n"] += 1
+        loss, m = real(*args, **kwargs)
+        return (loss if calls["n"] == 1 else loss * float("nan")), m
+
+    monkeypatch.setattr(grpo, "policy_loss", nan_after_first)
+    m: dict = {}
+    updated = _update_with(model, ro, advantages, 16, "token_mean", mu=2, metrics=m)
+    assert (m["ok"], m["applied"], calls["n"]) == (False, 1, 2)
+    assert any(not torch.equal(a, b) for a, b in zip(updated.parameters(), model.parameters()))
+
+
 @register("test_varied")
 def _varied(completion: str, problem) -> float:
     return float(len(completion) % 2)

@@ -39,7 +39,7 @@ from r1kit.config import (
 )
 from r1kit.errors import UserError
 from r1kit.filters import build_filters
-from r1kit.models import prepare_torch, resolve_dtype
+from r1kit.models import check_trainable_dtype, prepare_torch, resolve_dtype
 from r1kit.runs import RunFolder, load_problems
 from r1kit.sft_dataset import write_sft_dataset
 from r1kit.stages.pipeline import run_stage
@@ -144,8 +144,9 @@ def check(cfg: DistillConfig) -> None:
     if not cfg.distill.students:
         raise UserError("distill.students is empty: name at least one student (e.g. tiny-llama)")
     for name in cfg.distill.students:
-        check_student(str(name))
+        check_student(str(name), cfg.data.template)
     resolve_dtype(cfg.distill.dtype, key="distill.dtype")
+    check_trainable_dtype(cfg.distill.dtype, key="distill.dtype")  # the students are trained
     s = cfg.sample
     for key, value in (("sample.num_prompts", s.num_prompts), ("sample.batch_size", s.batch_size),
                        ("sample.samples_per_prompt", s.samples_per_prompt),

@@ -75,25 +75,41 @@ def load_for_export(path: str, dtype: str):
     return PeftModel.from_pretrained(base, path).merge_and_unload(), tokenizer
 
 
+def saved_dtype(path: str) -> str:
+    """The dtype the weights at `path` were saved in (an adapter's: its local base model's);
+    float32 when it does not say."""
+    folder = Path(path)
+    adapter = folder / "adapter_config.json"
+    if adapter.is_file():
+        folder = Path(json.loads(adapter.read_text()).get("base_model_name_or_path") or "")
+    config = folder / "config.json"
+    data = json.loads(config.read_text()) if config.is_file() else {}
+    name = data.get("dtype") or data.get("torch_dtype")
+    return name if name in DTYPES else "float32"
+
+
 def main(source: str, out: str, *, dtype: str = "", template: str = "") -> Path:
     """Write the export of `source` to `out` (atomically) and check that it loads back."""
     if dtype and dtype not in DTYPES:
         raise UserError(f"--dtype: unknown {dtype!r}; use one of {sorted(DTYPES)}")
     path = resolve_source(source)
     out = ckpt.check_model_out(out, source, path)
-    model, tokenizer = load_for_export(path, dtype or "float32")
-    if not dtype:  # keep the dtype the weights were trained in
-        dtype = str(model.config.dtype).removeprefix("torch.") if model.config.dtype else "float32"
-    model = model.to(DTYPES.get(dtype, model.dtype))
+    dtype = dtype or saved_dtype(path)  # by default, the dtype the weights were trained in
+    model, tokenizer = load_for_export(path, dtype)
     template = template or template_of(path) or ("chat" if tokenizer.chat_template else "r1_zero")
     if template == "r1_zero":
         tokenizer.chat_template = R1_ZERO_CHAT_TEMPLATE
     elif not tokenizer.chat_template:
         raise UserError(f"{source}: the tokenizer has no chat template; export with --template "
                         "r1_zero")
+    # every end the model was trained to stop at (Qwen's chat models: <|im_end|> and
+    # <|endoftext|>), so that servers stop there too
     eos = tokenizer.eos_token_id
+    ends = model.generation_config.eos_token_id
+    ends = [e for e in (ends if isinstance(ends, list) else [ends]) if e is not None]
+    ends += [eos] if eos not in ends else []
     model.generation_config = GenerationConfig(
-        bos_token_id=model.config.bos_token_id, eos_token_id=eos,
+        bos_token_id=model.config.bos_token_id, eos_token_id=ends[0] if len(ends) == 1 else ends,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
         do_sample=True, temperature=0.6, top_p=0.95,
     )

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from r1kit import checkpoint as ckpt
-from r1kit import distributed, trainable
+from r1kit import distributed, lora, trainable
 from r1kit.config import DataConfig, SFTConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.evaluation import evaluate
@@ -46,6 +46,7 @@ log = logging.getLogger("r1kit")
 def main(cfg: SFTConfig, resume: str | None = None) -> dict:
     # Under torchrun each process takes its share of every batch; rank 0 alone writes.
     ranks, device = distributed.setup(cfg.dist.strategy, prepare_torch(cfg.run))
+    distributed.check_strategy(cfg.dist.strategy, lora.enabled(cfg.lora), ranks.world)
     if resume:
         run = trainable.open_run(cfg, "sft", resume, ranks)
         cfg = run.cfg

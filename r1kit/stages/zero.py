@@ -100,6 +100,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     # Under torchrun each process takes B/W prompts; rank 0 alone writes (r1kit/distributed.py).
     d, device = distributed.setup(cfg.dist.strategy, prepare_torch(cfg.run))
     mine = distributed.split_batch(d, cfg.rl.prompts_per_step)
+    distributed.check_strategy(cfg.dist.strategy, lora.enabled(cfg.lora), d.world)
     run = trainable.open_run(cfg, stage, resume, d)
     cfg = run.cfg
 
@@ -193,11 +194,15 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         if distributed.all_any(len(rows) > 0 and mask[rows].any(), d) and finite:
             update = update_policy(policy, ref, opt, ro, advantages, mask, rows, rl, cfg.rollout,
                                    cfg.rollout.max_new_tokens, timer, d)
-            ok = update.pop("ok")
+            ok, applied = update.pop("ok"), update.pop("applied")
             metrics.update(update)
             if not ok:
                 state["bad_steps"] += 1
-                log.warning(f"step {state['step'] + 1}: non-finite loss or gradient; update skipped "
+                # with mu > 1, the minibatches before the bad one were applied already
+                what = (f"the update's last {rl.updates_per_rollout - applied} of "
+                        f"{rl.updates_per_rollout} minibatches skipped" if applied else
+                        "update skipped")
+                log.warning(f"step {state['step'] + 1}: non-finite loss or gradient; {what} "
                             f"({state['bad_steps']} in a row)")
             else:
                 state["bad_steps"] = 0
@@ -440,6 +445,7 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
     policy.eval()
     timer.add("update", time.perf_counter() - t_update)
     sums["ok"] = ok and math.isfinite(sums.get("train/loss", 0.0))
+    sums["applied"] = len(grad_norms)  # optimizer steps taken (minibatches)
     return sums
 
 
@@ -532,6 +538,8 @@ def _print_eval(tag: str, m: dict, ev, base: dict | None = None) -> None:
     rows = [("pass@1", "eval/pass@1"), (f"pass@{k}", f"eval/pass@{k}"),
             (f"cons@{k}", f"eval/cons@{k}"), ("format", "eval/format"),
             ("tokens", "eval/tokens"), ("reflection", "eval/reflection")]
+    if k == 1:  # pass@1 is already the first row
+        del rows[1]
     print(f"\n{'held-out':<12}{'base':>10}{'final':>10}")
     for name, key in rows:
         print(f"{name:<12}{base[key]:>10.3f}{m[key]:>10.3f}")
