@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--task", metavar="SOURCE",
                            help="problems: builtin, builtin:carry, builtin:code, a .jsonl or "
                                 "hf:NAME (same as --set data.source=)")
+        if name in ("zero", "rl", "eval", "sft", "sample", "distill", "pipeline"):  # code problems
             p.add_argument("--unsafe-allow-unsandboxed", action="store_true",
                            help="where bubblewrap cannot run, run model-written code WITHOUT a "
                                 "sandbox (same as --set code.unsafe_allow_unsandboxed=true)")

@@ -289,6 +289,7 @@ class SFTConfig:
     model: ModelConfig = section(ModelConfig, "model to fine-tune (R1: the base model)")
     data: SFTDataConfig = section(SFTDataConfig, "training pairs and held-out problems")
     sft: SFTTrainConfig = section(SFTTrainConfig, "optimisation (R1-SPEC §3.2, §3.5)")
+    code: CodeConfig = section(CodeConfig, "sandbox for held-out problems with tests (code)")
     eval: EvalConfig = section(EvalConfig, "held-out evaluation before and after (0 problems = none)")
     lora: LoraConfig = section(LoraConfig, "LoRA adapters instead of full fine-tuning")
     dist: DistConfig = section(DistConfig, "multi-process training (torchrun)")
@@ -361,6 +362,9 @@ class SampleConfig:
     sample: RejectionSamplingConfig = section(
         RejectionSamplingConfig, "samples per prompt, filters, output format"
     )
+    code: CodeConfig = section(
+        CodeConfig, "sandbox for problems with tests (code): the `correct` filter runs the programs"
+    )
 
 
 # ----------------------------------------------------------------------------- distillation
@@ -410,6 +414,9 @@ class DistillConfig:
         metadata={"help": "student SFT, no RL (R1-SPEC §3.5: 2-3 epochs on 800k samples, cosine "
                           "to lr/10; here 10 epochs on ~3k: 3 gave tiny-llama 25% of the teacher's "
                           "pass@1, 10 gave 75%, benchmarks/results/distill_tiny.md)"},
+    )
+    code: CodeConfig = section(
+        CodeConfig, "sandbox for problems with tests (code): verifying samples, evaluation"
     )
     eval: EvalConfig = field(
         default_factory=lambda: EvalConfig(max_new_tokens=96),
@@ -499,6 +506,9 @@ class PipelineConfig:
     sample: RejectionSamplingConfig = field(
         default_factory=lambda: RejectionSamplingConfig(cold_start_format=True),
         metadata={"help": "filters and format of both sampling stages (sizes: pipeline.*)"},
+    )
+    code: CodeConfig = section(
+        CodeConfig, "sandbox for problems with tests (code): every stage and the table"
     )
     eval: EvalConfig = field(
         default_factory=lambda: EvalConfig(max_new_tokens=96),

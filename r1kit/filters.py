@@ -14,9 +14,10 @@ counted once, under the first filter it fails.
 
 Choices the papers leave open:
 - `correct` and `well_formed` are the `accuracy` and `format` rewards equal to 1 (a reference that
-  does not parse rejects). Readability has no rule in the paper; the rules here are
-  `single_language` (the reasoning's target-language share, `r1kit.language`, at least 1 - a
-  tolerance; reasoning without words passes, nothing in it is mixed), `no_repetition`, and
+  does not parse rejects); for a problem with tests, `correct` is the `code` reward equal to 1:
+  the program passes every test in the sandbox. Readability has no rule in the paper; the rules
+  here are `single_language` (the reasoning's target-language share, `r1kit.language`, at least
+  1 - a tolerance; reasoning without words passes, nothing in it is mixed), `no_repetition`, and
   `short_paragraphs` (blank-line separated, at most N characters each).
 - `no_repetition` counts n-grams of whitespace-separated tokens of the whole completion,
   lower-cased, punctuation stripped at their ends; numbers and expressions count, so a loop
@@ -44,6 +45,7 @@ from functools import partial
 
 from r1kit.errors import UserError
 from r1kit.language import language_consistency, problem_language, reasoning_part
+from r1kit.rewards import code as code_reward
 from r1kit.rewards import get_reward
 from r1kit.tasks.arithmetic import readable_reasoning
 from r1kit.tasks.base import Problem
@@ -76,11 +78,17 @@ def not_truncated(c: Candidate) -> Verdict:
 
 
 def correct(c: Candidate) -> Verdict:
-    """Keeps a completion whose `accuracy` reward is 1.
+    """Keeps a completion whose `accuracy` reward is 1; for a problem with tests (code), whose
+    program passes every test (the `code` reward, in the sandbox).
 
     >>> correct(Candidate("<think>6*7</think> <answer>42</answer>", Problem("p", "6*7?", "42")))
     (True, '')
     """
+    if code_reward.has_tests(c.problem):
+        value = _reward(c, "code")
+        if value == 1.0:
+            return True, ""
+        return False, f"tests fail ({getattr(value, 'reason', 'no verdict')})"
     value = _reward(c, "accuracy")
     if value is None:
         return False, f"reference answer {c.problem.answer!r} does not parse"

@@ -29,3 +29,15 @@ def tiny_base(tmp_path_factory) -> str:
 @pytest.fixture
 def tiny_base_config() -> BaseConfig:
     return dataclasses.replace(TINY_BASE)
+
+
+@pytest.fixture
+def no_bwrap(monkeypatch):
+    """Bubblewrap made unavailable (its probe says it is not installed), as on a machine without
+    it; the code reward's sandbox state is put back afterwards."""
+    from r1kit import sandbox as sb
+    from r1kit.rewards import code as code_reward
+
+    monkeypatch.setitem(sb._PROBES, sb.find_python(), "bwrap is not installed")
+    monkeypatch.setitem(code_reward._state, "options", None)
+    monkeypatch.setitem(code_reward._state, "sandbox", None)

@@ -77,6 +77,27 @@ def test_help_documents_every_key(capsys):
         assert help, f"{key} has no help string"
 
 
+@pytest.mark.parametrize("stage", ["zero", "rl", "eval", "sft", "sample", "distill", "pipeline"])
+def test_every_stage_that_runs_code_takes_the_code_section_and_the_unsafe_flag(stage,
+                                                                               monkeypatch):
+    """Every stage that can run model-written code (a code reward, the `correct` filter or an
+    evaluation of problems with tests) takes `code.*` and --unsafe-allow-unsandboxed."""
+    import importlib
+
+    seen = {}
+
+    def stage_main(cfg, **kw) -> dict:  # the stage itself is not run: only its config is seen
+        seen["cfg"] = cfg
+        return {}
+
+    module = {"rl": "zero", "eval": "evaluate"}.get(stage, stage)
+    monkeypatch.setattr(importlib.import_module(f"r1kit.stages.{module}"), "main", stage_main)
+    assert cli([stage, "--unsafe-allow-unsandboxed", "--set", "code.wall_s=7",
+                "--set", "code.memory_mb=300"]) == 0
+    code = seen["cfg"].code
+    assert code.unsafe_allow_unsandboxed and code.wall_s == 7 and code.memory_mb == 300
+
+
 def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
     bad = tmp_path / "problems.jsonl"
     bad.write_text('{"prompt": "1+1", "answer": "2"}\n{"prompt": "2+2", "answer": \n')

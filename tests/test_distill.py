@@ -16,7 +16,7 @@ from datasets import load_from_disk
 from safetensors.torch import load_file
 
 from r1kit.cli import main as cli
-from r1kit.config import DistillConfig, describe
+from r1kit.config import DistillConfig, describe, load_config
 from r1kit.errors import UserError
 from r1kit.filters import Candidate, build_filters
 from r1kit.sft import load_sft_jsonl
@@ -271,6 +271,25 @@ def test_bad_input_is_one_clear_line(tiny_base, tmp_path, capsys, args, message)
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_code_problems_without_a_sandbox_stop_before_a_folder(tiny_base, tmp_path, capsys,
+                                                              no_bwrap):
+    code = cli(["distill", "--teacher", tiny_base, "--set", "data.source=builtin:code",
+                "--set", f"run.out_dir={tmp_path}", "--set", "run.name=code"])
+    assert code == 2 and "--unsafe-allow-unsandboxed" in capsys.readouterr().err
+    assert not (tmp_path / "code").exists()
+    # where bubblewrap is missing, `r1kit eval` of several models stops before its folder too
+    assert cli(["eval", "builtin", "builtin", "--problems", "builtin:code",
+                "--set", f"run.out_dir={tmp_path}"]) == 2
+    assert "--unsafe-allow-unsandboxed" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_samples_and_students_get_the_code_section(tmp_path):
+    cfg = load_config(DistillConfig, None, ["code.wall_s=7", "code.unsafe_allow_unsandboxed=true"])
+    assert distill.sample_config(cfg, "teacher", tmp_path).code == cfg.code
+    assert distill.sft_config(cfg, "base", "s", tmp_path).code == cfg.code
 
 
 def test_eval_of_a_missing_model_folder_is_a_clear_error(tiny_base, tmp_path, capsys):

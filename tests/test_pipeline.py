@@ -166,6 +166,25 @@ def test_stage_configs_follow_the_recipe():
         "accuracy": 1.0, "summary_format": 0.1, "language": 0.2}
 
 
+def test_every_stage_gets_the_pipelines_code_section():
+    """The user's sandbox limits and the unsafe flag reach each stage the pipeline builds."""
+    cfg = load_config(PipelineConfig, None, ["code.wall_s=7", "code.unsafe_allow_unsandboxed=true",
+                                             "pipeline.distill=true"])
+    assert cfg.code.wall_s == 7 and cfg.code.unsafe_allow_unsandboxed
+    stages = {**pipeline.stage_configs(cfg, Path("/p")),
+              **pipeline.distill_stage_config(cfg, Path("/p"))}
+    assert list(stages) == [*pipeline.STAGES, "08-distill"]
+    for name, (_, stage_cfg) in stages.items():
+        assert stage_cfg.code == cfg.code, name
+
+
+def test_code_problems_without_a_sandbox_stop_before_a_folder(tmp_path, capsys, no_bwrap):
+    args = ["pipeline", "--set", f"run.out_dir={tmp_path}", "--set", "data.source=builtin:code"]
+    assert cli(args) == 2
+    assert "--unsafe-allow-unsandboxed" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_table_format_column_follows_what_each_checkpoint_was_trained_towards():
     default = load_config(PipelineConfig)
     plain = load_config(PipelineConfig, None, ["sample.cold_start_format=false"])

@@ -150,6 +150,47 @@ def test_exact_counts_and_cold_start_with_a_scripted_sampler(tiny_base, tmp_path
             assert get_reward("format")(row["completion"], p) == 1.0 and "original" not in row
 
 
+def _scripted_programs(model, tokenizer, prompts, group_size, **kw):
+    """Per code prompt: a right program, a wrong one, and an answer without a code block."""
+    assert group_size == 3
+    texts = []
+    for prompt in prompts:
+        f0, f1 = map(int, re.search(r"f\(0\)=(-?\d+), f\(1\)=(-?\d+)", prompt).groups())
+        program = "<think> ok </think> <answer> ```python\ndef f(x): return x*{}+{}\n``` </answer>"
+        texts += [program.format(f1 - f0, f0), program.format(f1 - f0, f0 + 1),
+                  f"<think> ok </think> <answer> {f1} </answer>"]
+    return SimpleNamespace(texts=texts, truncated=[False] * len(texts),
+                           num_tokens=[len(t) for t in texts])
+
+
+def test_correct_filter_runs_the_programs_of_code_problems(tiny_base, tmp_path, monkeypatch):
+    """On problems with tests, `correct` keeps a completion whose program passes every test in
+    the sandbox (the `code` section's limits), not one whose answer text matches."""
+    from r1kit.rewards import code as code_reward
+    from r1kit.sandbox import bwrap_problem, find_python
+
+    monkeypatch.setitem(code_reward._state, "options", None)  # put back afterwards
+    monkeypatch.setitem(code_reward._state, "sandbox", None)
+    monkeypatch.setattr(sample_stage, "sample", _scripted_programs)
+    unsafe = str(bwrap_problem(find_python()) is not None).lower()  # trusted programs only
+    assert cli(["sample", *_sets(tmp_path, tiny_base, "code", "data.source=builtin:code",
+                                 "sample.samples_per_prompt=3", "sample.num_prompts=4",
+                                 "sample.filters=[correct]", "sample.max_per_prompt=0",
+                                 f"code.unsafe_allow_unsandboxed={unsafe}", "code.wall_s=3")]) == 0
+    assert code_reward._state["sandbox"].limits.wall_s == 3
+    counts = json.loads((tmp_path / "code" / "counts.json").read_text())
+    assert counts["generated"] == 12 and counts["kept"] == 4 and _balanced(counts)
+    assert counts["rejected"]["correct"] == 8 and counts["accuracy"] == pytest.approx(1 / 3)
+    rows = _rows(tmp_path / "code")
+    assert all(r["sample"] == 0 and "```python" in r["completion"] for r in rows)
+
+
+def test_code_problems_without_a_sandbox_stop_before_a_run_folder(tmp_path, capsys, no_bwrap):
+    assert cli(["sample", *_sets(tmp_path, "builtin", "code", "data.source=builtin:code")]) == 2
+    assert "--unsafe-allow-unsandboxed" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_resume_after_an_interruption_writes_no_duplicates(tiny_base, tmp_path, monkeypatch):
     loose = ("sample.filters=[not_truncated]", "sample.max_per_prompt=0",
              "rollout.max_new_tokens=24")

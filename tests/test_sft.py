@@ -189,6 +189,25 @@ def test_cli_errors_fail_before_a_run_folder_is_made(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["pairs.jsonl"]  # no run folder left behind
 
 
+def test_code_eval_without_a_sandbox_stops_before_a_run_folder(tmp_path, capsys, no_bwrap):
+    """Held-out problems with tests are graded in the sandbox: without bubblewrap `r1kit sft`
+    stops before making a run folder or loading a model, with advice that sft accepts."""
+    sets = _sets(tmp_path, "no/such-model", "code", "data.eval_source=builtin:code")
+    assert cli(["sft", *sets]) == 2
+    err = capsys.readouterr().err
+    assert "bubblewrap" in err and "--unsafe-allow-unsandboxed" in err and "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["cold_start.jsonl"]  # no run folder
+
+    from r1kit.rewards import code as code_reward
+
+    overrides = [s for s in sets if s != "--set"] + ["code.unsafe_allow_unsandboxed=true",
+                                                     "code.wall_s=7"]
+    _, eval_set = sft_stage._inputs(load_config(SFTConfig, None, overrides))
+    assert len(eval_set) == 4 and all(code_reward.has_tests(p) for p in eval_set)
+    sandbox = code_reward._state["sandbox"]  # the evaluation's: the user's limits, unconfined
+    assert not sandbox.sandboxed and sandbox.limits.wall_s == 7
+
+
 def test_help_documents_every_key(capsys):
     with pytest.raises(SystemExit) as e:
         cli(["sft", "--help"])

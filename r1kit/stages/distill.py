@@ -42,7 +42,7 @@ from r1kit.filters import build_filters
 from r1kit.models import check_trainable_dtype, prepare_torch, resolve_dtype
 from r1kit.runs import RunFolder, load_problems
 from r1kit.sft_dataset import write_sft_dataset
-from r1kit.stages.pipeline import run_stage
+from r1kit.stages.pipeline import configure_code, run_stage
 from r1kit.students import check_student, student_path
 
 log = logging.getLogger("r1kit")
@@ -57,8 +57,9 @@ def main(cfg: DistillConfig, resume: str | None = None, table: bool = True) -> d
         if not (Path(resume) / "manifest.json").is_file():
             raise UserError(f"{resume}: not a distill folder (no manifest.json)")
         run = RunFolder.open(cfg, "distill", resume, checkpoints=False)
+        configure_code(run.cfg)  # the table's evaluation may run programs without a stage first
     else:
-        check(cfg)  # a bad teacher, student or setting fails before a folder is made
+        check(cfg)  # a bad teacher, student or setting, or no sandbox, fails before a folder
         run = RunFolder.open(cfg, "distill")
     cfg = run.cfg
     device = prepare_torch(cfg.run)
@@ -154,6 +155,7 @@ def check(cfg: DistillConfig) -> None:
         if value < 1:
             raise UserError(f"{key} must be at least 1, got {value}")
     build_filters(list(s.filters))  # an unknown filter name fails here
+    configure_code(cfg)
 
 
 def resolve_teacher(path: str) -> str:
@@ -191,7 +193,7 @@ def sample_config(cfg: DistillConfig, teacher: str, root: Path) -> SampleConfig:
     return SampleConfig(
         run=dataclasses.replace(cfg.run, name="samples", out_dir=str(root)),
         model=ModelConfig(path=teacher, dtype=cfg.distill.dtype), data=cfg.data,
-        rollout=cfg.rollout, sample=cfg.sample,
+        rollout=cfg.rollout, sample=cfg.sample, code=cfg.code,
     )
 
 
@@ -204,4 +206,4 @@ def sft_config(cfg: DistillConfig, base: str, label: str, root: Path) -> SFTConf
     return SFTConfig(run=dataclasses.replace(cfg.run, name=f"students/{label}",
                                              out_dir=str(root)),
                      model=ModelConfig(path=base, dtype=cfg.distill.dtype), data=data,
-                     sft=cfg.sft, eval=dataclasses.replace(cfg.eval, num_problems=0))
+                     sft=cfg.sft, code=cfg.code, eval=dataclasses.replace(cfg.eval, num_problems=0))

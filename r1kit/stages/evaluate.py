@@ -73,6 +73,8 @@ def compare(cfg: EvalStageConfig, models: list[str], out: str | None = None) -> 
     _, problems = load_problems(cfg.data, cfg.eval.num_problems)
     if not problems:
         raise UserError("no problems to evaluate (eval.num_problems=0 or an empty eval source)")
+    if any(code_reward.has_tests(p) for p in problems):
+        code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
     if out:
         run_path = _out_folder(out)
     else:

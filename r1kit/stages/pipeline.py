@@ -69,6 +69,7 @@ from r1kit.evaluation import EvalResult, evaluate
 from r1kit.language import language_consistency, problem_language, reasoning_part
 from r1kit.models import load_model, pick_device
 from r1kit.report import write_report_safely
+from r1kit.rewards import code as code_reward
 from r1kit.rewards import get_reward
 from r1kit.runs import RunFolder, load_problems
 from r1kit.stages import sample as sample_stage
@@ -90,8 +91,9 @@ def main(cfg: PipelineConfig, resume: str | None = None) -> dict:
         if not (Path(resume) / "manifest.json").is_file():
             raise UserError(f"{resume}: not a pipeline folder (no manifest.json)")
         run = RunFolder.open(cfg, "pipeline", resume, checkpoints=False)
+        configure_code(run.cfg)  # the table's evaluation may run programs without a stage first
     else:
-        _check(cfg)  # bad settings fail before a pipeline folder is made
+        _check(cfg)  # bad settings, or no sandbox for code problems, fail before a folder is made
         run = RunFolder.open(cfg, "pipeline")
     cfg = run.cfg
     if cfg.run.threads:
@@ -163,7 +165,7 @@ def distill_stage_config(cfg: PipelineConfig, root: Path) -> dict[str, tuple[str
             general_data="", general_samples=0, cold_start_format=False,
             filters=list(dict.fromkeys(
                 "any_format" if f == "well_formed" else f for f in cfg.sample.filters))),
-        sft=default.sft, eval=cfg.eval,
+        sft=default.sft, code=cfg.code, eval=cfg.eval,
     ))}
 
 
@@ -193,7 +195,7 @@ def stage_configs(cfg: PipelineConfig, root: Path) -> dict[str, tuple[str, objec
         return ZeroConfig(run=run_section(name), model=model(start), data=cfg.data,
                           rollout=dataclasses.replace(cfg.rollout, temperature=temperature),
                           rl=dataclasses.replace(cfg.rl, steps=steps), rewards=rewards,
-                          eval=cfg.eval)
+                          code=cfg.code, eval=cfg.eval)
 
     def sampler(name: str, start: str, prompts: int, samples: int, filters: list,
                 general: bool = False) -> SampleConfig:
@@ -204,14 +206,14 @@ def stage_configs(cfg: PipelineConfig, root: Path) -> dict[str, tuple[str, objec
         elif s.general_data in ("", "builtin") and not s.general_samples and p.general_samples:
             s = dataclasses.replace(s, general_data="builtin", general_samples=p.general_samples)
         return SampleConfig(run=run_section(name), model=model(start), data=cfg.data,
-                            rollout=cfg.rollout, sample=s)
+                            rollout=cfg.rollout, sample=s, code=cfg.code)
 
     def sft(name: str, data_from: str) -> SFTConfig:
         data = SFTDataConfig(train_file=str(root / data_from / "sft.jsonl"),
                              template=cfg.data.template)
         # The table evaluates every checkpoint on the same problems; no eval inside SFT.
         return SFTConfig(run=run_section(name), model=model(base), data=data, sft=cfg.sft,
-                         eval=dataclasses.replace(cfg.eval, num_problems=0))
+                         code=cfg.code, eval=dataclasses.replace(cfg.eval, num_problems=0))
 
     def final(name: str) -> str:
         return str(root / name / "final")
@@ -305,6 +307,16 @@ def _check(cfg: PipelineConfig) -> None:
     if cfg.sample.cold_start_format and "correct" not in cfg.sample.filters:
         raise UserError("sample.cold_start_format needs the 'correct' filter in sample.filters "
                         "(the summary states the answer); or set sample.cold_start_format=false")
+    configure_code(cfg)
+
+
+def configure_code(cfg) -> None:
+    """Start the sandbox with `cfg.code` (a pipeline's or a distillation's) when its problems, train
+    or held-out, have tests: a missing bubblewrap stops now, before any folder or model, and the
+    table's evaluation runs with the user's limits. Every stage gets the same `code` section."""
+    train, heldout = load_problems(cfg.data, cfg.eval.num_problems)
+    if any(code_reward.has_tests(p) for p in (*train, *heldout)):
+        code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
 
 
 def _load_manifest(run: RunFolder) -> dict:

@@ -7,7 +7,8 @@ samples from the stage-1 RL checkpoint (several per prompt; the correct ones, wi
 languages, long paragraphs or code blocks). One run does either, batch by batch:
     generate  samples_per_prompt completions for each prompt of a batch of TRAIN problems (a seeded
               random subset; held-out problems are never sampled)
-    score     accuracy, format and language of every completion, time-bounded as in RL
+    score     accuracy, format and language of every completion, time-bounded as in RL; for
+              problems with tests also `code` (the programs run in the sandbox, `code.*`)
     filter    the named filters in order (r1kit/filters.py); a rejection counts under the first
               filter that fails
     keep      up to max_per_prompt distinct passing completions per prompt, first sampled first
@@ -51,6 +52,7 @@ from r1kit.config import SampleConfig
 from r1kit.errors import UserError
 from r1kit.filters import Candidate, FilterChain, build_filters, to_cold_start
 from r1kit.models import load_model, pick_device
+from r1kit.rewards import code as code_reward
 from r1kit.rewards.extract import extract_answer
 from r1kit.rewards.scoring import RewardSpec, score
 from r1kit.rollout.hf import sample
@@ -62,6 +64,7 @@ from r1kit.templates import check_template, mark_prefill, render_prompt
 log = logging.getLogger("r1kit")
 
 SCORED = ("accuracy", "format", "language")  # rewards computed for every sample (filters, stats)
+CODE = "code"  # also scored where problems have tests: a program is correct when all tests pass
 
 
 def main(cfg: SampleConfig, resume: str | None = None) -> dict:
@@ -82,7 +85,8 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
     s, ro_cfg = cfg.sample, cfg.rollout
     G = s.samples_per_prompt
     batches = [problems[i : i + s.batch_size] for i in range(0, len(problems), s.batch_size)]
-    specs = [RewardSpec(name, 1.0) for name in SCORED]
+    with_tests = any(code_reward.has_tests(p) for p in problems)
+    specs = [RewardSpec(name, 1.0) for name in SCORED + ((CODE,) if with_tests else ())]
     out = run.path / "sft.jsonl"
 
     state = _load_progress(run, chain)
@@ -159,7 +163,8 @@ def keep_for_prompt(candidates: list[Candidate], chain: FilterChain, max_per_pro
     rows, seen, passing = [], set(), 0
     for j, c in enumerate(candidates):
         tally["generated"] += 1
-        tally["correct"] += c.scores.get("accuracy") == 1.0
+        tally["correct"] += c.scores.get(CODE if code_reward.has_tests(c.problem) else
+                                         "accuracy") == 1.0
         tally["well_formed"] += c.scores.get("format") == 1.0
         tally["truncated"] += c.truncated
         tally["tokens"] += c.num_tokens
@@ -213,7 +218,10 @@ def _inputs(cfg: SampleConfig) -> tuple[FilterChain, list[Problem], list[dict]]:
         log.warning(f"sample.general_samples={s.general_samples} does nothing without "
                     "sample.general_data (builtin or a JSONL file)")
     general = load_general(s.general_data, s.general_samples, cfg.run.seed) if s.general_data else []
-    return chain, [train[i] for i in picked], general
+    problems = [train[i] for i in picked]
+    if any(code_reward.has_tests(p) for p in problems):
+        code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
+    return chain, problems, general
 
 
 def _new_tally(chain: FilterChain) -> dict:

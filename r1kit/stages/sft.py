@@ -28,6 +28,7 @@ from r1kit.config import DataConfig, SFTConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.evaluation import evaluate
 from r1kit.models import prepare_torch
+from r1kit.rewards import code as code_reward
 from r1kit.runs import load_problems
 from r1kit.sft import (
     collate,
@@ -52,7 +53,7 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
         cfg = run.cfg
         examples, eval_set = _inputs(cfg)
     else:
-        examples, eval_set = _inputs(cfg)  # a bad data file fails before a run folder is made
+        examples, eval_set = _inputs(cfg)  # a bad data file or no sandbox fails before a run folder
         run = trainable.open_run(cfg, "sft", None, ranks)
         cfg = run.cfg
 
@@ -208,7 +209,10 @@ def _inputs(cfg: SFTConfig) -> tuple[list, list]:
     data = DataConfig(source=source, split=d.eval_split, eval_source=d.eval_source,
                       eval_split=d.eval_split, prompt_key=d.prompt_key,
                       answer_key=d.answer_key, template=d.template, train_size=0)
-    return examples, load_problems(data, cfg.eval.num_problems)[1]
+    eval_set = load_problems(data, cfg.eval.num_problems)[1]
+    if any(code_reward.has_tests(p) for p in eval_set):
+        code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
+    return examples, eval_set
 
 
 def _save(run, state, model, tokenizer, opt, sched, ranks) -> None:
