@@ -122,7 +122,7 @@ class DataConfig:
         "builtin",
         "'builtin' (arithmetic chains), 'builtin:carry' (the harder tier: every step carries), "
         "'builtin:code' (one-line Python functions with tests), a .jsonl file of {prompt, answer} "
-        "(or {prompt, tests}), or hf:NAME_OR_PATH",
+        "(or {prompt, tests}; .json, .csv, .parquet too), or hf:NAME_OR_PATH",
     )
     split: str = opt("train", "split for hf: sources")
     eval_source: str = opt("", "held-out problems; empty = builtin held-out split, or the same file")

@@ -23,8 +23,8 @@ from r1kit.metrics import (
     reflection_rate,
 )
 from r1kit.rewards import code as code_reward
-from r1kit.rewards import get_reward
 from r1kit.rewards.extract import extract_answer
+from r1kit.rewards.scoring import RewardSpec, score
 from r1kit.rollout.hf import sample
 from r1kit.tasks.base import Problem
 from r1kit.tasks.code import extract_program
@@ -98,13 +98,25 @@ def evaluate(
 def _score_batch(model, tokenizer, problems, start, per_batch, cfg, template, stop, gen):
     """One record per problem of `problems[start : start + per_batch]`: its k completions and
     how they scored."""
-    accuracy, fmt = get_reward("accuracy"), get_reward("format")
     chunk = problems[start : start + per_batch]
     prompts = [render_prompt(p.prompt, template, tokenizer) for p in chunk]
     chunk = [mark_prefill(p, text) for p, text in zip(chunk, prompts)]  # `<think>` in prompt
     ro = sample(model, tokenizer, prompts, cfg.k, max_new_tokens=cfg.max_new_tokens,
                 temperature=cfg.temperature, top_p=cfg.top_p, stop=list(stop), generator=gen)
-    passed = _code_passes(ro.texts, [p for p in chunk for _ in range(cfg.k)])
+    per_row = [p for p in chunk for _ in range(cfg.k)]
+    passed = _code_passes(ro.texts, per_row)
+    answered = [r for r, p in enumerate(per_row) if not code_reward.has_tests(p)]
+    right = dict(zip(answered, _time_bounded("accuracy", [ro.texts[r] for r in answered],
+                                             [per_row[r] for r in answered])))
+    formats = _time_bounded("format", ro.texts, per_row)
+    votes = {}  # problem -> its majority answer (problems without tests)
+    for i, p in enumerate(chunk):
+        if not code_reward.has_tests(p):
+            votes[i] = majority_vote([extract_answer(ro.texts[r])
+                                      for r in range(i * cfg.k, (i + 1) * cfg.k)])
+    asked = [i for i, v in votes.items() if v is not None]
+    vote_right = dict(zip(asked, _time_bounded(
+        "accuracy", [f"<answer>{votes[i]}</answer>" for i in asked], [chunk[i] for i in asked])))
     records = []
     for i, p in enumerate(chunk):
         rows = range(i * cfg.k, (i + 1) * cfg.k)
@@ -115,12 +127,11 @@ def _score_batch(model, tokenizer, problems, start, per_batch, cfg, template, st
             vote = majority_vote(programs)
             voted = vote is not None and hits[keys.index(vote)]
         else:
-            hits = [accuracy(ro.texts[r], p) == 1.0 for r in rows]
-            vote = majority_vote([extract_answer(ro.texts[r]) for r in rows])
-            voted = vote is not None and accuracy(f"<answer>{vote}</answer>", p) == 1.0
+            hits = [right[r] for r in rows]
+            voted = vote_right.get(i, False)
         records.append({
             "index": start + i, "correct": sum(hits), "voted": voted,
-            "formats": [fmt(ro.texts[r], p) == 1.0 for r in rows],
+            "formats": [formats[r] for r in rows],
             "tokens": [ro.num_tokens[r] for r in rows],
             "truncated": [ro.truncated[r] for r in rows],
             "texts": [ro.texts[r] for r in rows],
@@ -153,6 +164,19 @@ def _summarize(records: list[dict], k: int) -> EvalResult:
         samples=[r["sample"] for r in records],
         completions=texts,
     )
+
+
+REWARD_TIMEOUT_S = 5.0  # per completion and reward, as `rewards.timeout_s` in RL
+
+
+def _time_bounded(reward: str, texts: list[str], problems: list[Problem]) -> list[bool]:
+    """Per text: does `reward` give it 1? Each call is time-bounded as in RL (`scoring.score`), so
+    a pathological answer (`10^{10^{10}}` for SymPy) counts as wrong instead of hanging."""
+    if not texts:
+        return []
+    s = score(texts, problems, [RewardSpec(reward, 1.0)], [0] * len(texts), 1,
+              timeout_s=REWARD_TIMEOUT_S)
+    return [v == 1.0 for v in s.per_reward[reward]]
 
 
 def _code_passes(texts: list[str], problems: list[Problem]) -> list[bool]:

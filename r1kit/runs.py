@@ -23,7 +23,7 @@ from r1kit.config import DataConfig, load_config, to_dict
 from r1kit.errors import UserError
 from r1kit.tasks.arithmetic import is_heldout, sample_problems
 from r1kit.tasks.base import Problem
-from r1kit.tasks.files import load_hf_dataset, load_jsonl
+from r1kit.tasks.files import file_format, load_hf_dataset, load_jsonl
 
 log = logging.getLogger("r1kit")
 
@@ -157,11 +157,13 @@ class RunFolder:
 def _load_source(source: str, split: str, data: DataConfig) -> list[Problem]:
     if source.startswith("hf:"):
         return load_hf_dataset(source[3:], split, data.prompt_key, data.answer_key)
-    if source.endswith(".jsonl") or Path(source).is_file():
-        return load_jsonl(source, data.prompt_key, data.answer_key)
+    if source.endswith(".jsonl") or (Path(source).is_file() and not file_format(source)):
+        return load_jsonl(source, data.prompt_key, data.answer_key)  # errors name the line
+    if Path(source).is_file():  # a JSON array, CSV or parquet file (or compressed)
+        return load_hf_dataset(source, "train", data.prompt_key, data.answer_key)
     raise UserError(
-        f"data source '{source}': use 'builtin', 'builtin:carry', 'builtin:code', a .jsonl file, or "
-        "hf:NAME_OR_PATH"
+        f"data source '{source}': use 'builtin', 'builtin:carry', 'builtin:code', a .jsonl, .json, "
+        ".csv or .parquet file, or hf:NAME_OR_PATH"
     )
 
 

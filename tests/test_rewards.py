@@ -8,8 +8,10 @@ import logging
 import signal
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 import r1kit.rewards
 from r1kit.errors import UserError
@@ -93,6 +95,11 @@ def test_extract_answer(completion, expected):
         (r"(-\infty, 3]", r"<answer>(-\infty, 3]</answer>", 1.0),
         (r"(-\infty, 3]", r"<answer>(-\infty, 3)</answer>", 0.0),
         (r"\pi", r"\boxed{\pi}", 1.0),
+        ("18.50", r"Total: \boxed{\$18.50}", 1.0),  # escaped dollars (money)
+        (r"\$1.17", "<answer>1.17</answer>", 1.0),
+        ("1000", r"<answer>1\,000</answer>", 1.0),  # grouped in threes, not a product
+        ("1000", "<answer>1 000</answer>", 1.0),
+        ("0", "<answer>1 000</answer>", 0.0),
     ],
 )
 def test_accuracy(gold, completion, expected):
@@ -287,6 +294,29 @@ def test_score_times_out_inside_math_verify(monkeypatch):
     )
     assert time.monotonic() - started < 5
     assert s.failures == {"accuracy": 1}
+    accuracy._parse.cache_clear()
+
+
+def test_evaluation_bounds_each_reward_call_in_time(monkeypatch):
+    import math_verify.parser
+
+    from r1kit import evaluation
+    from r1kit.config import EvalConfig
+
+    def slow_extract(*args, **kwargs):
+        time.sleep(10)
+
+    monkeypatch.setattr(math_verify.parser, "extract_target_from_pred", slow_extract)
+    monkeypatch.setattr(evaluation, "REWARD_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(evaluation, "sample", lambda *a, **kw: SimpleNamespace(
+        texts=["<answer>0.123</answer>"] * 2, num_tokens=[5, 5], truncated=[False, False]))
+    model = SimpleNamespace(parameters=lambda: iter([torch.zeros(1)]), eval=lambda: None)
+    accuracy._parse.cache_clear()
+    started = time.monotonic()
+    res = evaluation.evaluate(model, None, [problem("0.5")], EvalConfig(k=2, batch_size=2),
+                              template="plain")
+    assert time.monotonic() - started < 5
+    assert res.pass1 == 0.0 and res.cons_k == 0.0
     accuracy._parse.cache_clear()
 
 

@@ -166,3 +166,27 @@ def test_eval_source_is_the_held_out_set_whatever_the_training_source(tmp_path):
     assert len(train) == 5 and len(heldout) == 4 and heldout[0].prompt.startswith("Compute")
     with pytest.raises(UserError, match="nope.jsonl"):
         load_problems(DataConfig(source="builtin", eval_source=str(tmp_path / "nope.jsonl")), 3)
+
+
+def test_json_csv_and_compressed_files_load_by_their_format(tmp_path, monkeypatch):
+    import gzip
+
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    from r1kit.config import DataConfig
+    from r1kit.runs import load_problems
+
+    rows = [{"prompt": "tiny?", "answer": 0.00005}, {"prompt": "big?", "answer": 1e20}]
+    files = {"array.json": json.dumps(rows, indent=2),
+             "table.csv": "prompt,answer\ntiny?,0.00005\nbig?,100000000000000000000\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with gzip.open(tmp_path / "rows.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    for name in (*files, "rows.jsonl.gz"):
+        path = str(tmp_path / name)
+        train, heldout = load_problems(DataConfig(source=path, eval_source=path), 10)
+        # floats as written in plain decimals, not 5e-05 (which math_verify reads as e - 5)
+        assert [(p.prompt, p.answer) for p in train] == [
+            ("tiny?", "0.00005"), ("big?", "100000000000000000000")], name
+        assert heldout == train

@@ -15,6 +15,12 @@ Departures and details:
 - A bare answer is wrapped in `$…$` before parsing unless it reads as prose (a run of 3+ letters
   outside LaTeX commands), because `math_verify` parses bare LaTeX badly (`2\sqrt{3}` → 2,
   `2^{10}` → 2) and `$…$` well; prose is parsed as is, so `math_verify` picks the math out of it.
+- Normalised first, on both sides: escaped dollars (`\$18.50`, money in MATH and GSM8K) are
+  dropped, as `math_verify` reads `\$` as a math delimiter and parses nothing; a number grouped in
+  threes by spaces, thin spaces or `\,` (`1 000`, `1\,000`) is joined, as `math_verify` would read
+  it as a product (`1*000 = 0`).
+- A reference that cannot be parsed is logged (the first few problems), as its `None` would
+  otherwise pass unnoticed: skipped in RL means, wrong in evaluation.
 - `math_verify`'s own time limits use `signal.alarm`, which would cancel the limit that
   `scoring.score` sets and fails outside the main thread; they are turned off
   (`parsing_timeout=None`, `timeout_seconds=None`) and `scoring.score` bounds the whole call.
@@ -37,6 +43,10 @@ from r1kit.tasks.base import Problem
 _INT_RE = re.compile(r"[+-]?\d{1,18}")
 _LATEX_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
 _PROSE_RE = re.compile(r"[A-Za-z]{3,}")
+_GROUPED_RE = re.compile(r"[+-]?\d{1,3}(?:(?:\\,|\\ |[ \u2009\u202f])\d{3})+(?:\.\d+)?")
+_SEPARATOR_RE = re.compile(r"\\,|\\ |[ \u2009\u202f]")
+_unparsed: set[str] = set()  # problems whose reference could not be parsed, already logged
+log = logging.getLogger("r1kit")
 
 
 class _DropDisabledTimeoutWarning(logging.Filter):
@@ -67,10 +77,10 @@ def accuracy(completion: str, problem: Problem) -> float | None:
         from r1kit.tasks import reasoning_gym
 
         return reasoning_gym.score(extract_answer(completion), problem)
-    gold_text = problem.answer.strip()
+    gold_text = _normalize(problem.answer)
     pred_text = extract_answer(completion)
     if pred_text is not None:
-        pred_text = last_boxed(pred_text) or pred_text  # "<answer>\boxed{4}</answer>"
+        pred_text = _normalize(last_boxed(pred_text) or pred_text)  # "<answer>\boxed{4}</answer>"
     if _INT_RE.fullmatch(gold_text):
         if pred_text is None:
             return 0.0
@@ -78,6 +88,11 @@ def accuracy(completion: str, problem: Problem) -> float | None:
             return 1.0 if int(pred_text) == int(gold_text) else 0.0
     gold = _parse(gold_text)
     if not any(isinstance(g, (Basic, MatrixBase)) for g in gold):
+        if len(_unparsed) < 5 and problem.id not in _unparsed:
+            _unparsed.add(problem.id)
+            log.warning(f"problem {problem.id}: math_verify cannot parse its reference answer "
+                        f"{problem.answer!r}; the accuracy reward is None for it (left out of RL "
+                        "means, wrong in evaluation)")
         return None
     if not pred_text:
         return 0.0
@@ -85,6 +100,16 @@ def accuracy(completion: str, problem: Problem) -> float | None:
     if not pred:
         return 0.0
     return 1.0 if verify(list(gold), list(pred), timeout_seconds=None) else 0.0
+
+
+def _normalize(text: str) -> str:
+    r"""The answer without escaped dollars, and a number grouped in threes joined.
+
+    >>> _normalize(r"\$1\,000.50"), _normalize("12 345"), _normalize("3 5")
+    ('1000.50', '12345', '3 5')
+    """
+    text = text.replace("\\$", "").strip()
+    return _SEPARATOR_RE.sub("", text) if _GROUPED_RE.fullmatch(text) else text
 
 
 @lru_cache(maxsize=2048)

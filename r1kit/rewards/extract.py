@@ -40,30 +40,33 @@ def last_boxed(text: str) -> str | None:
     >>> last_boxed(r"\\boxed{x^{2}") is None
     True
     """
-    for match in reversed(list(_BOXED_RE.finditer(text))):
-        content = _balanced(text, match.end())
-        if content is not None:
-            return content.strip()
+    matches = list(_BOXED_RE.finditer(text))
+    if not matches:
+        return None
+    closing = _closing_braces(text, matches[0].end())
+    for match in reversed(matches):
+        end = closing.get(match.end())
+        if end is not None:
+            return text[match.end() : end].strip()
     return None
 
 
-def _balanced(text: str, start: int) -> str | None:
-    """The text from `start` up to the brace closing the `{` just before it, or None if unclosed.
-
-    Escaped braces `\\{` `\\}` (LaTeX set braces) are content, not grouping.
-    """
-    depth = 1
-    i = start
+def _closing_braces(text: str, start: int) -> dict[int, int]:
+    """For each `{` from `start - 1` on: the position after it -> the position of its closing
+    brace (unclosed ones are missing). One pass, so a text of many unclosed `\\boxed{` (a model
+    stuck in a loop) costs linear time. Escaped braces `\\{` `\\}` (LaTeX set braces) are
+    content, not grouping."""
+    opened: list[int] = []
+    closing: dict[int, int] = {}
+    i = start - 1
     while i < len(text):
         ch = text[i]
         if ch == "\\":
             i += 2
             continue
         if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:i]
+            opened.append(i + 1)
+        elif ch == "}" and opened:
+            closing[opened.pop()] = i
         i += 1
-    return None
+    return closing

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,22 @@ def load_jsonl(
     return _to_problems(records, str(path), prompt_key, answer_key)
 
 
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+
+
+def file_format(path: str | Path) -> str | None:
+    """datasets' builder for a data file (`json`, `csv`, `parquet`; compressed too), or None.
+
+    >>> file_format("a.json"), file_format("b.csv.gz"), file_format("c.txt")
+    ('json', 'csv', None)
+    """
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    return FILE_FORMATS.get(suffixes[-1]) if suffixes else None
+
+
 def load_hf_dataset(
     name_or_path: str | Path,
     split: str = "train",
@@ -75,14 +92,20 @@ def load_hf_dataset(
     """The problems of one split of a Hugging Face dataset.
 
     A folder written by `save_to_disk` is read with `datasets.load_from_disk` (a saved single
-    `Dataset` has no splits, so `split` is ignored for it); anything else (a folder of data files,
-    a hub name) goes to `datasets.load_dataset`. Ids default to `NAME-ROW` (row from 0).
+    `Dataset` has no splits, so `split` is ignored for it); one data file (`file_format`) with
+    its format's loader; anything else (a folder of data files, a hub name) goes to
+    `datasets.load_dataset`. Ids default to `NAME-ROW` (row from 0).
     """
     import datasets  # heavy; only this loader needs it
 
     name = str(name_or_path)
     path = Path(name_or_path)
-    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+    if path.is_file():  # one data file: datasets' loader for its format
+        try:
+            data = datasets.load_dataset(file_format(path), data_files=name, split="train")
+        except Exception as e:  # noqa: BLE001 -- datasets raises many types for a bad file
+            raise UserError(f"{name}: cannot read it as {file_format(path)} ({e})") from None
+    elif path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         data = datasets.load_from_disk(name)
         if isinstance(data, datasets.DatasetDict):
             if split not in data:
@@ -133,7 +156,8 @@ def _to_problems(
         if isinstance(answer, (int, float)) and not isinstance(answer, bool):
             if not math.isfinite(answer):
                 raise UserError(f"{where}: field {answer_key!r} is {answer}, not an answer")
-            answer = str(answer)
+            # as written in plain decimals: str(0.00005) is '5e-05', which math_verify reads as e-5
+            answer = str(answer) if isinstance(answer, int) else format(Decimal(repr(answer)), "f")
         elif not isinstance(answer, str):
             raise UserError(
                 f"{where}: field {answer_key!r} must be a string or a number, "
