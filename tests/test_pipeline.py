@@ -164,6 +164,12 @@ def test_stage_configs_follow_the_recipe():
     assert stages["07-r1"][1].rollout.temperature == 0.7
     assert stages["04-dev2"][1].rewards.weights == {
         "accuracy": 1.0, "summary_format": 0.1, "language": 0.2}
+    # problems with tests: programs are graded by running them, in every RL stage
+    coded = pipeline.stage_configs(cfg, Path("/p"), programs=True)
+    assert coded["01-zero"][1].rewards.weights == {"code": 1.0, "format": 0.1}
+    for name in ("04-dev2", "07-r1"):
+        assert "code" in coded[name][1].rewards.weights
+        assert "accuracy" not in coded[name][1].rewards.weights
 
 
 def test_every_stage_gets_the_pipelines_code_section():

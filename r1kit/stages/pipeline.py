@@ -2,7 +2,8 @@
 
 Each stage is a call to an existing stage's `main` with a config derived from the pipeline's, and
 writes its own run folder inside the pipeline folder:
-    01-zero        GRPO from the base model, accuracy + format (R1-Zero)
+    01-zero        GRPO from the base model, accuracy + format (R1-Zero; on problems with tests,
+                   `code` instead of `accuracy` in every RL stage)
     02-cold-start  sample Zero on train prompts at T = 1.0; keep the correct, well-formed,
                    single-language, repetition-free samples, rewritten as `<think>…</think> summary
                    <answer>…</answer>` with the reasoning in the task's readable form (R1-SPEC §5)
@@ -67,7 +68,7 @@ from r1kit.config import (
 from r1kit.errors import UserError
 from r1kit.evaluation import EvalResult, evaluate
 from r1kit.language import language_consistency, problem_language, reasoning_part
-from r1kit.models import load_model, pick_device
+from r1kit.models import builtin_model_for, load_model, pick_device
 from r1kit.report import write_report_safely
 from r1kit.rewards import code as code_reward
 from r1kit.rewards import get_reward
@@ -91,9 +92,11 @@ def main(cfg: PipelineConfig, resume: str | None = None) -> dict:
         if not (Path(resume) / "manifest.json").is_file():
             raise UserError(f"{resume}: not a pipeline folder (no manifest.json)")
         run = RunFolder.open(cfg, "pipeline", resume, checkpoints=False)
-        configure_code(run.cfg)  # the table's evaluation may run programs without a stage first
+        programs = configure_code(run.cfg)  # the table's evaluation may run programs first
     else:
-        _check(cfg)  # bad settings, or no sandbox for code problems, fail before a folder is made
+        cfg = builtin_model_for(cfg)  # builtin:code -> the code-capable base
+        _check(cfg)  # bad settings fail before a pipeline folder is made
+        programs = configure_code(cfg)  # so does a missing sandbox for code problems
         run = RunFolder.open(cfg, "pipeline")
     cfg = run.cfg
     if cfg.run.threads:
@@ -102,7 +105,8 @@ def main(cfg: PipelineConfig, resume: str | None = None) -> dict:
     t_start = time.time()
 
     # ---------------------------------------------------------------- stages
-    stages = {**stage_configs(cfg, run.path), **distill_stage_config(cfg, run.path)}
+    stages = {**stage_configs(cfg, run.path, programs=programs),
+              **distill_stage_config(cfg, run.path)}
     for name, (kind, stage_cfg) in stages.items():
         if name in manifest["stages"]:
             print(f"[pipeline] {name}: finished earlier, skipped")
@@ -169,10 +173,14 @@ def distill_stage_config(cfg: PipelineConfig, root: Path) -> dict[str, tuple[str
     ))}
 
 
-def stage_configs(cfg: PipelineConfig, root: Path) -> dict[str, tuple[str, object]]:
-    """Stage folder name -> (kind, the config its stage `main` runs with), in order."""
+def stage_configs(cfg: PipelineConfig, root: Path, *, programs: bool = False
+                  ) -> dict[str, tuple[str, object]]:
+    """Stage folder name -> (kind, the config its stage `main` runs with), in order. With
+    `programs` (training problems with tests) the RL stages' rule-based correctness reward is
+    `code`, the tests run in the sandbox, instead of `accuracy`, which compares final answers."""
     p = cfg.pipeline
-    later_rewards = {"accuracy": 1.0, "summary_format": p.format_reward,
+    correct = "code" if programs else "accuracy"
+    later_rewards = {correct: 1.0, "summary_format": p.format_reward,
                      p.language_form: p.language_reward}
     later_rewards = {k: w for k, w in later_rewards.items() if w}
     final_rewards, active_last = dict(later_rewards), {}
@@ -220,7 +228,9 @@ def stage_configs(cfg: PipelineConfig, root: Path) -> dict[str, tuple[str, objec
 
     rejection_filters = [f for f in cfg.sample.filters if f != "well_formed"]
     return {
-        "01-zero": ("rl", grpo("01-zero", base, p.zero_steps, RewardsConfig().weights,
+        "01-zero": ("rl", grpo("01-zero", base, p.zero_steps,
+                               {correct if k == "accuracy" else k: w
+                                for k, w in RewardsConfig().weights.items()},
                                cfg.rollout.temperature)),
         "02-cold-start": ("sample", sampler("02-cold-start", final("01-zero"),
                                             p.cold_start_prompts, p.cold_start_samples,
@@ -307,16 +317,17 @@ def _check(cfg: PipelineConfig) -> None:
     if cfg.sample.cold_start_format and "correct" not in cfg.sample.filters:
         raise UserError("sample.cold_start_format needs the 'correct' filter in sample.filters "
                         "(the summary states the answer); or set sample.cold_start_format=false")
-    configure_code(cfg)
 
 
-def configure_code(cfg) -> None:
+def configure_code(cfg) -> bool:
     """Start the sandbox with `cfg.code` (a pipeline's or a distillation's) when its problems, train
     or held-out, have tests: a missing bubblewrap stops now, before any folder or model, and the
-    table's evaluation runs with the user's limits. Every stage gets the same `code` section."""
+    table's evaluation runs with the user's limits. Every stage gets the same `code` section.
+    True if the training problems have tests."""
     train, heldout = load_problems(cfg.data, cfg.eval.num_problems)
     if any(code_reward.has_tests(p) for p in (*train, *heldout)):
         code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
+    return any(code_reward.has_tests(p) for p in train)
 
 
 def _load_manifest(run: RunFolder) -> dict:
