@@ -500,12 +500,14 @@ class PipelineConfig:
         default_factory=lambda: SFTTrainConfig(
             epochs=3, lr=1e-3, min_lr=1e-4, warmup_steps=5, batch_size=16, micro_batch_size=16
         ),
-        metadata={"help": "both SFT stages (Dev1, Dev3); lr sized for the tiny built-in model "
-                          "(5e-4 left it half in the old format)"},
+        metadata={"help": "both SFT stages (Dev1, Dev3; 08-distill uses r1kit distill's own); lr "
+                          "sized for the tiny built-in model (5e-4 left it half in the old format)"},
     )
     sample: RejectionSamplingConfig = field(
-        default_factory=lambda: RejectionSamplingConfig(cold_start_format=True),
-        metadata={"help": "filters and format of both sampling stages (sizes: pipeline.*)"},
+        default_factory=lambda: RejectionSamplingConfig(
+            cold_start_format=True, filters=[*RejectionSamplingConfig().filters, "no_code_blocks"]),
+        metadata={"help": "filters and format of both sampling stages (sizes: pipeline.*); R1 "
+                          "also drops reasoning with code blocks (R1-SPEC §5)"},
     )
     code: CodeConfig = section(
         CodeConfig, "sandbox for problems with tests (code): every stage and the table"

@@ -147,6 +147,14 @@ def test_bad_pipeline_settings_fail_before_a_folder_is_made(tmp_path, capsys):
     assert cli(["pipeline", "--set", f"run.out_dir={tmp_path}",
                 "--set", "sample.filters=[not_truncated]"]) == 2
     assert "needs the 'correct' filter" in capsys.readouterr().err
+    # settings that only 05-rejection would use, hours in
+    for setting, message in (("sample.filters=[correct, bogus]", "unknown filter 'bogus'"),
+                             (f"sample.general_data={tmp_path / 'none.jsonl'}", "none.jsonl"),
+                             ("pipeline.general_samples=0", None)):
+        extra = ["--set", "sample.general_data=builtin"] if message is None else []
+        assert cli(["pipeline", "--set", f"run.out_dir={tmp_path}", "--set", setting,
+                    *extra]) == 2, setting
+        assert (message or "general_samples must be at least 1") in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
     assert cli(["pipeline", "--resume", str(tmp_path)]) == 2
     assert "not a pipeline folder" in capsys.readouterr().err
@@ -160,6 +168,7 @@ def test_stage_configs_follow_the_recipe():
     assert stages["02-cold-start"][1].sample.cold_start_format
     assert "well_formed" in stages["02-cold-start"][1].sample.filters
     assert "well_formed" not in stages["05-rejection"][1].sample.filters
+    assert "no_code_blocks" in stages["05-rejection"][1].sample.filters  # R1-SPEC §5
     assert stages["03-dev1"][1].model.path == "builtin"
     assert stages["07-r1"][1].rollout.temperature == 0.7
     assert stages["04-dev2"][1].rewards.weights == {
@@ -189,6 +198,19 @@ def test_code_problems_without_a_sandbox_stop_before_a_folder(tmp_path, capsys, 
     assert cli(args) == 2
     assert "--unsafe-allow-unsandboxed" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_non_reasoning_data_of_the_rejection_stage():
+    def general(*sets):
+        cfg = load_config(PipelineConfig, None, list(sets))
+        sample = pipeline.stage_configs(cfg, Path("/p"))["05-rejection"][1].sample
+        assert pipeline.stage_configs(cfg, Path("/p"))["02-cold-start"][1].sample.general_data == ""
+        return sample.general_data, sample.general_samples
+
+    assert general() == ("builtin", 100)
+    assert general("sample.general_samples=50") == ("builtin", 50)  # was silently none
+    assert general("pipeline.general_samples=0") == ("", 0)
+    assert general("sample.general_data=mine.jsonl") == ("mine.jsonl", 0)
 
 
 def test_table_format_column_follows_what_each_checkpoint_was_trained_towards():

@@ -42,6 +42,11 @@ does not outweigh accuracy; both SFT stages use lr 1e-3 -> 1e-4, batch 16, 3 epo
 `well_formed` filter (R1-Zero's format, which the summary form fails) and relies on the rewrite
 into the summary form; the built-in non-reasoning data is a few hundred trivial queries, not
 DeepSeek-V3's SFT set; no preference model by default (give `pipeline.preference_model`).
+Also: R1-Zero's `format` and the `summary_format` rewards weigh 0.1 (the papers sum them with
+weight 1; r1kit's default everywhere, `rewards.weights`); rejection sampling keeps at most
+one sample per prompt (`sample.max_per_prompt`), R1 several; 07-r1 trains on the reasoning
+problems only, without R1's general prompts (those need a preference model to be rewarded at all);
+08-distill fine-tunes with `r1kit distill`'s own SFT settings on reasoning samples only.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ from r1kit.config import (
 )
 from r1kit.errors import UserError
 from r1kit.evaluation import EvalResult, evaluate
+from r1kit.filters import build_filters
 from r1kit.language import language_consistency, problem_language, reasoning_part
 from r1kit.models import builtin_model_for, load_model, pick_device
 from r1kit.report import write_report_safely
@@ -76,6 +82,7 @@ from r1kit.runs import RunFolder, load_problems
 from r1kit.stages import sample as sample_stage
 from r1kit.stages import sft as sft_stage
 from r1kit.stages import zero as rl_stage
+from r1kit.tasks.general import load_general
 from r1kit.tracking import check_report_to
 
 log = logging.getLogger("r1kit")
@@ -209,10 +216,9 @@ def stage_configs(cfg: PipelineConfig, root: Path, *, programs: bool = False
                 general: bool = False) -> SampleConfig:
         s = dataclasses.replace(cfg.sample, num_prompts=prompts, samples_per_prompt=samples,
                                 filters=filters)
-        if not general:  # non-reasoning data goes to Dev3's SFT only, as in R1 (§3.2)
-            s = dataclasses.replace(s, general_data="", general_samples=0)
-        elif s.general_data in ("", "builtin") and not s.general_samples and p.general_samples:
-            s = dataclasses.replace(s, general_data="builtin", general_samples=p.general_samples)
+        # non-reasoning data goes to Dev3's SFT only, as in R1 (§3.2)
+        data, n = general_data(cfg) if general else ("", 0)
+        s = dataclasses.replace(s, general_data=data, general_samples=n)
         return SampleConfig(run=run_section(name), model=model(start), data=cfg.data,
                             rollout=cfg.rollout, sample=s, code=cfg.code)
 
@@ -295,6 +301,16 @@ def require_sft_data(sample_folder: Path, stage: str) -> None:
         )
 
 
+def general_data(cfg: PipelineConfig) -> tuple[str, int]:
+    """(sample.general_data, sample.general_samples) of 05-rejection: the user's file, or
+    `pipeline.general_samples` built-in records unless `sample.general_samples` says how many."""
+    s = cfg.sample
+    if s.general_data not in ("", "builtin"):
+        return s.general_data, s.general_samples
+    n = s.general_samples or cfg.pipeline.general_samples
+    return ("builtin", n) if n or s.general_data == "builtin" else ("", 0)
+
+
 def _check(cfg: PipelineConfig) -> None:
     p = cfg.pipeline
     check_report_to(cfg.run.report_to)
@@ -314,6 +330,15 @@ def _check(cfg: PipelineConfig) -> None:
     elif p.preference_steps or p.preference_weight != 1.0:
         log.warning("pipeline.preference_steps / preference_weight do nothing without "
                     "pipeline.preference_model")
+    if p.preference_model and p.preference_steps > p.final_rl_steps:
+        log.warning(f"pipeline.preference_steps={p.preference_steps} is more than "
+                    f"pipeline.final_rl_steps={p.final_rl_steps}: the preference reward counts in "
+                    "every step of 07-r1")
+    # what would stop a later stage, hours in: filter names, the non-reasoning data
+    build_filters(list(cfg.sample.filters))
+    data, n = general_data(cfg)
+    if data:
+        load_general(data, n, cfg.run.seed)
     if cfg.sample.cold_start_format and "correct" not in cfg.sample.filters:
         raise UserError("sample.cold_start_format needs the 'correct' filter in sample.filters "
                         "(the summary states the answer); or set sample.cold_start_format=false")
