@@ -186,7 +186,8 @@ class RLConfig:
                            choices=("token_mean", "seq_mean_token_mean", "constant"))
     scale_by_std: bool = opt(True, "divide advantages by the group std (False = Dr. GRPO)")
     ratio_level: str = opt("token", "token | sequence (GSPO)", choices=("token", "sequence"))
-    dynamic_sampling: bool = opt(True, "drop groups whose rewards are all equal (DAPO)")
+    dynamic_sampling: bool = opt(True, "drop groups whose rewards are all equal from the loss "
+                                 "(DAPO's filter; without its resampling to refill the batch)")
     overlong_filter: bool = opt(False, "mask the loss of truncated completions (DAPO)")
     max_bad_steps: int = opt(3, "stop after this many consecutive non-finite steps", low=1)
     stuck_steps: int = opt(5, "warn when every group has had equal rewards this many steps", low=1)

@@ -84,11 +84,12 @@ def write_report(folder: str | Path) -> Path:
         page = _distill_page(folder)
     elif (folder / "manifest.json").is_file():
         page = _pipeline_page(folder)
-    elif (folder / "metrics.jsonl").is_file():
-        page = _run_page(folder)
+    elif (folder / "metrics.jsonl").is_file() or (folder / "eval.jsonl").is_file():
+        page = _run_page(folder)  # (only eval.jsonl: killed or still in its first step)
     else:
-        raise UserError(f"{folder}: not a run folder (no metrics.jsonl) nor a pipeline folder "
-                        "(no manifest.json)")
+        raise UserError(f"{folder}: nothing to report: no metrics.jsonl or eval.jsonl (a zero, rl "
+                        "or sft run writes them) and no manifest.json (a pipeline or distill "
+                        "folder); a sample folder's results are counts.json and sft.jsonl")
     out = folder / "report.html"
     atomic_write_text(out, page)
     return out

@@ -65,8 +65,8 @@ class Tracker:
             )
         if "wandb" in self.writers:
             self._wandb = _start_wandb(self.path, config or {}, resumed=resume_step is not None)
-        # A killed run (Ctrl-C) still flushes what it logged.
-        atexit.register(self.close)
+        # A killed run (Ctrl-C, an error) still flushes what it logged, and W&B marks it failed.
+        atexit.register(self.close, 1)
 
     def log(self, metrics: dict, step: int) -> None:
         """Log every finite-or-NaN number of `metrics` at `step` (strings and bools skipped)."""
@@ -79,12 +79,14 @@ class Tracker:
         if self._wandb is not None:
             self._wandb.log(values, step=step)
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
+        """Flush and close the writers; the stage calls it when it finishes (exit code 0), and
+        the process's exit does when it did not."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
         if self._wandb is not None:
-            self._wandb.finish()
+            self._wandb.finish(exit_code=exit_code)
             self._wandb = None
         atexit.unregister(self.close)
 

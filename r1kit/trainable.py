@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from r1kit import checkpoint as ckpt
 from r1kit import distributed, lora, memory
 from r1kit.distributed import SINGLE, Dist
@@ -39,6 +41,17 @@ def load_trainable(model_cfg, lora_cfg, resume_from: Path | None, device):
     if model_cfg.gradient_checkpointing:
         memory.enable_gradient_checkpointing(model)
     return model, tokenizer
+
+
+def disable_dropout(model) -> None:
+    """Dropout off for RL. The update computes pi_theta in training mode (activation checkpointing
+    needs it), while pi_old, the reference and the sampler run without dropout, so dropout would
+    make the importance ratio noise (TRL's `disable_dropout`). SFT keeps the model's dropout."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):  # HF attention layers
+            module.attention_dropout = 0.0
 
 
 def trainable_parameters(model) -> list:

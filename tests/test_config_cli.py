@@ -164,6 +164,17 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert sorted(tmp_path.iterdir()) == [pairs, bad]  # no run folder was left by any of these
 
 
+def test_eval_out_refuses_a_training_run_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    (run / "summary.json").write_text('{"steps": 1}\n')
+    assert cli(["eval", "--model", "builtin", "--out", str(run),
+                "--set", "eval.num_problems=2"]) == 2
+    assert "a training run or pipeline folder (metrics.jsonl)" in capsys.readouterr().err
+    assert (run / "summary.json").read_text() == '{"steps": 1}\n'
+
+
 def test_eval_stage_on_jsonl(tiny_base, tmp_path, capsys):
     probs = tmp_path / "heldout.jsonl"
     probs.write_text("".join(

@@ -190,7 +190,12 @@ def test_split_completion_doctests():
 
 def test_bad_folders_are_clear_errors(tmp_path, capsys):
     assert cli(["report", str(tmp_path)]) == 2
-    assert f"{tmp_path}: not a run folder" in capsys.readouterr().err
+    assert f"{tmp_path}: nothing to report" in capsys.readouterr().err
+    # killed in its first step: the base evaluation is there, no metrics yet
+    (tmp_path / "eval.jsonl").write_text('{"step": 0, "eval/pass@1": 0.25}\n')
+    assert cli(["report", str(tmp_path)]) == 0
+    assert "0.25" in (tmp_path / "report.html").read_text()
+    (tmp_path / "report.html").unlink()
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2\n{"step": 3}\n')
     assert cli(["report", str(tmp_path)]) == 2
     assert f"{tmp_path / 'metrics.jsonl'}:2: invalid JSON" in capsys.readouterr().err

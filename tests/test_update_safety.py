@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 
@@ -14,6 +15,7 @@ from r1kit import grpo
 from r1kit.config import RLConfig, RolloutConfig, ZeroConfig, load_config
 from r1kit.rewards import register
 from r1kit.rollout.hf import sample
+from r1kit.sft import cosine_lr
 from r1kit.stages import zero
 from r1kit.stages.zero import Timer, update_policy
 from r1kit.templates import render_prompt
@@ -47,6 +49,17 @@ def test_micro_batching_does_not_change_the_update(tiny_base):
         moved = sum((a - b).abs().sum().item()
                     for a, b in zip(whole.parameters(), model.parameters()))
         assert moved > 0
+
+    # the logged token means do not depend on the micro-batching either, even when short and long
+    # completions land in different (length-sorted) micro-batches
+    mask = ro.completion_mask.clone()
+    mask[::2, 2:] = 0  # every other row: 2 tokens
+    uneven = dataclasses.replace(ro, completion_mask=mask)
+    logged = [{}, {}]
+    for size, m in zip((16, 4), logged):
+        _update_with(model, uneven, advantages, size, "token_mean", metrics=m)
+    for key in ("train/entropy", "train/ratio_mean", "train/clip_frac"):
+        assert logged[1][key] == pytest.approx(logged[0][key], rel=1e-5, abs=1e-7), key
 
     # mu above the number of groups: the extra minibatches are empty and change nothing, neither
     # the update nor the logged means (they once halved the loss and grad norm at mu = 2 x groups)
@@ -125,9 +138,31 @@ def test_non_finite_steps_stop_cleanly_keeping_last_checkpoint(tiny_base, tmp_pa
 
 
 def test_stuck_rewards_warn_loudly(tiny_base, tmp_path, caplog):
-    cfg = _cfg(tmp_path, tiny_base, "stuck", **{"rl.steps": 3, "rl.stuck_steps": 2,
-                                                "rewards.weights": "{test_zero: 1.0}"})
+    cfg = _cfg(tmp_path, tiny_base, "stuck", **{"rl.steps": 4, "rl.stuck_steps": 2,
+                                                "rewards.weights": "{test_zero: 1.0}",
+                                                "rl.lr_schedule": "cosine", "rl.warmup_steps": 1,
+                                                "rl.lr": 1e-4, "rl.min_lr": 1e-5})
     with caplog.at_level(logging.WARNING, logger="r1kit"):
         zero.main(cfg)
     assert "every group has had equal rewards for 2 steps" in caplog.text
     assert "reward 'test_zero' returned 0.0 for every completion" in caplog.text
+    # no step updated (every group dropped), yet the schedule follows the steps to min_lr
+    rows = [json.loads(line) for line in (tmp_path / "stuck" / "metrics.jsonl").open()]
+    assert [r["train/lr"] for r in rows] == pytest.approx(
+        [cosine_lr(s, 4, 1, 1e-4, 1e-5) for s in range(4)])
+    assert rows[-1]["train/lr"] == pytest.approx(1e-5)
+
+
+def test_rl_turns_dropout_off_so_the_ratio_is_not_noise(tiny_base):
+    from r1kit.trainable import disable_dropout
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, attention_dropout=0.5)
+    model.train()
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    torch.manual_seed(0)
+    noisy = [model(ids).logits for _ in range(2)]
+    assert not torch.allclose(noisy[0], noisy[1])  # the check can fail: dropout was on
+    disable_dropout(model)
+    trained = model(ids).logits  # training mode, as in the update
+    model.eval()  # as the sampler, pi_old and the reference
+    assert torch.equal(trained, model(ids).logits)

@@ -8,6 +8,7 @@ also written as comparison.md and comparison.json to `--out DIR` (default: the r
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -84,7 +85,8 @@ def compare(cfg: EvalStageConfig, models: list[str], out: str | None = None) -> 
     labels = _labels(models)
     rows = []
     for label, path in zip(labels, models):
-        print(f"evaluating {label} ({path}) on {len(problems)} problems, k={cfg.eval.k}")
+        print(f"evaluating {label} ({path}) on {len(problems)} problems, k={cfg.eval.k}",
+              file=sys.stderr)  # progress; stdout holds the table
         row, _ = evaluate_row(label, resolve_model_path(path), problems, cfg.eval,
                               dtype=cfg.model.dtype, device=device, template=cfg.data.template,
                               stop=cfg.rollout.stop, seed=cfg.run.seed)
@@ -101,6 +103,11 @@ def _out_folder(out: str) -> Path:
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--out {out}: a file, not a folder")
+    run = [name for name in ("metrics.jsonl", "manifest.json", "checkpoints")
+           if (folder / name).exists()]
+    if run:  # its summary.json would be replaced by the evaluation's
+        raise UserError(f"--out {out}: a training run or pipeline folder ({run[0]}); write the "
+                        "evaluation to a folder of its own")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -163,8 +163,8 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
         state["last_loss"] = loss_sum
         run.append("metrics.jsonl", {"step": state["step"], "epoch": epoch + 1, **metrics})
         tracker.log(metrics, state["step"])
+        bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", refresh=False)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}")
 
         if cfg.eval.every and state["step"] % cfg.eval.every == 0 and state["step"] < total_steps:
             m = evaluate_now(f"step{state['step']}")

@@ -3,7 +3,8 @@
 One step, top to bottom, each phase timed:
     generate  B prompts x G completions with the rollout engine (pi_old = the current policy)
     score     every completion with the weighted rule-based rewards
-    advantage group-relative advantages; dynamic sampling drops groups with equal rewards
+    advantage group-relative advantages; dynamic sampling drops groups with equal rewards (it
+              does not sample more to refill the batch, as DAPO does: a step keeps what it has)
     logprobs  pi_old (only when mu > 1, and not when the hf sampler kept them) and the reference
               (only when beta > 0), without grad
     update    mu minibatch updates of the clipped surrogate (+ k3 KL), micro-batched
@@ -11,8 +12,9 @@ One step, top to bottom, each phase timed:
     log       metrics.jsonl, completions.jsonl, progress bar; eval and checkpoint every N steps
 
 Departures from the paper, on purpose: defaults are sized for a tiny model on 2 CPU cores (see
-recipes/tiny/zero.yaml); clip-higher and dynamic sampling from DAPO are on by default; a step whose
-loss or gradients are not finite is skipped, and several in a row stop the run cleanly.
+recipes/tiny/zero.yaml); clip-higher and dynamic sampling from DAPO are on by default; dropout
+is off (`trainable.disable_dropout`); a step whose loss or gradients are not finite is skipped, and
+several in a row stop the run cleanly.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -105,6 +108,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     cfg = run.cfg
 
     policy, tokenizer, resume_from = trainable.load_for_run(run, cfg, device)
+    trainable.disable_dropout(policy)
     rl = cfg.rl
     B, G = mine.stop - mine.start, rl.group_size  # this rank's prompts
     ref = memory.make_reference(policy, rl.beta, lora.is_lora(policy), rl.offload_ref)
@@ -206,13 +210,15 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
                             f"({state['bad_steps']} in a row)")
             else:
                 state["bad_steps"] = 0
-                sched.step()
-                if engine.needs_sync:  # vLLM samples the next step from the updated weights
-                    with timer("sync"), distributed.gathered(policy, d) as model:
-                        engine.sync(model)
+            if applied and engine.needs_sync:  # vLLM samples the next step from the new weights
+                with timer("sync"), distributed.gathered(policy, d) as model:
+                    engine.sync(model)
         elif not finite:
             state["bad_steps"] += 1
             log.warning(f"step {state['step'] + 1}: non-finite rewards; update skipped")
+        with warnings.catch_warnings():  # the schedule follows the steps, updated or not (torch
+            warnings.filterwarnings("ignore", "Detected call of")  # warns if none was yet)
+            sched.step()
         if state["bad_steps"] >= rl.max_bad_steps:
             kept = (f"the last good checkpoint is intact in {run.path / 'checkpoints'}"
                     if (run.path / "checkpoints" / "latest").is_file() else "no checkpoint was written")
@@ -239,9 +245,10 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
              "completion": ro.texts[i], "reward": scores.total[i], **_reasons(scores, i)}
             for i in range(0, len(ro), max(1, len(ro) // max(1, cfg.run.log_completions)))
         ][: cfg.run.log_completions])
-        bar.update(1)
         solved = metrics.get("reward/accuracy", metrics.get("reward/code", math.nan))
-        bar.set_postfix(reward=f"{metrics['reward/total']:.2f}", acc=f"{solved:.2f}")
+        bar.set_postfix(reward=f"{metrics['reward/total']:.2f}", acc=f"{solved:.2f}",
+                        refresh=False)  # shown with this step's count, not the next one's
+        bar.update(1)
 
         if cfg.eval.every and state["step"] % cfg.eval.every == 0 and state["step"] < rl.steps:
             m = evaluate_now(f"step{state['step']}")
@@ -274,8 +281,10 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
 
 
 def _lr_factor(step: int, rl) -> float:
-    """The learning rate of optimizer step `step` over rl.lr: linear warm-up, then constant or a
-    cosine decay (a high rate early reaches the first gains sooner; a low one late keeps them)."""
+    """The learning rate of rollout step `step` (from 0) over rl.lr: linear warm-up, then constant
+    or a cosine decay (a high rate early reaches the first gains sooner; a low one late keeps them).
+    It follows the steps whether or not they updated (every group dropped, a non-finite step), so
+    the cosine ends at rl.min_lr on the last step; with mu > 1 every minibatch of a step uses it."""
     if rl.lr_schedule == "cosine":
         return cosine_lr(step, rl.steps, rl.warmup_steps, rl.lr, rl.min_lr) / rl.lr
     return min(1.0, (step + 1) / max(1, rl.warmup_steps))
@@ -349,7 +358,8 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
     n = len(rows)
     seq_len = data["p_ids"].shape[1] + t_used
     mb = memory.micro_batch_rows(G, rl.micro_batch_size, rl.max_tokens_per_micro_batch, seq_len)
-    n_all = distributed.all_sum(n if real else 0, d)  # rows of every rank, for metric weights
+    # every rank's kept completion tokens: the token means below are weighted by their tokens
+    tokens_all = distributed.all_sum(float(data["c_mask"].sum()) if real else 0.0, d)
 
     lengths = data["c_mask"].sum(-1)  # (n,)
 
@@ -422,11 +432,14 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
             # Entropy of the full next-token distribution (already computed with the log-probs),
             # averaged over the completion tokens of the rows being updated.
             m["entropy"] = ((ent * cm).sum() / cm.sum().clamp(min=1)).item()
-            # loss and pg_loss are partial sums (exact denominator); the rest are per-call means
+            # loss and pg_loss are partial sums (exact denominator); the rest are token means of
+            # the call, weighted by its share of the tokens: the token means over every row
+            # updated, whatever the micro-batching (length-sorted calls differ in tokens per row)
             sums["train/loss"] = sums.get("train/loss", 0.0) + loss.item()
             sums["train/pg_loss"] = sums.get("train/pg_loss", 0.0) + float(m.pop("pg_loss"))
-            for k, v in m.items():  # per-call means, weighted by the call's share of rows
-                sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + float(v) * len(idx) / n_all
+            share = float(cm.sum()) / max(tokens_all, 1.0)
+            for k, v in m.items():
+                sums[f"train/{k}"] = sums.get(f"train/{k}", 0.0) + float(v) * share
         ran += 1
         grad_norm = distributed.full(
             torch.nn.utils.clip_grad_norm_(policy.parameters(), rl.grad_clip))
