@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,6 +27,25 @@ from r1kit.tasks.base import Problem
 from r1kit.tasks.files import file_format, load_hf_dataset, load_jsonl
 
 log = logging.getLogger("r1kit")
+
+
+def to_json(obj, indent: int | None = None) -> str:
+    """Strict JSON: a NaN or infinite number (a metric with nothing to average) is written as
+    null, which jq, JavaScript and every JSON parser read; Python's default `NaN` is not JSON.
+
+    >>> to_json({"a": float("nan"), "b": [1.5, float("inf")]})
+    '{"a": null, "b": [1.5, null]}'
+    """
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), indent=indent, ensure_ascii=False, allow_nan=False)
 
 
 @dataclass
@@ -143,15 +163,13 @@ class RunFolder:
 
     def append_many(self, name: str, records: list[dict]) -> None:
         with open(self.path / name, "a") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            f.writelines(to_json(r) + "\n" for r in records)
 
     def write_json(self, name: str, obj) -> None:
-        atomic_write_text(self.path / name, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(self.path / name, to_json(obj, indent=2) + "\n")
 
     def write_jsonl(self, name: str, records: list[dict]) -> None:
-        atomic_write_text(
-            self.path / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        )
+        atomic_write_text(self.path / name, "".join(to_json(r) + "\n" for r in records))
 
 
 def _load_source(source: str, split: str, data: DataConfig) -> list[Problem]:
