@@ -24,7 +24,7 @@ from r1kit.config import DataConfig, load_config, to_dict
 from r1kit.errors import UserError
 from r1kit.tasks.arithmetic import is_heldout, sample_problems
 from r1kit.tasks.base import Problem
-from r1kit.tasks.files import file_format, load_hf_dataset, load_jsonl
+from r1kit.tasks.files import file_format, load_data_file, load_hf_dataset, load_jsonl
 
 log = logging.getLogger("r1kit")
 
@@ -178,7 +178,7 @@ def _load_source(source: str, split: str, data: DataConfig) -> list[Problem]:
     if source.endswith(".jsonl") or (Path(source).is_file() and not file_format(source)):
         return load_jsonl(source, data.prompt_key, data.answer_key)  # errors name the line
     if Path(source).is_file():  # a JSON array, CSV or parquet file (or compressed)
-        return load_hf_dataset(source, "train", data.prompt_key, data.answer_key)
+        return load_data_file(source, data.prompt_key, data.answer_key)
     raise UserError(
         f"data source '{source}': use 'builtin', 'builtin:carry', 'builtin:code', a .jsonl, .json, "
         ".csv or .parquet file, or hf:NAME_OR_PATH"

@@ -67,7 +67,7 @@ log = logging.getLogger("r1kit")
 REASONS = ("passed", "wrong_answer", "runtime_error", "timeout", "memory_limit", "output_limit",
            "syntax_error", "no_code", "sandbox_error")
 _TRUE = object()  # expected value of a bare `assert EXPR`: the sandbox judges `EXPR is True`
-_MAX_REPR = 30_000  # longest value text the parent will parse (the output cap is 64 kB)
+_MAX_REPR = 30_000  # longest value text the parent will parse (the output cap: 256 kB)
 _ERROR_KINDS = ("runtime_error", "memory_limit", "output_limit")  # what the harness reports
 
 
@@ -79,7 +79,7 @@ class Limits:
     cpu_s: int = 2
     memory_mb: int = 256
     processes: int = 16
-    output_bytes: int = 64_000
+    output_bytes: int = 256_000  # harness records included: several long values must fit
     file_bytes: int = 1_000_000
     tmp_bytes: int = 4_000_000
     open_files: int = 64
@@ -162,9 +162,14 @@ def lit(v, depth=0):
         inner = [lit(x, d) for x in tuple.__iter__(v)]
         return "(" + ", ".join(inner) + ("," if len(inner) == 1 else "") + ")"
     if isinstance(v, (set, frozenset, KEYS, ITEMS)):
-        inner = [lit(x, d) for x in v]
+        items = (set.__iter__(v) if isinstance(v, set) else
+                 frozenset.__iter__(v) if isinstance(v, frozenset) else iter(v))
+        inner = [lit(x, d) for x in items]
         return "{" + ", ".join(inner) + "}" if inner else "set()"
-    if type(v).__module__ in ("fractions", "decimal") and type(v).__name__ in ("Fraction", "Decimal"):
+    if isinstance(v, bytearray): return bytes.__repr__(bytes(v))
+    exact = tuple(getattr(sys.modules.get(m), n, ()) for m, n in
+                  (("fractions", "Fraction"), ("decimal", "Decimal")))
+    if exact and isinstance(v, exact):
         if v == int(v): return int.__repr__(int(v))
         if v == float(v): return lit(float(v), d)
         return "nan"  # no int or float literal equals it
@@ -173,8 +178,9 @@ def main():
     job = json.loads(sys.stdin.read())
     sys.stdin.close()
     write, dumps, tag, cap = os.write, json.dumps, job["nonce"], job["max_repr"]
-    def emit(*record):
-        write(1, ("\n" + tag + " " + dumps(record) + "\n").encode())
+    def emit(*record):  # UTF-8 as is (6 bytes per escaped CJK character would eat the output cap)
+        line = "\n" + tag + " " + dumps(record, ensure_ascii=False) + "\n"
+        write(1, line.encode("utf-8", "backslashreplace"))
     for name, soft, hard in job["rlimits"]:
         resource.setrlimit(getattr(resource, name), (soft, hard))
     try:
@@ -450,13 +456,13 @@ def grade(output: bytes, nonce: str, tests: list[ParsedTest], killed: str, rc: i
             done = True
         else:
             tampered = True
+    passed = sum(1 for i, t in enumerate(tests) if i in values and _matches(values[i], t.expected))
+    if killed:  # (a record cut off by the kill is no tampering)
+        return TestOutcome(passed, total, killed, f"killed: {killed}")
     if tampered:
         return TestOutcome(0, total, "runtime_error", "harness output tampered with")
     if syntax is not None:
         return TestOutcome(0, total, "syntax_error", syntax)
-    passed = sum(1 for i, t in enumerate(tests) if i in values and _matches(values[i], t.expected))
-    if killed:
-        return TestOutcome(passed, total, killed, f"killed: {killed}")
     if program_error is not None:
         return TestOutcome(0, total, program_error[0], program_error[1])
     # SIGXCPU at the soft CPU limit; SIGKILL at the hard one (a program that ignores SIGXCPU).

@@ -73,6 +73,8 @@ def test_extract_program_takes_the_last_fenced_block_of_the_answer():
     assert code_task.extract_program("<answer> ```python\r\nW\r\n``` </answer>") == "W"
     with_output = "<answer> ```python\nprint(f(1))\n```\noutput:\n```\n1\n``` </answer>"
     assert code_task.extract_program(with_output) == "print(f(1))"
+    empty_then_code = "<answer> ```python\n\n``` then ```\ndef f(): return 2\n``` </answer>"
+    assert code_task.extract_program(empty_then_code) == "def f(): return 2"
 
 
 def test_score_records_reasons_and_all_or_nothing(sandbox_ready):

@@ -100,6 +100,9 @@ def test_extract_answer(completion, expected):
         ("1000", r"<answer>1\,000</answer>", 1.0),  # grouped in threes, not a product
         ("1000", "<answer>1 000</answer>", 1.0),
         ("0", "<answer>1 000</answer>", 0.0),
+        ("1000", r"<answer>$1\,000$</answer>", 1.0),  # inside math too
+        ("0", r"<answer>$1\,000$</answer>", 0.0),
+        (r"(1000, 2500)", r"<answer>(1\,000, 2\,500)</answer>", 1.0),
     ],
 )
 def test_accuracy(gold, completion, expected):

@@ -138,6 +138,7 @@ def test_values_equal_by_pythons_eq_pass_even_when_their_repr_is_no_literal():
         "-float('inf')": "-1e999",
         "list(range(3000))": repr(list(range(3000))),
         "enum.IntEnum('E', 'A B').B": "2",
+        "bytearray(b'ab')": "b'ab'",
         "[collections.Counter('a'), (frozenset(),)]": "[{'a': 1}, (set(),)]",
     }
     unequal = {  # Python's == says False for these, and so must the grader
@@ -146,6 +147,7 @@ def test_values_equal_by_pythons_eq_pass_even_when_their_repr_is_no_literal():
         "range(3)": "[0, 1, 2]",
         "float('nan')": "0.0",
         "type('S', (str,), {'__eq__': lambda s, o: True})('no')": "'yes'",
+        "type('T', (set,), {'__iter__': lambda s: iter([1, 2])})()": "{1, 2}",
     }
     header = "import collections, decimal, enum, fractions\n"
     for cases, reason in ((equal, "passed"), (unequal, "wrong_answer")):
@@ -153,6 +155,15 @@ def test_values_equal_by_pythons_eq_pass_even_when_their_repr_is_no_literal():
                 for expr, lit in cases.items()]
         for expr, o in zip(cases, box.run_many(jobs)):
             assert o.reason == reason, (expr, o)
+
+
+@NEEDS_BWRAP
+def test_long_values_fit_the_output_cap():
+    box = Sandbox(FAST)
+    long_ascii = [f"assert f({i}) == {'x' * 25_000!r}" for i in range(3)]
+    assert box.run("def f(i):\n    return 'x' * 25_000", long_ascii).reason == "passed"
+    wide = "中" * 11_000  # 6 bytes a character if JSON escaped it
+    assert box.run(f"def f():\n    return {wide!r}", [f"assert f() == {wide!r}"]).reason == "passed"
 
 
 @NEEDS_BWRAP

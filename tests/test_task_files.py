@@ -190,3 +190,25 @@ def test_json_csv_and_compressed_files_load_by_their_format(tmp_path, monkeypatc
         assert [(p.prompt, p.answer) for p in train] == [
             ("tiny?", "0.00005"), ("big?", "100000000000000000000")], name
         assert heldout == train
+
+
+def test_csv_cells_stay_as_written_and_bad_files_name_the_place(tmp_path):
+    from r1kit.tasks.files import load_data_file
+
+    table = tmp_path / "t.csv"
+    table.write_text('id,prompt,answer\n007,"a, b?",010\n1,"two\nlines",NA\n')
+    rows = load_data_file(table)
+    assert [(p.id, p.prompt, p.answer) for p in rows] == [
+        ("007", "a, b?", "010"), ("1", "two\nlines", "NA")]
+    (tmp_path / "short.csv").write_text("prompt,answer\n1+1?\n")
+    with pytest.raises(UserError, match=r"short.csv:2: 2 columns in the header"):
+        load_data_file(tmp_path / "short.csv")
+    (tmp_path / "bad.json").write_text('[{"prompt": "1+1?", "answer": "2"},\n {"prompt": }]')
+    with pytest.raises(UserError, match=r"bad.json:2: invalid JSON"):
+        load_data_file(tmp_path / "bad.json")
+    (tmp_path / "item.json").write_text('[{"prompt": "1+1?", "answer": "2"}, {"prompt": "x"}]')
+    with pytest.raises(UserError, match=r"item.json item 1"):
+        load_data_file(tmp_path / "item.json")
+    (tmp_path / "latin.csv").write_bytes("prompt,answer\ncaf\xe9?,1\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin.csv: not UTF-8"):
+        load_data_file(tmp_path / "latin.csv")

@@ -16,9 +16,10 @@ Departures and details:
   outside LaTeX commands), because `math_verify` parses bare LaTeX badly (`2\sqrt{3}` → 2,
   `2^{10}` → 2) and `$…$` well; prose is parsed as is, so `math_verify` picks the math out of it.
 - Normalised first, on both sides: escaped dollars (`\$18.50`, money in MATH and GSM8K) are
-  dropped, as `math_verify` reads `\$` as a math delimiter and parses nothing; a number grouped in
-  threes by spaces, thin spaces or `\,` (`1 000`, `1\,000`) is joined, as `math_verify` would read
-  it as a product (`1*000 = 0`).
+  dropped, as `math_verify` reads `\$` as a math delimiter and parses nothing; digits grouped in
+  threes by `\,` or thin spaces are joined wherever they stand (`$1\,000$`), and by plain spaces
+  when they are the whole answer (`1 000`; `100 200` inside a list stays two numbers), as
+  `math_verify` would read them as a product (`1*000 = 0`).
 - A reference that cannot be parsed is logged (the first few problems), as its `None` would
   otherwise pass unnoticed: skipped in RL means, wrong in evaluation.
 - `math_verify`'s own time limits use `signal.alarm`, which would cancel the limit that
@@ -43,6 +44,9 @@ from r1kit.tasks.base import Problem
 _INT_RE = re.compile(r"[+-]?\d{1,18}")
 _LATEX_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
 _PROSE_RE = re.compile(r"[A-Za-z]{3,}")
+# thousands separators: LaTeX `\,` and thin spaces anywhere (they mean nothing else between
+# digits); a plain space only when the whole answer is such a number ("100 200" in a list is two)
+_THIN_GROUPED_RE = re.compile(r"(?<![\d.])\d{1,3}(?:(?:\\,|[\u2009\u202f])\d{3})+(?!\d)")
 _GROUPED_RE = re.compile(r"[+-]?\d{1,3}(?:(?:\\,|\\ |[ \u2009\u202f])\d{3})+(?:\.\d+)?")
 _SEPARATOR_RE = re.compile(r"\\,|\\ |[ \u2009\u202f]")
 _unparsed: set[str] = set()  # problems whose reference could not be parsed, already logged
@@ -107,8 +111,11 @@ def _normalize(text: str) -> str:
 
     >>> _normalize(r"\$1\,000.50"), _normalize("12 345"), _normalize("3 5")
     ('1000.50', '12345', '3 5')
+    >>> _normalize(r"$(1\,000, 2\,500)$"), _normalize("(100 200, 3)")
+    ('$(1000, 2500)$', '(100 200, 3)')
     """
     text = text.replace("\\$", "").strip()
+    text = _THIN_GROUPED_RE.sub(lambda m: _SEPARATOR_RE.sub("", m.group()), text)
     return _SEPARATOR_RE.sub("", text) if _GROUPED_RE.fullmatch(text) else text
 
 

@@ -32,7 +32,7 @@ from r1kit.tasks.base import Problem
 TEST_POINTS = (0, 1, 2, 5, 10)  # the first two are given in the prompt
 
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\r?\n(.*?)```", re.DOTALL)
-_PYTHON_TAGS = ("python", "py", "python3")
+_PYTHON_TAGS = ("python", "py", "python3", "py3")
 _ANSWER_RE = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.DOTALL)
 
 
@@ -132,8 +132,9 @@ def correct_solution(problem: Problem) -> str:
 def extract_program(completion: str) -> str | None:
     """The last fenced code block inside the last `<answer>` block; without answer tags, the last
     fenced block of the completion; None if there is none (an unclosed fence does not count).
-    Blocks tagged python (py, python3) come first: a program's sample output, in an untagged block
-    after it, is not the program.
+    Empty blocks do not count, and blocks tagged python (py, python3, py3) come first: a
+    program's sample output, in an untagged block after it, is not the program (a corrected
+    program in an untagged block after a tagged draft loses to the draft: models tag code).
 
     >>> extract_program("<think> x </think> <answer> ```python\\ndef f(x): return x\\n``` </answer>")
     'def f(x): return x'
@@ -144,6 +145,6 @@ def extract_program(completion: str) -> str | None:
     blocks = _FENCE_RE.findall(answers[-1] if answers else completion)
     if not blocks:
         return None
+    blocks = [(lang, code.strip("\r\n")) for lang, code in blocks if code.strip()]
     python = [code for lang, code in blocks if lang.lower() in _PYTHON_TAGS]
-    program = (python or [code for _, code in blocks])[-1].strip("\r\n")
-    return program if program.strip() else None
+    return (python or [code for _, code in blocks] or [None])[-1]

@@ -13,7 +13,12 @@ program in the sandbox by the `code` reward) instead of an answer, and optionall
 
 from __future__ import annotations
 
+import bz2
+import csv
+import gzip
+import io
 import json
+import lzma
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
@@ -68,11 +73,11 @@ def load_jsonl(
 
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+COMPRESSIONS = {".gz": gzip, ".bz2": bz2, ".xz": lzma}
 
 
 def file_format(path: str | Path) -> str | None:
-    """datasets' builder for a data file (`json`, `csv`, `parquet`; compressed too), or None.
+    """The format of a data file (`json`, `csv`, `parquet`; the text ones compressed too), or None.
 
     >>> file_format("a.json"), file_format("b.csv.gz"), file_format("c.txt")
     ('json', 'csv', None)
@@ -81,6 +86,55 @@ def file_format(path: str | Path) -> str | None:
     if suffixes and suffixes[-1] in COMPRESSIONS:
         suffixes = suffixes[:-1]
     return FILE_FORMATS.get(suffixes[-1]) if suffixes else None
+
+
+def load_data_file(path: str | Path, prompt_key: str = "prompt",
+                   answer_key: str = "answer") -> list[Problem]:
+    """Problems from a `.json` array (or JSON lines), a `.csv` file (every cell text, as
+    written: `007` stays `007`) or, through `datasets`, a `.parquet` file; the text formats also
+    gzip, bz2 or xz compressed. JSON numbers keep their exact value. Errors name the file and
+    the line or item. Ids default to `STEM-N` (N: the line, or the item from 0)."""
+    path = Path(path)
+    fmt = file_format(path)
+    if fmt == "parquet":
+        return load_hf_dataset(path, "train", prompt_key, answer_key)
+    opener = COMPRESSIONS.get(path.suffix.lower())
+    try:
+        with (opener.open(path, "rt", encoding="utf-8") if opener else
+              open(path, encoding="utf-8")) as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise UserError(f"{path}: cannot read ({e})") from None
+    stem = path.name.split(".")[0]
+    if fmt == "csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            records = [(f"{path}:{reader.line_num}", f"{stem}-{reader.line_num}", row)
+                       for row in reader]
+        except csv.Error as e:
+            raise UserError(f"{path}:{reader.line_num}: invalid CSV ({e})") from None
+        for where, _, row in records:
+            if None in row or None in row.values():  # more or fewer cells than the header
+                raise UserError(f"{where}: {len(reader.fieldnames or [])} columns in the header, "
+                                "a different number on this line")
+    elif text.lstrip().startswith("["):  # a JSON array of objects
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        records = [(f"{path} item {i}", f"{stem}-{i}", item) for i, item in enumerate(items)]
+    else:  # JSON lines
+        records = []
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+                records.append((f"{path}:{lineno}", f"{stem}-{lineno}", record))
+    return _to_problems(records, str(path), prompt_key, answer_key)
 
 
 def load_hf_dataset(
@@ -93,7 +147,8 @@ def load_hf_dataset(
 
     A folder written by `save_to_disk` is read with `datasets.load_from_disk` (a saved single
     `Dataset` has no splits, so `split` is ignored for it); one data file (`file_format`) with
-    its format's loader; anything else (a folder of data files, a hub name) goes to
+    its format's loader (`load_data_file` reads the text formats exactly, without datasets' type
+    inference); anything else (a folder of data files, a hub name) goes to
     `datasets.load_dataset`. Ids default to `NAME-ROW` (row from 0).
     """
     import datasets  # heavy; only this loader needs it
