@@ -48,13 +48,16 @@ def _config_help(cls) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="r1kit", description="The DeepSeek-R1 training system (R1-Zero, R1, distillation)."
+        prog="r1kit", description="The DeepSeek-R1 training system (R1-Zero, R1, distillation).",
+        allow_abbrev=False,  # `--npro 1` would pass --nproc's check, then reach torchrun as is
     )
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (cls, help) in STAGES.items():
         p = sub.add_parser(name, help=help, description=help, epilog=_config_help(cls),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--config", help="YAML file of overrides (e.g. recipes/tiny/zero.yaml)")
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
+        p.add_argument("--config", help="YAML file of overrides" + (
+            "" if name == "base" else " (e.g. recipes/tiny/zero.yaml)"))
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one config key, e.g. --set rl.beta=0.001 (repeatable)")
         if name in ("zero", "rl", "sft", "sample", "pipeline", "distill"):
@@ -231,14 +234,15 @@ def _add_chat_export(sub) -> None:
                        description="Talk to a model folder, run folder or hub name in the "
                                    "terminal (r1kit/stages/chat.py).")
     p.add_argument("model", metavar="MODEL", help="model folder, run folder (its final/) or hub name")
-    p.add_argument("--template", default="auto", choices=["auto", "chat", "r1_zero"],
+    p.add_argument("--template", default="auto", choices=["auto", "chat", "r1_zero", "plain"],
                    help="prompt: auto = the template it was trained on (its run's data.template; "
                         "r1_zero for a built-in base), else its chat template when it has one")
-    p.add_argument("--max-new-tokens", type=int, default=1024)
-    p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (R1: 0.6)")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16")
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="per answer (default 1024)")
+    p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default: R1's 0.6)")
+    p.add_argument("--top-p", type=float, default=0.95, help="in (0, 1] (default 0.95)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default "
+                   "float32)")
     p = sub.add_parser("export", help="a clean HF folder for vLLM/transformers serving",
                        description="Export a model, LoRA adapter or run folder as a Hugging Face "
                                    "folder: merged weights, tokenizer, chat template, "
@@ -255,6 +259,10 @@ def _chat_export(args) -> int:
         if args.stage == "chat":
             from r1kit.stages import chat
 
+            if not args.temperature >= 0 or not 0 < args.top_p <= 1:  # (NaN fails both)
+                raise UserError(f"--temperature must be >= 0 and --top-p in (0, 1]; got "
+                                f"{args.temperature} and {args.top_p}")
+
             return chat.main(args.model, template=args.template,
                              max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                              top_p=args.top_p, device=args.device, dtype=args.dtype)
@@ -265,6 +273,7 @@ def _chat_export(args) -> int:
         print(f"r1kit {args.stage}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print(f"r1kit {args.stage}: interrupted", file=sys.stderr)
         return 130
     return 0
 

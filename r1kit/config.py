@@ -619,9 +619,11 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
         if not p.is_file():
             raise UserError(f"{p}: no such config file")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise UserError(f"{p}: invalid YAML ({e})") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
         if not isinstance(loaded, dict):
             raise UserError(f"{p}: the top level must be a mapping of sections")
         _merge(tree, loaded, str(p))
@@ -629,12 +631,31 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
         if "=" not in item:
             raise UserError(f"override '{item}' must look like section.key=value")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        tp = _field_type(cls, key.strip())
+        if tp is str:  # text as typed: YAML would cut `exp #1` at the '#', read 0123 as octal
             value = raw
+        else:
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError as e:
+                if tp in (list, dict) or typing.get_origin(tp) in (list, dict):
+                    raise UserError(f"--set {item}: invalid value ({e.problem})") from None
+                value = raw
         _set_dotted(tree, key.strip(), value)
     return _build(cls, tree)
+
+
+def _field_type(cls, dotted: str):
+    """The declared type of config key `dotted` of `cls`, or None if there is no such key."""
+    for i, name in enumerate(parts := dotted.split(".")):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if name not in fields:
+            return None
+        tp = typing.get_type_hints(cls).get(name)
+        if i == len(parts) - 1:
+            return tp
+        cls = tp
+    return None
 
 
 def _merge(base: dict, new: dict, where: str, prefix: str = "") -> None:

@@ -14,12 +14,12 @@ from r1kit.errors import UserError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str = "auto", key: str = "run.device") -> torch.device:
     if name != "auto":
         try:
             device = torch.device(name)
         except RuntimeError:
-            raise UserError(f"run.device: {name!r} is not a device; use auto, cpu, cuda, cuda:N "
+            raise UserError(f"{key}: {name!r} is not a device; use auto, cpu, cuda, cuda:N "
                             "or mps") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"device {name!r}: CUDA is not available here (torch "

@@ -65,7 +65,7 @@ def corpus(n: int, cfg: BaseConfig, seed: int) -> list[str]:
     tasks = list(cfg.tasks)
     unknown = [t for t in tasks if t not in ("arithmetic", "code")]
     if not tasks or unknown or len(set(tasks)) != len(tasks):
-        raise UserError(f"base.tasks: give distinct tasks among arithmetic, code; got {tasks}")
+        raise UserError(f"tasks: give distinct tasks among arithmetic, code; got {tasks}")
     share = n // len(tasks)
     docs: list[str] = []
     if "arithmetic" in tasks:

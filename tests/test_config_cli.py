@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -98,7 +99,7 @@ def test_every_stage_that_runs_code_takes_the_code_section_and_the_unsafe_flag(s
     assert code.unsafe_allow_unsandboxed and code.wall_s == 7 and code.memory_mb == 300
 
 
-def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
+def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys, monkeypatch):
     bad = tmp_path / "problems.jsonl"
     bad.write_text('{"prompt": "1+1", "answer": "2"}\n{"prompt": "2+2", "answer": \n')
     code = cli(["eval", "--model", "builtin", "--set", f"data.source={bad}",
@@ -158,6 +159,19 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
     for argv in (["zero", *fsdp_lora], ["sft", *fsdp_lora, "--set", f"data.train_file={pairs}"]):
         assert cli(argv) == 2  # before torchrun is started
         assert "dist.strategy=fsdp with LoRA is not supported" in capsys.readouterr().err
+    mods = tmp_path / "mods"  # a user's reward module that fails on import
+    mods.mkdir()
+    (mods / "clash_rewards.py").write_text("from r1kit.rewards import register\n"
+                                           "@register('format')\ndef f(c, p):\n    return 0.0\n")
+    monkeypatch.syspath_prepend(str(mods))
+    assert cli(["zero", "--set", "rewards.modules=[clash_rewards]",
+                "--set", f"run.out_dir={tmp_path}"]) == 2
+    assert "importing 'clash_rewards' failed: ValueError" in capsys.readouterr().err
+    shutil.rmtree(mods)
+    assert cli(["chat", "builtin", "--temperature", "-1"]) == 2
+    assert "--temperature must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # no abbreviations: `--npro 1` would reach torchrun
+        cli(["zero", "--npro", "1"])
     for n in ("0", "-1"):  # before torchrun is started
         assert cli(["zero", "--nproc", n]) == 2
         assert f"--nproc must be at least 1, got {n}" in capsys.readouterr().err
@@ -204,3 +218,15 @@ def test_eval_stage_on_jsonl(tiny_base, tmp_path, capsys):
     ]:
         assert cli(["eval", *args, "--problems", str(probs)]) == 2, args
         assert message in capsys.readouterr().err, args
+
+
+def test_set_keeps_text_values_as_typed(tmp_path):
+    for text in ("exp #1", "0123", "12:30", "2025-01-31", "yes", "null"):
+        assert load_config(ZeroConfig, None, [f"run.name={text}"]).run.name == text
+    assert load_config(ZeroConfig, None, ["rollout.stop=[a, b]"]).rollout.stop == ["a", "b"]
+    with pytest.raises(UserError, match=r"rollout.stop=\[a, b: invalid value"):
+        load_config(ZeroConfig, None, ["rollout.stop=[a, b"])
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("run: {name: caf\xe9}\n".encode("latin-1"))
+    with pytest.raises(UserError, match="latin.yaml: not UTF-8"):
+        load_config(ZeroConfig, latin)

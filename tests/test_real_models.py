@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -195,7 +196,7 @@ def test_chat_reports_a_generation_error_instead_of_waiting_for_tokens(tmp_path,
     assert not worker.is_alive() and result == {"error": "generation broke"}
 
 
-def test_chat_uses_the_template_the_model_was_trained_on(tmp_path):
+def test_chat_uses_the_template_the_model_was_trained_on(tmp_path, monkeypatch):
     from r1kit.stages.base import PACKAGED_BASE
     from r1kit.stages.export import template_of
 
@@ -205,6 +206,15 @@ def test_chat_uses_the_template_the_model_was_trained_on(tmp_path):
     (run / "config.yaml").write_text("data: {template: plain}\n")
     assert template_of(str(run / "final")) == "plain"
     assert template_of(build(tmp_path / "m", "llama")) is None
+    # an unrelated config.yaml in the current folder is not the model's run
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "config.yaml").write_text("rl:\n  steps: 10\n")
+    shutil.copytree(PACKAGED_BASE, work / "mybase")
+    monkeypatch.chdir(work)
+    assert template_of("mybase") == "r1_zero"
+    (work / "config.yaml").write_text("just text\n")
+    assert template_of(build(work / "m2", "llama")) is None
 
 
 def test_export_merges_a_lora_adapter(tmp_path):

@@ -69,12 +69,17 @@ def import_reward_modules(modules: list[str]) -> None:
     """Import the user's reward modules (`rewards.modules`), so that their `@register` calls run;
     the current directory is searched first, as `python -m` would."""
     for name in modules:
+        if not str(name).strip():
+            raise UserError("rewards.modules: an empty module name")
         if str(Path.cwd()) not in sys.path and "" not in sys.path:
             sys.path.insert(0, str(Path.cwd()))
         try:
             importlib.import_module(str(name))
         except ImportError as e:
             raise UserError(f"rewards.modules: cannot import {name!r} ({e})") from None
+        except Exception as e:  # noqa: BLE001 -- the user's module failed while importing
+            raise UserError(f"rewards.modules: importing {name!r} failed: "
+                            f"{type(e).__name__}: {e}") from None
 
 
 def available_rewards() -> list[str]:

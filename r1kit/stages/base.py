@@ -15,6 +15,7 @@ from pathlib import Path
 from r1kit.checkpoint import check_model_out
 from r1kit.config import BaseConfig, to_dict
 from r1kit.errors import UserError
+from r1kit.models import pick_device
 
 PACKAGED_BASE = Path(__file__).resolve().parent.parent / "assets" / "tiny-base"
 # `model.path=builtin:code`: the default recipe with half of the corpus worked one-line programs
@@ -68,6 +69,7 @@ def main(cfg: BaseConfig, out: Path | None = None, log=print) -> dict:
     if cfg.hidden_size % cfg.num_heads or cfg.num_heads % kv:
         raise UserError(f"hidden_size ({cfg.hidden_size}) must divide by num_heads "
                         f"({cfg.num_heads}), and num_heads by num_kv_heads ({kv})")
+    pick_device(cfg.device, key="device")  # a bad or missing device fails now, not after the corpus
     out = check_model_out(out or default_out(cfg), key="out")  # before minutes of work
     record = build_base(cfg, out, log=log)
     record["config_key"] = config_key(cfg)

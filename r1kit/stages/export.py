@@ -46,15 +46,25 @@ def resolve_source(source: str) -> str:
 
 
 def template_of(source: str) -> str | None:
-    """The prompt template `source` was trained on: its run's `data.template`, or r1_zero for a
-    built-in base (whose tokenizer carries a chat template the model never saw); None when
-    neither says."""
-    for folder in (Path(source), *Path(source).parents[:3]):
+    """The prompt template `source` was trained on: r1_zero for a built-in base (whose tokenizer
+    carries a chat template the model never saw), else the `data.template` of the run it came
+    from (a run folder holding `source`: its `final/`, a checkpoint; two levels up at most);
+    None when neither says. Only run folders count: any other config.yaml nearby (the current
+    folder's) is not the model's."""
+    path = Path(source).resolve()
+    if (path / "r1kit_base.json").is_file():
+        return "r1_zero"
+    for folder in (path, *path.parents[:2]):
         config = folder / "config.yaml"
-        if config.is_file():
-            data = yaml.safe_load(config.read_text()) or {}
-            return (data.get("data") or {}).get("template")
-    return "r1_zero" if (Path(source) / "r1kit_base.json").is_file() else None
+        is_run = any((folder / name).exists() for name in ("metrics.jsonl", "checkpoints", "final"))
+        if config.is_file() and is_run:
+            try:
+                data = yaml.safe_load(config.read_text())
+            except (yaml.YAMLError, UnicodeDecodeError):
+                return None
+            section = data.get("data") if isinstance(data, dict) else None
+            return section.get("template") if isinstance(section, dict) else None
+    return None
 
 
 def load_for_export(path: str, dtype: str):
