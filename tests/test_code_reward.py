@@ -213,5 +213,5 @@ def test_base_corpus_mix_keeps_the_arithmetic_only_corpus_unchanged():
     assert len(mixed) == 300
     assert sum("Write f with" in d for d in mixed) == 150 and sum("Compute" in d for d in mixed) == 150
     assert mixed[:20] != old[:20]  # interleaved, so the tokenizer's sample sees both
-    with pytest.raises(UserError, match="base.tasks"):
+    with pytest.raises(UserError, match="tasks: give distinct tasks"):
         corpus(10, BaseConfig(tasks=["poetry"]), 0)
