@@ -45,10 +45,10 @@ def read_lines(path: Path) -> list[str]:
         raise UserError(f"{name}: cannot read ({e.strerror})") from None
 
 
-def jsonl_records(path: Path) -> Iterator[tuple[str, int, Any]]:
-    """`(where, lineno, record)` for each non-blank line of a JSONL file, `where` being
-    `FILE:LINE`; invalid JSON is a `UserError` naming it."""
-    for lineno, line in enumerate(read_lines(path), start=1):
+def jsonl_records(path: Path, lines: list[str] | None = None) -> Iterator[tuple[str, int, Any]]:
+    """`(where, lineno, record)` for each non-blank line of a JSONL file (or of its `lines`,
+    already read), `where` being `FILE:LINE`; invalid JSON is a `UserError` naming it."""
+    for lineno, line in enumerate(read_lines(path) if lines is None else lines, start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
@@ -126,14 +126,8 @@ def load_data_file(path: str | Path, prompt_key: str = "prompt",
             raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
         records = [(f"{path} item {i}", f"{stem}-{i}", item) for i, item in enumerate(items)]
     else:  # JSON lines
-        records = []
-        for lineno, line in enumerate(text.split("\n"), start=1):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-                records.append((f"{path}:{lineno}", f"{stem}-{lineno}", record))
+        records = [(where, f"{stem}-{lineno}", record)
+                   for where, lineno, record in jsonl_records(path, text.split("\n"))]
     return _to_problems(records, str(path), prompt_key, answer_key)
 
 
