@@ -44,6 +44,7 @@ class EvalResult:
     reflection: float
     k: int
     num_problems: int
+    summary_format_rate: float = 0.0  # in R1's cold-start form, `<think>…</think> summary <answer>`
     samples: list[dict] = field(default_factory=list, repr=False)
     completions: list[str] = field(default_factory=list, repr=False)
     """Every completion, k per problem in problem order (row i*k + j: problem i, sample j)."""
@@ -56,6 +57,7 @@ class EvalResult:
             f"{prefix}pass@{self.k}": self.pass_k,
             f"{prefix}cons@{self.k}": self.cons_k,
             f"{prefix}format": self.format_rate,
+            f"{prefix}summary_format": self.summary_format_rate,
             f"{prefix}tokens": self.mean_tokens,
             f"{prefix}truncated": self.truncated,
             f"{prefix}reflection": self.reflection,
@@ -109,6 +111,7 @@ def _score_batch(model, tokenizer, problems, start, per_batch, cfg, template, st
     right = dict(zip(answered, _time_bounded("accuracy", [ro.texts[r] for r in answered],
                                              [per_row[r] for r in answered])))
     formats = _time_bounded("format", ro.texts, per_row)
+    summaries = _time_bounded("summary_format", ro.texts, per_row)
     votes = {}  # problem -> its majority answer (problems without tests)
     for i, p in enumerate(chunk):
         if not code_reward.has_tests(p):
@@ -132,6 +135,7 @@ def _score_batch(model, tokenizer, problems, start, per_batch, cfg, template, st
         records.append({
             "index": start + i, "correct": sum(hits), "voted": voted,
             "formats": [formats[r] for r in rows],
+            "summary_formats": [summaries[r] for r in rows],
             "tokens": [ro.num_tokens[r] for r in rows],
             "truncated": [ro.truncated[r] for r in rows],
             "texts": [ro.texts[r] for r in rows],
@@ -156,6 +160,7 @@ def _summarize(records: list[dict], k: int) -> EvalResult:
         cons_k=sum(voted) / len(voted),
         cons_k_ci=bootstrap_ci([float(v) for v in voted]),
         format_rate=sum(formats) / len(formats),
+        summary_format_rate=sum(flat("summary_formats")) / len(formats),
         mean_tokens=sum(tokens) / len(tokens),
         truncated=sum(truncs) / len(truncs),
         reflection=reflection_rate(texts),

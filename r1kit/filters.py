@@ -242,14 +242,16 @@ class FilterChain:
         return kept, rejected
 
 
-READABLE: dict[str, Callable[[str], str]] = {"arithmetic": readable_reasoning}
+READABLE: dict[str, Callable[..., str]] = {"arithmetic": readable_reasoning}  # (reasoning, answer)
 """Readable rewrites of the reasoning, by `Problem.meta["task"]` (the cold start's "readable
 pattern", R1-SPEC §5); tasks without one keep their reasoning as written."""
 
 
-def to_cold_start(completion: str, answer: str, task: str | None = None) -> str:
+def to_cold_start(completion: str, answer: str, task: str | None = None,
+                  prefilled: bool = False) -> str:
     """Rewrite a kept completion into the readable cold-start format: its reasoning (in the
     readable form of `task`, when `READABLE` has one), then a one-line summary with the answer.
+    With `prefilled`, the prompt already opened `<think>`, so the rewrite does not open it again.
 
     >>> to_cold_start("<think>47+8=55, 55-9=46</think>\\n<answer>46</answer>", "46")
     '<think> 47+8=55, 55-9=46 </think> The answer is <answer> 46 </answer>'
@@ -258,5 +260,6 @@ def to_cold_start(completion: str, answer: str, task: str | None = None) -> str:
     """
     reasoning = reasoning_part(completion).strip()
     if task in READABLE:
-        reasoning = READABLE[task](reasoning)
-    return f"<think> {reasoning} </think> The answer is <answer> {answer.strip()} </answer>"
+        reasoning = READABLE[task](reasoning, answer)
+    opening = "" if prefilled else "<think> "
+    return f"{opening}{reasoning} </think> The answer is <answer> {answer.strip()} </answer>"

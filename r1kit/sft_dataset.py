@@ -19,15 +19,17 @@ from r1kit.checkpoint import atomic_dir
 from r1kit.sft import load_sft_jsonl
 from r1kit.tasks.files import jsonl_records
 
-COLUMNS = ("prompt", "completion", "id", "answer", "sample")
+COLUMNS = ("prompt", "completion", "id", "answer", "sample", "kind", "original")
+DEFAULTS = {"kind": "reasoning"}  # general rows say "general"; a column missing from a row: null
 
 
 def write_sft_dataset(jsonl: Path, folder: Path, generation: dict, counts: dict) -> int:
     """Copy the rows of `jsonl` into `folder` as train.jsonl and hf/; returns the row count."""
     load_sft_jsonl(jsonl)  # every row must be a valid {prompt, completion} pair
     rows = [record for _, _, record in jsonl_records(Path(jsonl))]
-    columns = [c for c in COLUMNS if rows and all(c in r for r in rows)]
-    table = {c: [r[c] for r in rows] for c in columns} if rows else {"prompt": [], "completion": []}
+    columns = [c for c in COLUMNS if any(c in r for r in rows)]
+    table = ({c: [r.get(c, DEFAULTS.get(c)) for r in rows] for c in columns} if rows
+             else {"prompt": [], "completion": []})
     info = DatasetInfo(description=json.dumps({"generation": generation, "counts": counts}))
     with atomic_dir(Path(folder)) as tmp:
         shutil.copyfile(jsonl, tmp / "train.jsonl")

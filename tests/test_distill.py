@@ -98,6 +98,15 @@ def test_dataset_round_trips_through_jsonl_and_load_from_disk(tmp_path):
                                                          for r in rows]
     assert json.loads((tmp_path / "ds" / "counts.json").read_text()) == counts
     assert json.loads((tmp_path / "ds" / "generation.json").read_text()) == gen
+    # a general (non-reasoning) row and a rewritten row keep what tells them apart
+    mixed = rows[:2] + [{"prompt": "hi", "completion": "Hello!", "id": "g0", "kind": "general"}]
+    mixed[0] = {**mixed[0], "original": "<think>0+1=1</think> <answer>1</answer>"}
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mixed))
+    write_sft_dataset(tmp_path / "mixed.jsonl", tmp_path / "ds3", gen, counts)
+    back = load_from_disk(str(tmp_path / "ds3" / "hf")).to_list()
+    assert [r["kind"] for r in back] == ["reasoning", "reasoning", "general"]
+    assert back[0]["original"] == mixed[0]["original"] and back[1]["original"] is None
+    assert [r["answer"] for r in back] == ["1", "2", None]
     # a malformed source leaves no half-written dataset behind
     (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n')
     with pytest.raises(UserError, match="bad.jsonl:1: missing field 'completion'"):

@@ -310,6 +310,14 @@ def test_to_cold_start_is_readable_and_still_scores():
     # a prefilled <think> (no opening tag in the completion) is restored
     assert to_cold_start("47+8=55 </think> <answer>55</answer>", "55") == \
         "<think> 47+8=55 </think> The answer is <answer> 55 </answer>"
+    # unless the prompt itself opened it (a chat template ending in <think>): not opened twice
+    prefilled = Problem("p", "Compute 47+8", "55", {"prefilled_think": True})
+    cold = to_cold_start("47+8=55 </think> <answer>55</answer>", "55", "arithmetic", True)
+    assert cold == "47+8=55, so the total is 55 </think> The answer is <answer> 55 </answer>"
+    assert summary(cold, prefilled) == 1.0
+    # reasoning that ends elsewhere than its answer gets no "so the total is" contradicting it
+    assert to_cold_start("<think>4+2=6</think> <answer>7</answer>", "7", "arithmetic") == \
+        "<think> 4+2=6 </think> The answer is <answer> 7 </answer>"
 
 
 def test_summary_format_reward():

@@ -300,3 +300,20 @@ def test_resume_continues_from_checkpoint(tiny_base, tmp_path, monkeypatch):
     full, resumed = _weights(tmp_path / "full" / "final"), _weights(run / "final")
     for k in full:
         torch.testing.assert_close(resumed[k], full[k], rtol=1e-5, atol=1e-6)
+
+
+def test_held_out_file_leaves_out_the_training_prompts(tmp_path):
+    problems = tmp_path / "probs.jsonl"
+    problems.write_text("".join(json.dumps({"prompt": f"Compute {a}+1", "answer": str(a + 1)})
+                                + "\n" for a in range(5)))
+    pairs = tmp_path / "pairs.jsonl"  # sampled from the same file: prompts 0-2
+    pairs.write_text("".join(json.dumps({"prompt": f"Compute {a}+1", "completion": "x"}) + "\n"
+                             for a in range(3)))
+    cfg = load_config(SFTConfig, None, [f"data.train_file={pairs}",
+                                        f"data.eval_source={problems}", "eval.num_problems=10"])
+    _, held = sft_stage._inputs(cfg)
+    assert [p.prompt for p in held] == ["Compute 3+1", "Compute 4+1"]
+    pairs.write_text("".join(json.dumps({"prompt": f"Compute {a}+1", "completion": "x"}) + "\n"
+                             for a in range(5)))  # now every problem is trained on
+    with pytest.raises(UserError, match="every problem is a training prompt"):
+        sft_stage._inputs(cfg)

@@ -415,14 +415,10 @@ def table_row(label: str, res: EvalResult, problems: list, *, summary: bool) -> 
     `format_rate` is the share in the summary format if `summary`, else R1-Zero's."""
     texts = res.completions
     per_row = [problems[i // res.k] for i in range(len(texts))]
-    fmt, summary_fmt = get_reward("format"), get_reward("summary_format")
     shares = [language_consistency(reasoning_part(t), problem_language(p))
               for t, p in zip(texts, per_row)]
     shares = [s for s in shares if s is not None]
-    formats = {
-        "format": sum(fmt(t, p) == 1.0 for t, p in zip(texts, per_row)) / len(texts),
-        "summary_format": sum(summary_fmt(t, p) == 1.0 for t, p in zip(texts, per_row)) / len(texts),
-    }
+    formats = {"format": res.format_rate, "summary_format": res.summary_format_rate}
     return {
         "model": label,
         "pass@1": res.pass1, "pass@1_ci": list(res.pass1_ci), "cons@k": res.cons_k,

@@ -181,7 +181,7 @@ def keep_for_prompt(candidates: list[Candidate], chain: FilterChain, max_per_pro
         if cold_start:
             task = c.problem.meta.get("task") if readable else None
             row["completion"] = to_cold_start(c.text, extract_answer(c.text) or c.problem.answer,
-                                              task)
+                                              task, c.problem.meta.get("prefilled_think", False))
             row["original"] = c.text
         if row["completion"] in seen:
             tally["rejected"]["duplicate"] += 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 
 import torch
@@ -72,6 +73,9 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
                     f"{d.max_len} tokens; their completions are cut (and lose their EOS)")
     steps_per_epoch = math.ceil(len(examples) / s.batch_size)
     total_steps = s.epochs * steps_per_epoch
+    if s.warmup_steps >= total_steps and ranks.main and not resume_from:
+        log.warning(f"sft.warmup_steps={s.warmup_steps} covers all {total_steps} steps: the rate "
+                    f"never reaches sft.lr={s.lr} and never decays; lower sft.warmup_steps")
     micro = min(s.micro_batch_size, s.batch_size)
     opt = torch.optim.AdamW(trainable.trainable_parameters(model), lr=s.lr,
                             weight_decay=s.weight_decay)
@@ -209,7 +213,20 @@ def _inputs(cfg: SFTConfig) -> tuple[list, list]:
     data = DataConfig(source=source, split=d.eval_split, eval_source=d.eval_source,
                       eval_split=d.eval_split, prompt_key=d.prompt_key,
                       answer_key=d.answer_key, template=d.template, train_size=0)
-    eval_set = load_problems(data, cfg.eval.num_problems)[1]
+    n = cfg.eval.num_problems
+    if source.startswith(("builtin", "reasoning_gym:")):  # held-out splits, disjoint from training
+        eval_set = load_problems(data, n)[1]
+    else:  # a file: its problems that are not training prompts here (e.g. sampled from it)
+        eval_set = load_problems(data, sys.maxsize)[1]
+        trained = {e.prompt for e in examples}
+        kept = [p for p in eval_set if p.prompt not in trained]
+        if len(kept) < len(eval_set):
+            log.warning(f"data.eval_source: {len(eval_set) - len(kept)} of its {len(eval_set)} "
+                        f"problems are prompts of {d.train_file}; left out of the evaluation")
+        if not kept:
+            raise UserError(f"data.eval_source {d.eval_source}: every problem is a training prompt "
+                            f"of {d.train_file}; give held-out problems")
+        eval_set = kept[:n]
     if any(code_reward.has_tests(p) for p in eval_set):
         code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
     return examples, eval_set
@@ -236,6 +253,7 @@ def _summary(state: dict, final: dict, k: int, **extra) -> dict:
                 f"{tag}_pass@1_ci": [m["eval/pass@1_lo"], m["eval/pass@1_hi"]],
                 f"{tag}_cons@k": m[f"eval/cons@{k}"],
                 f"{tag}_format": m["eval/format"],
+                f"{tag}_summary_format": m["eval/summary_format"],
             })
     return out
 
@@ -243,8 +261,10 @@ def _summary(state: dict, final: dict, k: int, **extra) -> dict:
 def _print_eval(tag: str, m: dict, base: dict | None = None) -> None:
     if not m:
         return
+    # both formats: cold-start data teach the summary form, which R1-Zero's `format` rejects
     line = (f"[{tag}] held-out pass@1 {m['eval/pass@1']:.3f} "
-            f"[{m['eval/pass@1_lo']:.3f}, {m['eval/pass@1_hi']:.3f}]  format {m['eval/format']:.3f}")
+            f"[{m['eval/pass@1_lo']:.3f}, {m['eval/pass@1_hi']:.3f}]  format {m['eval/format']:.3f}"
+            f"  summary form {m['eval/summary_format']:.3f}")
     if base:
         line += f"  (base pass@1 {base['eval/pass@1']:.3f})"
     print(line)

@@ -147,7 +147,7 @@ def correct_solution(problem: Problem) -> str:
 _TOTAL_RE = re.compile(r"(-?\d+)\s*$")
 
 
-def readable_reasoning(reasoning: str) -> str:
+def readable_reasoning(reasoning: str, answer: str | None = None) -> str:
     """The cold-start rewrite of a worked solution into a readable English pattern (R1-SPEC §5:
     R1's cold-start data uses "a readable pattern"): the steps as written, then the result in
     words, `so the total is 46`, so the reasoning has words whose language can be measured and
@@ -155,7 +155,8 @@ def readable_reasoning(reasoning: str) -> str:
     each next operand off the prompt by the steps' layout, and words between the steps broke that
     (pipeline runs that wrote `47+8 is 55` or `then 55-9=46` fell from 0.90 to 0.04 and 0.10
     pass@1 at Dev1, their steps right but their operands misread). Reasoning that does not end in
-    a number (or is already rewritten) is returned as it is.
+    a number (or is already rewritten), or whose last number is not the `answer` given (the total
+    would contradict it), is returned as it is.
 
     >>> readable_reasoning("47+8=45, wait, 47+8=55, 55-9=46")
     '47+8=45, wait, 47+8=55, 55-9=46, so the total is 46'
@@ -163,8 +164,12 @@ def readable_reasoning(reasoning: str) -> str:
     '47 плюс 8 равно 55, so the total is 55'
     >>> readable_reasoning("47+8=55, so the total is 55")
     '47+8=55, so the total is 55'
+    >>> readable_reasoning("4+2=6", answer="7")  # the sample answered 7: no false "total is 6"
+    '4+2=6'
     """
     m = _TOTAL_RE.search(reasoning)
     if not m or reasoning.rstrip().endswith(f"the total is {m.group(1)}"):
+        return reasoning
+    if answer is not None and m.group(1) != answer.strip():
         return reasoning
     return f"{reasoning.rstrip()}, so the total is {m.group(1)}"
