@@ -14,12 +14,17 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's r1kit
+
+from results_file import write_results
 
 from r1kit.config import BaseConfig, EvalConfig
 from r1kit.evaluation import evaluate
@@ -76,7 +81,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_results(out, text)
     print(text)
     print(json.dumps({"rebuilt": rebuilt, "max_abs_diff": same}))
 

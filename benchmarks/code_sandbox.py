@@ -14,7 +14,11 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's r1kit
 
 from r1kit import sandbox as sb
 

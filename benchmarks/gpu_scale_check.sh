@@ -9,6 +9,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PY:-python3}"
 OUT="${OUT:-benchmarks/out/gpu_scale_check}"
 mkdir -p "$OUT"
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA here: this \
+script checks the GPU path')" || exit 2
 [[ -d .gpuwheels ]] && "$PY" -m pip install -q --no-index --find-links .gpuwheels math-verify
 "$PY" -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'peft', peft.__version__, torch.cuda.get_device_name(0))" | tee "$OUT/env.txt"

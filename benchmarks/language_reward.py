@@ -18,10 +18,13 @@ import argparse
 import dataclasses
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's r1kit
 
 from r1kit.config import PipelineConfig, load_config
 from r1kit.evaluation import evaluate
@@ -71,7 +74,7 @@ def evaluate_folder(cfg: PipelineConfig, path: Path, label: str) -> dict:
     model, tok = load_model(str(path), cfg.model.dtype, pick_device(cfg.run.device))
     res = evaluate(model, tok, problems, cfg.eval, template=cfg.data.template,
                    stop=cfg.rollout.stop, seed=cfg.run.seed)
-    return pipeline.table_row(label, res, problems)
+    return pipeline.table_row(label, res, problems, summary=True)  # Dev1 on: the summary form
 
 
 def _late_mean(metrics: Path, key: str) -> float | None:

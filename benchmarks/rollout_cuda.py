@@ -57,6 +57,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--profile", action="store_true", help="print each side's top ops for a call")
     args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("rollout_cuda.py: CUDA is not available here (it measures the GPU path)")
     prompts = [render_prompt(q.prompt) for q in sample_problems(8, "train", 0)]
     big = build(Path(tempfile.mkdtemp()) / "m", "llama", hidden=768, layers=12, heads=12,
                 kv_heads=12)

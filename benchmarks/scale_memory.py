@@ -31,6 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results_file import write_results
+
 from r1kit import distributed, grpo
 from r1kit.config import LoraConfig, RLConfig, RolloutConfig
 from r1kit.rollout.hf import sample
@@ -195,7 +197,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_results(args.out, text)
 
 
 if __name__ == "__main__":

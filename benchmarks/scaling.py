@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_file import write_results
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -198,7 +200,7 @@ def write_report(rows, args, load0, load1, png: str) -> None:
                 f"{r['ref_logprobs']:.2f} | {r['update']:.2f} | {r['peak_rss_mb']:.0f} | "
                 f"{r['step'] / k_tokens:.3f} |")
         lines.append("")
-    Path(ROOT / args.out).write_text("\n".join(lines))
+    write_results(ROOT / args.out, "\n".join(lines))
     print("wrote", args.out)
 
 

@@ -9,8 +9,9 @@ only: the dense evaluations are the benchmark's, not the run's), and the step it
         --variant "recorded:" --variant "lr3e-4:rl.lr=3e-4" \\
         --out benchmarks/results/time_to_target.md
 
-A variant is NAME:KEY=VALUE,KEY=VALUE (overrides on top of the recipe); "recorded:" is the recipe
-as the R1-Zero issue measured it.
+A variant is NAME:KEY=VALUE,KEY=VALUE (overrides on top of the recipe); "recorded:" (an empty
+list of overrides) is the recipe as it is now; results/time_to_target.md names the R1-Zero
+issue's settings as its own variant.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from results_file import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,7 +136,9 @@ def write_report(results: list[dict], variants, args) -> None:
         f"{args.threads} torch threads"),
         f"- command: `.venv/bin/python benchmarks/time_to_target.py --seeds "
         f"{' '.join(map(str, args.seeds))} "
-        + " ".join(f'--variant "{n}:{",".join(s)}"' for n, s in variants) + "`",
+        + " ".join(f'--variant "{n}:{",".join(s)}"' for n, s in variants)
+        + f" --every {args.every} --target {args.target} --max-steps {args.max_steps}"
+        + (f" --out {args.out}" if args.out else "") + "`",
         (f"- each run: `r1kit zero --config {args.config}` plus the variant's overrides, a "
         f"held-out evaluation (200 problems, k=4, T=0.6) every {args.every} steps, stopped at the "
         f"first evaluation >= {args.target}. Seconds = summed `time/step` up to that step "
@@ -159,7 +164,7 @@ def write_report(results: list[dict], variants, args) -> None:
         base = base or secs
         lines.append(f"| {name} | {secs:.1f} | {statistics.mean(r['step'] for r in rs):.0f} | "
                      f"{base / secs:.2f}x |")
-    Path(ROOT / args.out).write_text("\n".join(lines) + "\n")
+    write_results(ROOT / args.out, "\n".join(lines) + "\n")
     print("wrote", args.out)
 
 

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from results_file import write_results
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -62,7 +64,9 @@ def main() -> None:
         f"- python {platform.python_version()}, torch {torch.__version__}",
         (f"- command (per seed): `r1kit zero --config {args.config} --set run.seed=S"
          + "".join(f" --set {e}" for e in args.set) + "`"),
-        f"- report: `.venv/bin/python benchmarks/zero_seeds.py --seeds {' '.join(map(str, args.seeds))}`",
+        (f"- report: `.venv/bin/python benchmarks/zero_seeds.py --seeds "
+         f"{' '.join(map(str, args.seeds))}" + "".join(f" --set {e}" for e in args.set)
+         + f" --out {args.out}`"),
         "",
         ("| seed | base pass@1 [95% CI] | final pass@1 [95% CI] | base cons@k | final cons@k "
          "| steps | training wall s |"),
@@ -87,9 +91,7 @@ def main() -> None:
         vals = [dict(c).get(st) for c in curves.values()]
         lines.append(f"| {st} | " + " | ".join("" if v is None else f"{v:.3f}" for v in vals) + " |")
     text = "\n".join(lines) + "\n"
-    out = ROOT / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_results(ROOT / args.out, text)
     print(text)
 
 
