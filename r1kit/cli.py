@@ -159,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
                 split_batch(Dist(world=args.nproc), cfg.rl.prompts_per_step)
             if hasattr(cfg, "dist") and hasattr(cfg, "lora"):
                 check_strategy(cfg.dist.strategy, enabled(cfg.lora), args.nproc)
+            if hasattr(cfg, "rl") and hasattr(cfg, "dist"):  # GRPO: the rollout engine too
+                from r1kit.rollout import check as check_engine
+
+                check_engine(cfg.rollout.engine, cfg.rollout.vllm_mode,
+                             strategy=cfg.dist.strategy, world=args.nproc)
 
             return launch(args.nproc, _without_nproc(sys.argv[1:] if argv is None else argv))
         if args.stage == "base":

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from r1kit.errors import UserError
-from r1kit.rollout import HFEngine, make_engine
+from r1kit.rollout import HFEngine, check, make_engine
 from r1kit.rollout.hf import sample
 from r1kit.rollout.vllm import sampling_kwargs, to_rollouts, vllm_weight_names
 
@@ -22,11 +22,42 @@ HAS_VLLM = importlib.util.find_spec("vllm") is not None and torch.cuda.is_availa
 def test_sampling_kwargs_map_r1kit_settings():
     kw = sampling_kwargs(8, max_new_tokens=64, temperature=1.0, top_p=0.95, stop=["</answer>", ""],
                          seed=3)
+    # every setting explicit, penalties off: a server fills unset ones from generation_config
     assert kw == {"n": 8, "max_tokens": 64, "temperature": 1.0, "top_p": 0.95, "top_k": -1,
-                  "stop": ["</answer>"], "include_stop_str_in_output": True,
-                  "skip_special_tokens": True, "seed": 3}
+                  "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+                  "frequency_penalty": 0.0, "stop": ["</answer>"],
+                  "include_stop_str_in_output": True, "skip_special_tokens": True, "seed": 3}
     greedy = sampling_kwargs(1, max_new_tokens=4, temperature=0, top_p=0.5, stop=[])
     assert greedy["temperature"] == 0 and greedy["top_p"] == 1.0 and "seed" not in greedy
+
+
+def test_lora_weights_are_merged_out_of_place_in_float32():
+    peft = pytest.importorskip("peft")
+    from r1kit.rollout.vllm import merged_weights
+
+    base = AutoModelForCausalLM.from_pretrained(BASE, dtype=torch.bfloat16)
+    policy = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8,
+                                                       target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.02)  # a trained adapter (B starts at zero)
+    before = {n: t.clone() for n, t in policy.state_dict().items()}
+    sent = dict(vllm_weight_names(merged_weights(policy)))
+    assert all(torch.equal(before[n], t) for n, t in policy.state_dict().items())  # untouched
+    q = policy.base_model.model.model.layers[0].self_attn.q_proj
+    expected = (q.base_layer.weight.float() + q.scaling["default"]
+                * q.lora_B["default"].weight.float() @ q.lora_A["default"].weight.float())
+    got = sent["model.layers.0.self_attn.q_proj.weight"]
+    assert got.dtype == torch.bfloat16 and torch.equal(got, expected.to(torch.bfloat16))
+    assert not torch.equal(got, q.base_layer.weight)  # the adapter is in it
+    k = policy.base_model.model.model.layers[0].self_attn.k_proj  # no adapter there
+    assert torch.equal(sent["model.layers.0.self_attn.k_proj.weight"], k.weight)
+
+
+def test_colocated_vllm_is_refused_for_several_processes():
+    with pytest.raises(UserError, match="vllm_mode=server"):
+        check("vllm", "colocate", world=2)
 
 
 def test_weight_names_drop_wrappers_and_adapters():
@@ -81,8 +112,9 @@ def test_vllm_greedy_equals_hf_and_weights_sync():
     tok = AutoTokenizer.from_pretrained(BASE)
     engine = make_engine("vllm", BASE, vllm_gpu_memory_utilization=0.2)
     prompts = ["User: Compute 12+30. Assistant: <think>"]
-    ours = engine.sample(model, tok, prompts, 2, max_new_tokens=16, temperature=0)
-    ref = sample(model.float(), tok, prompts, 2, max_new_tokens=16, temperature=0)
+    prompts = prompts + ["User: Compute 7+5. Assistant: <think>"]  # greedy: vLLM allows n = 1
+    ours = engine.sample(model, tok, prompts, 1, max_new_tokens=16, temperature=0)
+    ref = sample(model.float(), tok, prompts, 1, max_new_tokens=16, temperature=0)
     assert ours.num_tokens[0] > 0 and ours.completion_ids.shape[0] == 2
     # bf16 kernels may part ways late; the first tokens agree
     assert ours.completion_ids[0, :4].tolist() == ref.completion_ids[0, :4].tolist()

@@ -5,6 +5,8 @@ optimizer step where `needs_sync`). `hf` (r1kit/rollout/hf.py) runs everywhere a
 
 from __future__ import annotations
 
+import os
+
 from r1kit.errors import UserError
 
 ENGINES, VLLM_MODES = ("hf", "vllm"), ("colocate", "server")
@@ -24,8 +26,11 @@ class HFEngine:
         pass
 
 
-def check(engine: str, vllm_mode: str = "colocate", *, strategy: str = "ddp") -> None:
-    """The settings' errors before any run folder or model exists (a typo, vLLM missing)."""
+def check(engine: str, vllm_mode: str = "colocate", *, strategy: str = "ddp",
+          world: int | None = None) -> None:
+    """The settings' errors before any run folder or model exists (a typo, vLLM missing).
+    `world`: the number of processes (default: torchrun's WORLD_SIZE, else 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
     if engine not in ENGINES:
         raise UserError(f"rollout.engine: unknown engine {engine!r}; use hf or vllm")
     if engine == "vllm":
@@ -36,6 +41,10 @@ def check(engine: str, vllm_mode: str = "colocate", *, strategy: str = "ddp") ->
             raise UserError("rollout.engine=vllm with dist.strategy=fsdp is not supported (each "
                             "rank would gather the whole model to sync it); use dist.strategy=ddp "
                             "or rollout.engine=hf")
+        if vllm_mode == "colocate" and world > 1:
+            raise UserError("rollout.vllm_mode=colocate runs one vLLM engine in one process; with "
+                            f"{world} processes use rollout.vllm_mode=server (a `vllm serve` on its "
+                            "own GPU) or rollout.engine=hf")
         if vllm_mode == "colocate":
             from r1kit.rollout.vllm import require_vllm
 

@@ -4,10 +4,20 @@ Two modes (`rollout.vllm_mode`):
 - `colocate`: a `vllm.LLM` lives in the training process on the same GPU (a share of its memory,
   `rollout.vllm_gpu_memory_utilization`); after each optimizer step the policy's weights are
   loaded into vLLM's model in place (`load_weights`), then the prefix cache is reset.
-- `server`: a separate generation GPU runs `vllm serve MODEL --weight-transfer-config
-  '{"backend": "nccl"}'`; completions come from its OpenAI `/v1/completions` endpoint (prompt
-  token ids in, token ids out), and weights go over NCCL through TRL's `VLLMClient`
-  (`pip install trl`), which speaks that server's weight-transfer protocol.
+- `server`: a separate generation GPU runs `VLLM_SERVER_DEV_MODE=1 vllm serve MODEL
+  --weight-transfer-config '{"backend": "nccl"}'` (the weight-transfer routes exist only in dev
+  mode); completions come from its OpenAI `/v1/completions` endpoint (prompt token ids in, token
+  ids out, for the model it serves), and weights go over NCCL through TRL's `VLLMClient`
+  (`pip install trl`), which speaks that server's weight-transfer protocol. Only the first rank
+  sends them (DDP keeps every rank's weights equal).
+
+Every sampling setting is sent explicitly, penalties off: a server would otherwise fill unset
+ones from the model's `generation_config.json` (e.g. a repetition penalty), and the rollouts would
+come from another distribution than the policy the trainer scores. A PEFT policy is sent with its
+adapters merged out of place in float32 (`merged_weights`): merging into bf16 weights and
+unmerging again after every step would drift the frozen base, which is also the KL reference.
+Known gap: no importance-sampling correction for the gap between vLLM's bf16 kernels and the
+training forward (TRL's `vllm_importance_sampling_correction`).
 
 Everything that needs no GPU is a pure function tested on CPU: the sampling-argument mapping, the
 weight-name mapping (DDP / torch.compile / PEFT prefixes), and building `Rollouts` from token ids.
@@ -21,6 +31,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
+import urllib.error
 import urllib.request
 
 import torch
@@ -37,7 +49,8 @@ def sampling_kwargs(group_size: int, *, max_new_tokens: int, temperature: float,
     no top-k (vLLM's "off" is -1, 0 on the OpenAI server), stop strings kept in the text as the
     HF engine keeps them, greedy at temperature 0."""
     kw = {"n": group_size, "max_tokens": max_new_tokens, "temperature": max(temperature, 0.0),
-          "top_p": top_p if temperature > 0 else 1.0, "top_k": -1,
+          "top_p": top_p if temperature > 0 else 1.0, "top_k": -1, "min_p": 0.0,
+          "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
           "stop": [s for s in stop if s], "include_stop_str_in_output": True,
           "skip_special_tokens": True}
     if seed is not None:
@@ -61,6 +74,26 @@ def vllm_weight_names(named: list[tuple[str, torch.Tensor]]) -> list[tuple[str, 
                     name, changed = name[len(p):], True
         out.append((name.replace(".base_layer.", "."), tensor))
     return out
+
+
+def merged_weights(policy) -> list[tuple[str, torch.Tensor]]:
+    """The policy's tensors by name; a PEFT model's LoRA layers with their active adapters merged
+    out of place, `W + scaling * B @ A` computed in float32 and cast to W's dtype. The policy's
+    own weights are not touched (an in-place bf16 merge and unmerge drifts them a little on every
+    step)."""
+    state = dict(policy.state_dict())
+    for name, module in policy.named_modules():
+        base = getattr(module, "base_layer", None)
+        if base is None or not hasattr(module, "lora_A"):
+            continue
+        weight = base.weight.float()
+        for adapter in getattr(module, "active_adapters", ()):
+            if adapter in module.lora_A and not getattr(module, "merged", False):
+                delta = (module.lora_B[adapter].weight.float() @ module.lora_A[adapter].weight.float()
+                         ) * module.scaling[adapter]
+                weight = weight + (delta.T if getattr(module, "fan_in_fan_out", False) else delta)
+        state[f"{name}.base_layer.weight"] = weight.to(base.weight.dtype)
+    return list(state.items())
 
 
 def to_rollouts(prompt_ids: list[list[int]], completions: list[list[tuple[list[int], bool]]],
@@ -107,10 +140,16 @@ class VLLMColocated:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
-        # bf16 where the GPU has it; vLLM picks its own attention backend (flash / SDPA)
+        # bf16 where the GPU has it; vLLM picks its own attention backend (flash / SDPA).
+        # vLLM seeds the global generators when it starts: the trainer's (restored from a
+        # checkpoint, or seeded by the run) are put back, so that a resume stays exact.
         dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        states = (random.getstate(), torch.get_rng_state(), torch.cuda.get_rng_state_all())
         self.llm = LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                        max_model_len=max_model_len, seed=seed, enable_prefix_caching=True)
+        random.setstate(states[0])
+        torch.set_rng_state(states[1])
+        torch.cuda.set_rng_state_all(states[2])
 
     def sample(self, model, tokenizer, prompts, group_size, *, max_new_tokens, temperature=1.0,
                top_p=1.0, stop=(), generator=None) -> Rollouts:
@@ -118,10 +157,13 @@ class VLLMColocated:
         from vllm.inputs import TokensPrompt
 
         seed = None if generator is None else int(torch.randint(
-            2**31 - 1, (1,), generator=generator, device=generator.device).item())
-        params = SamplingParams(**sampling_kwargs(group_size, max_new_tokens=max_new_tokens,
-                                                  temperature=temperature, top_p=top_p,
-                                                  stop=list(stop), seed=seed))
+            2**30, (1,), generator=generator, device=generator.device).item())
+        # one seed per prompt, G apart: vLLM seeds completion j of a prompt with seed + j, so a
+        # shared seed would give every prompt's j-th completion the same random draws
+        params = [SamplingParams(**sampling_kwargs(
+            group_size, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            stop=list(stop), seed=None if seed is None else seed + i * group_size))
+            for i in range(len(prompts))]
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], params,
                                  use_tqdm=False)
@@ -132,15 +174,8 @@ class VLLMColocated:
 
     @torch.no_grad()
     def sync(self, policy) -> None:
-        merged = hasattr(policy, "merge_adapter")
-        if merged:  # PEFT: ship the merged weights, then restore the adapter
-            policy.merge_adapter()
-        try:
-            inner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
-            inner.load_weights(vllm_weight_names(list(policy.state_dict().items())))
-        finally:
-            if merged:
-                policy.unmerge_adapter()
+        inner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
+        inner.load_weights(vllm_weight_names(merged_weights(policy)))
         self.llm.reset_prefix_cache()
 
 
@@ -149,8 +184,28 @@ class VLLMServer:
 
     needs_sync = True
 
+    main_rank_only = True  # the server's weights come from one trainer rank
+
     def __init__(self, url: str, model_name: str):
         self.url, self.model_name, self.client = url.rstrip("/"), model_name, None
+        self.served = None  # the model name the server answers to (its /v1/models)
+
+    def _request(self, path: str, payload: dict | None = None):
+        """JSON from the server; its errors (e.g. prompt + max_tokens past max_model_len) and an
+        unreachable server as `UserError`s saying what the server said."""
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(f"{self.url}{path}", data=data,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=600) as resp:
+                return json.load(resp)
+        except urllib.error.HTTPError as e:
+            body = e.read().decode(errors="replace")[:500]
+            raise UserError(f"vLLM server {self.url}{path}: HTTP {e.code}: {body}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            raise UserError(f"vLLM server {self.url}: cannot reach it ({e}); start it with "
+                            "VLLM_SERVER_DEV_MODE=1 vllm serve MODEL --weight-transfer-config "
+                            "'{\"backend\": \"nccl\"}'") from None
 
     def sample(self, model, tokenizer, prompts, group_size, *, max_new_tokens, temperature=1.0,
                top_p=1.0, stop=(), generator=None) -> Rollouts:
@@ -158,11 +213,11 @@ class VLLMServer:
         kw = sampling_kwargs(group_size, max_new_tokens=max_new_tokens, temperature=temperature,
                              top_p=top_p, stop=list(stop))
         kw["top_k"] = 0  # the OpenAI server's "no top-k"
-        payload = {"model": self.model_name, "prompt": ids, "return_token_ids": True, **kw}
-        req = urllib.request.Request(f"{self.url}/v1/completions", data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=600) as resp:
-            choices = json.load(resp)["choices"]  # prompt-major: n per prompt
+        if self.served is None:  # the name it serves the model under, not our local path
+            models = self._request("/v1/models").get("data") or [{"id": self.model_name}]
+            self.served = models[0]["id"]
+        payload = {"model": self.served, "prompt": ids, "return_token_ids": True, **kw}
+        choices = self._request("/v1/completions", payload)["choices"]  # prompt-major: n each
         choices.sort(key=lambda c: c["index"])
         groups = [[(c["token_ids"], c["finish_reason"] == "stop")
                    for c in choices[i * group_size:(i + 1) * group_size]] for i in range(len(ids))]
@@ -179,7 +234,7 @@ class VLLMServer:
                                 "pip install trl") from None
             self.client = VLLMClient(base_url=self.url)
             self.client.init_communicator(device=torch.cuda.current_device())
-        named = vllm_weight_names(list(policy.state_dict().items()))
+        named = vllm_weight_names(merged_weights(policy))
         with self.client.weight_update():
             for name, tensor in named:
                 self.client.update_named_param(name, tensor)

@@ -136,8 +136,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
                          vllm_gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
                          seed=cfg.run.seed + d.rank)
     if engine.needs_sync:  # (FSDP gathers every layer for it: only where it does something)
-        with distributed.gathered(policy, d) as model:
-            engine.sync(model)
+        _sync_engine(engine, policy, d)
     tracker = Tracker(run.path, cfg.run.report_to if d.main else [], config=to_dict(cfg),
                       resume_step=logged_to)
 
@@ -211,8 +210,8 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
             else:
                 state["bad_steps"] = 0
             if applied and engine.needs_sync:  # vLLM samples the next step from the new weights
-                with timer("sync"), distributed.gathered(policy, d) as model:
-                    engine.sync(model)
+                with timer("sync"):
+                    _sync_engine(engine, policy, d)
         elif not finite:
             state["bad_steps"] += 1
             log.warning(f"step {state['step'] + 1}: non-finite rewards; update skipped")
@@ -278,6 +277,17 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
 
 
 # -------------------------------------------------------------------------------- helpers
+
+
+def _sync_engine(engine, policy, d: distributed.Dist) -> None:
+    """The policy's weights into the rollout engine: from every rank into its own colocated
+    engine, or from the first rank alone into a shared server (the others wait for it)."""
+    one = getattr(engine, "main_rank_only", False)
+    with distributed.gathered(policy, d) as model:
+        if d.main or not one:
+            engine.sync(model)
+    if one:
+        distributed.barrier(d)
 
 
 def _lr_factor(step: int, rl) -> float:
