@@ -72,7 +72,8 @@ def encode(
 ) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, completion ids + EOS) of each example, tokenized separately, untruncated."""
     if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no EOS token to end completions with")
+        raise UserError("the tokenizer has no EOS token to end completions with; set eos_token "
+                        "in its tokenizer_config.json")
     if not examples:
         return []
     prompts = [render_prompt(e.prompt, template, tokenizer) for e in examples]

@@ -47,15 +47,18 @@ def check_student(name: str, template: str = "") -> None:
         if not (path / "config.json").is_file():
             raise UserError(f"student {name!r}: {path} is not a Hugging Face model folder "
                             "(no config.json)")
-        if template == "chat":
-            from transformers import AutoTokenizer
+        from transformers import AutoTokenizer
 
-            from r1kit.templates import check_template
+        from r1kit.templates import check_template
 
-            check_template(template, AutoTokenizer.from_pretrained(path),
-                           where=f"student {name!r} with data.template")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.eos_token_id is None:  # SFT ends every completion with it
+            raise UserError(f"student {name!r}: its tokenizer has no EOS token to end "
+                            "completions with; set eos_token in its tokenizer_config.json")
+        if template:
+            check_template(template, tokenizer, where=f"student {name!r} with data.template")
         return
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+    if name.startswith((".", "/", "~")) or name.count("/") != 1 or path.parent.is_dir():
         raise UserError(f"unknown student {name!r}: use a preset ({', '.join(PRESETS)}), a model "
                         "folder, or a hub name like Qwen/Qwen2.5-Math-1.5B")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -384,3 +385,28 @@ def test_pipeline_distill_stage_and_its_table_rows(tiny_base, tmp_path, monkeypa
     mtime = (final / "model.safetensors").stat().st_mtime_ns
     assert pipeline.run_stage("08-distill", "distill", dcfg, tmp_path / "08-distill") == out
     assert (final / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_mistakes_fail_before_the_teacher_is_sampled(tiny_base, tmp_path, capsys, monkeypatch):
+    from transformers import AutoTokenizer
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    noeos = tmp_path / "noeos"
+    shutil.copytree(tiny_base, noeos)
+    tok = AutoTokenizer.from_pretrained(noeos)
+    tok.eos_token = None
+    tok.pad_token = None
+    tok.save_pretrained(noeos)
+    base = ["distill", "--teacher", str(tiny_base), "--set", f"run.out_dir={tmp_path / 'out'}"]
+    for extra, message in ((["--students", str(noeos)], "has no EOS token"),
+                           (["--students", "tiny-llama", "--set", "eval.num_problems=0"],
+                            "eval.num_problems must be at least 1"),
+                           (["--students", "tiny-llama", "--set", "sft.min_lr=0.5"],
+                            "sft.min_lr <= sft.lr"),
+                           (["--students", "runs/typo"], "unknown student 'runs/typo'")):
+        assert cli([*base, *extra]) == 2, extra
+        assert message in capsys.readouterr().err
+    assert cli(["distill", "--teacher", "runs/typo", "--students", "tiny-llama"]) == 2
+    assert "teacher runs/typo: no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

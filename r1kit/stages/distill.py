@@ -44,6 +44,7 @@ from r1kit.runs import RunFolder, load_problems
 from r1kit.sft_dataset import write_sft_dataset
 from r1kit.stages.pipeline import configure_code, run_stage
 from r1kit.students import check_student, student_path
+from r1kit.tracking import check_report_to
 
 log = logging.getLogger("r1kit")
 
@@ -86,12 +87,12 @@ def main(cfg: DistillConfig, resume: str | None = None, table: bool = True) -> d
     # ---------------------------------------------------------------- dataset
     def dataset() -> dict:
         samples = run.path / "samples"
+        if not (samples / "sft.jsonl").read_text().strip():
+            raise UserError(f"the teacher {teacher} kept 0 samples (see {samples}/counts.json); "
+                            "sample more prompts (sample.num_prompts) or loosen sample.filters")
         n = write_sft_dataset(samples / "sft.jsonl", run.path / "dataset",
                               read_json(samples / "generation.json"),
                               read_json(samples / "counts.json"))
-        if n == 0:
-            raise UserError(f"the teacher {teacher} kept 0 samples (see {samples}/counts.json); "
-                            "sample more prompts (sample.num_prompts) or loosen sample.filters")
         return {"rows": n}
 
     part("dataset", dataset)
@@ -151,9 +152,14 @@ def check(cfg: DistillConfig) -> None:
     s = cfg.sample
     for key, value in (("sample.num_prompts", s.num_prompts), ("sample.batch_size", s.batch_size),
                        ("sample.samples_per_prompt", s.samples_per_prompt),
-                       ("sft.epochs", cfg.sft.epochs), ("eval.k", cfg.eval.k)):
-        if value < 1:
+                       ("sft.epochs", cfg.sft.epochs), ("eval.k", cfg.eval.k),
+                       ("eval.num_problems", cfg.eval.num_problems)):
+        if value < 1:  # (eval.num_problems: the table compares teacher and students on them)
             raise UserError(f"{key} must be at least 1, got {value}")
+    if not 0 <= cfg.sft.min_lr <= cfg.sft.lr or cfg.sft.lr <= 0:
+        raise UserError(f"need 0 <= sft.min_lr <= sft.lr and sft.lr > 0; got "
+                        f"min_lr={cfg.sft.min_lr}, lr={cfg.sft.lr}")
+    check_report_to(cfg.run.report_to)
     build_filters(list(s.filters))  # an unknown filter name fails here
     configure_code(cfg)
 
@@ -170,8 +176,8 @@ def resolve_teacher(path: str) -> str:
     if p.exists():
         raise UserError(f"teacher {path}: not a model folder (no config.json), nor a run folder "
                         "with final/, nor a pipeline folder with 07-r1/final")
-    if path.startswith((".", "/", "~")) or path.count("/") != 1:
-        raise UserError(f"teacher {path}: no such folder")
+    if path.startswith((".", "/", "~")) or path.count("/") != 1 or p.parent.is_dir():
+        raise UserError(f"teacher {path}: no such folder")  # (runs/typo: not a hub ORG/NAME)
     return path
 
 
