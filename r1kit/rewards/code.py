@@ -36,6 +36,14 @@ def configure(options=None) -> Sandbox:
     return _sandbox()
 
 
+def configure_for(problems, options=None, *, needed: bool = False) -> None:
+    """`configure(options)` when any of `problems` has tests (or `needed`): a stage calls it before
+    it makes a folder or loads a model, so that a missing bubblewrap stops it at once (unless
+    explicitly unsafe)."""
+    if needed or any(has_tests(p) for p in problems):
+        configure(options)
+
+
 def _sandbox() -> Sandbox:
     with _lock:
         if _state["sandbox"] is None:

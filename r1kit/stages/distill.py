@@ -43,6 +43,7 @@ from r1kit.models import check_trainable_dtype, prepare_torch, resolve_dtype
 from r1kit.runs import RunFolder, load_problems
 from r1kit.sft_dataset import write_sft_dataset
 from r1kit.stages.pipeline import configure_code, run_stage
+from r1kit.stages.sft import check_lr
 from r1kit.students import check_student, student_path
 from r1kit.tracking import check_report_to
 
@@ -156,9 +157,7 @@ def check(cfg: DistillConfig) -> None:
                        ("eval.num_problems", cfg.eval.num_problems)):
         if value < 1:  # (eval.num_problems: the table compares teacher and students on them)
             raise UserError(f"{key} must be at least 1, got {value}")
-    if not 0 <= cfg.sft.min_lr <= cfg.sft.lr or cfg.sft.lr <= 0:
-        raise UserError(f"need 0 <= sft.min_lr <= sft.lr and sft.lr > 0; got "
-                        f"min_lr={cfg.sft.min_lr}, lr={cfg.sft.lr}")
+    check_lr(cfg.sft)
     check_report_to(cfg.run.report_to)
     build_filters(list(s.filters))  # an unknown filter name fails here
     configure_code(cfg)

@@ -33,8 +33,7 @@ def main(cfg: EvalStageConfig, models: list[str] | None = None, out: str | None 
     _, problems = load_problems(cfg.data, cfg.eval.num_problems)
     if not problems:
         raise UserError("no problems to evaluate (eval.num_problems=0 or an empty eval source)")
-    if any(code_reward.has_tests(p) for p in problems):
-        code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
+    code_reward.configure_for(problems, cfg.code)
     cfg = builtin_model_for(cfg)
     model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, pick_device(cfg.run.device))
     check_template(cfg.data.template, tokenizer, f"{cfg.model.path}: data.template")
@@ -74,8 +73,7 @@ def compare(cfg: EvalStageConfig, models: list[str], out: str | None = None) -> 
     _, problems = load_problems(cfg.data, cfg.eval.num_problems)
     if not problems:
         raise UserError("no problems to evaluate (eval.num_problems=0 or an empty eval source)")
-    if any(code_reward.has_tests(p) for p in problems):
-        code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
+    code_reward.configure_for(problems, cfg.code)
     if out:
         run_path = _out_folder(out)
     else:

@@ -350,8 +350,7 @@ def configure_code(cfg) -> bool:
     table's evaluation runs with the user's limits. Every stage gets the same `code` section.
     True if the training problems have tests."""
     train, heldout = load_problems(cfg.data, cfg.eval.num_problems)
-    if any(code_reward.has_tests(p) for p in (*train, *heldout)):
-        code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
+    code_reward.configure_for((*train, *heldout), cfg.code)
     return any(code_reward.has_tests(p) for p in train)
 
 

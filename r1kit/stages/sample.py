@@ -219,8 +219,7 @@ def _inputs(cfg: SampleConfig) -> tuple[FilterChain, list[Problem], list[dict]]:
                     "sample.general_data (builtin or a JSONL file)")
     general = load_general(s.general_data, s.general_samples, cfg.run.seed) if s.general_data else []
     problems = [train[i] for i in picked]
-    if any(code_reward.has_tests(p) for p in problems):
-        code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
+    code_reward.configure_for(problems, cfg.code)
     return chain, problems, general
 
 

@@ -198,14 +198,19 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
 # -------------------------------------------------------------------------------- helpers
 
 
+def check_lr(s) -> None:
+    """The `sft` section's learning rates (also checked by distill before it samples)."""
+    if not 0 <= s.min_lr <= s.lr or s.lr <= 0:
+        raise UserError(f"need 0 <= sft.min_lr <= sft.lr and sft.lr > 0; got min_lr={s.min_lr}, lr={s.lr}")
+
+
 def _inputs(cfg: SFTConfig) -> tuple[list, list]:
     """(training examples, held-out problems), checking the settings a user can get wrong."""
     d, s = cfg.data, cfg.sft
     if not d.train_file:
         raise UserError("data.train_file is required (a JSONL of {prompt, completion} pairs)")
     check_report_to(cfg.run.report_to)
-    if not 0 <= s.min_lr <= s.lr or s.lr <= 0:
-        raise UserError(f"need 0 <= sft.min_lr <= sft.lr and sft.lr > 0; got min_lr={s.min_lr}, lr={s.lr}")
+    check_lr(s)
     examples = load_sft_jsonl(d.train_file)
     if cfg.eval.num_problems <= 0:
         return examples, []
@@ -227,8 +232,7 @@ def _inputs(cfg: SFTConfig) -> tuple[list, list]:
             raise UserError(f"data.eval_source {d.eval_source}: every problem is a training prompt "
                             f"of {d.train_file}; give held-out problems")
         eval_set = kept[:n]
-    if any(code_reward.has_tests(p) for p in eval_set):
-        code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
+    code_reward.configure_for(eval_set, cfg.code)
     return examples, eval_set
 
 

@@ -93,8 +93,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         log.warning("the training problems have tests, but rewards.weights has no `code` reward: "
                     "accuracy cannot score a program, so nothing would be learnt; e.g. --set "
                     "'rewards.weights={code: 1.0, format: 0.1}'")
-    if "code" in cfg.rewards.weights or any(code_reward.has_tests(p) for p in eval_set):
-        code_reward.configure(cfg.code)  # no sandbox here: stops now, unless explicitly unsafe
+    code_reward.configure_for(eval_set, cfg.code, needed="code" in cfg.rewards.weights)
     check_report_to(cfg.run.report_to)
     check_engine(cfg.rollout.engine, cfg.rollout.vllm_mode, strategy=cfg.dist.strategy)
     if lora.enabled(cfg.lora) and cfg.rl.ref_reset_every:
