@@ -145,6 +145,10 @@ class RolloutConfig:
     vllm_gpu_memory_utilization: float = opt(0.3, "vllm_mode=colocate: share of the GPU's "
                                              "memory vLLM may take (the rest trains)",
                                              above=0, high=1)
+    vllm_max_model_len: int = opt(0, "vllm_mode=colocate: prompt + completion tokens vLLM "
+                                  "reserves its KV cache for (0 = the model's context length; "
+                                  "lower it when a long-context model's cache does not fit)",
+                                  low=0)
     temperature: float = opt(1.0, "sampling temperature for RL rollouts (R1-Zero: 1.0)", low=0)
     top_p: float = opt(1.0, "nucleus sampling for rollouts", above=0, high=1)
     max_new_tokens: int = opt(64, "completion budget; longer completions are truncated", low=1)

@@ -136,9 +136,11 @@ def test_the_engine_gets_the_weights_after_every_update(tiny_base, tmp_path, mon
     monkeypatch.setattr(zero, "make_engine", fake_make_engine)
     CALLS.update(n=0, interrupt_at=None)
     sets = _overrides(tmp_path, tiny_base, "spy", steps=3) + [
-        "eval.every=0", "rollout.vllm_gpu_memory_utilization=0.5"]
+        "eval.every=0", "rollout.vllm_gpu_memory_utilization=0.5",
+        "rollout.vllm_max_model_len=2048"]
     zero.main(load_config(ZeroConfig, None, sets))
     assert made["engine"] == "hf" and made["vllm_gpu_memory_utilization"] == 0.5
+    assert made["vllm_max_model_len"] == 2048
     assert len(spy.synced) == 4  # once at the start, then after each of the 3 updates
     final = _weights(tmp_path / "spy" / "final")
     assert all(torch.equal(spy.synced[-1][k], final[k]) for k in final)  # the trained weights

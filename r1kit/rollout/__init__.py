@@ -53,7 +53,8 @@ def check(engine: str, vllm_mode: str = "colocate", *, strategy: str = "ddp",
 
 def make_engine(engine: str, model_path: str, *, vllm_mode: str = "colocate",
                 vllm_server_url: str = "http://localhost:8000",
-                vllm_gpu_memory_utilization: float = 0.3, seed: int = 0):
+                vllm_gpu_memory_utilization: float = 0.3, vllm_max_model_len: int = 0,
+                seed: int = 0):
     check(engine, vllm_mode)
     if engine == "hf":
         return HFEngine()
@@ -64,4 +65,4 @@ def make_engine(engine: str, model_path: str, *, vllm_mode: str = "colocate",
     if vllm_mode == "server":
         return vllm.VLLMServer(vllm_server_url, model_path)
     return vllm.VLLMColocated(model_path, gpu_memory_utilization=vllm_gpu_memory_utilization,
-                              max_model_len=None, seed=seed)
+                              max_model_len=vllm_max_model_len or None, seed=seed)

@@ -133,7 +133,7 @@ class VLLMColocated:
 
     needs_sync = True
 
-    def __init__(self, model_path: str, *, gpu_memory_utilization: float, max_model_len: int,
+    def __init__(self, model_path: str, *, gpu_memory_utilization: float, max_model_len: int | None,
                  seed: int):
         require_vllm()
         # the engine in this process, so that its model can take the policy's weights in place

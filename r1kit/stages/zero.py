@@ -133,7 +133,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     engine = make_engine(cfg.rollout.engine, cfg.model.path, vllm_mode=cfg.rollout.vllm_mode,
                          vllm_server_url=cfg.rollout.vllm_server_url,
                          vllm_gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
-                         seed=cfg.run.seed + d.rank)
+                         vllm_max_model_len=cfg.rollout.vllm_max_model_len, seed=cfg.run.seed + d.rank)
     if engine.needs_sync:  # (FSDP gathers every layer for it: only where it does something)
         _sync_engine(engine, policy, d)
     tracker = Tracker(run.path, cfg.run.report_to if d.main else [], config=to_dict(cfg),
