@@ -5,6 +5,13 @@ uses the unbiased estimator; cons@k is the majority vote over the extracted answ
 with a 95% bootstrap confidence interval over problems. A problem with tests (code) is solved
 when its program passes every test in the sandbox (r1kit/rewards/code.py), and cons@k votes over
 the programs.
+
+The vote counts equal answers together, and its verdict is that of the answers that won it, so
+cons@k never exceeds pass@k: every right answer equals the reference and so each other (one
+class, however spelt: `0.5`, `1/2`); wrong ones are grouped by `accuracy.answer_key` (by value,
+canonical form or words); programs that pass every test form one class and failing ones are
+grouped by their text, trailing spaces aside. lighteval's maj@k groups normalised strings instead,
+which splits `0.5` and `1/2`.
 """
 
 from __future__ import annotations
@@ -15,16 +22,11 @@ from dataclasses import dataclass, field
 import torch
 
 from r1kit.config import EvalConfig
-from r1kit.metrics import (
-    bootstrap_ci,
-    majority_vote,
-    normalize_answer,
-    pass_at_k,
-    reflection_rate,
-)
+from r1kit.metrics import bootstrap_ci, majority_vote, pass_at_k, reflection_rate
 from r1kit.rewards import code as code_reward
+from r1kit.rewards.accuracy import answer_key
 from r1kit.rewards.extract import extract_answer
-from r1kit.rewards.scoring import RewardSpec, score
+from r1kit.rewards.scoring import RewardSpec, bounded, score
 from r1kit.rollout.hf import sample
 from r1kit.tasks.base import Problem
 from r1kit.tasks.code import extract_program
@@ -56,6 +58,8 @@ class EvalResult:
             f"{prefix}pass@1_hi": self.pass1_ci[1],
             f"{prefix}pass@{self.k}": self.pass_k,
             f"{prefix}cons@{self.k}": self.cons_k,
+            f"{prefix}cons@{self.k}_lo": self.cons_k_ci[0],
+            f"{prefix}cons@{self.k}_hi": self.cons_k_ci[1],
             f"{prefix}format": self.format_rate,
             f"{prefix}summary_format": self.summary_format_rate,
             f"{prefix}tokens": self.mean_tokens,
@@ -112,26 +116,21 @@ def _score_batch(model, tokenizer, problems, start, per_batch, cfg, template, st
                                              [per_row[r] for r in answered])))
     formats = _time_bounded("format", ro.texts, per_row)
     summaries = _time_bounded("summary_format", ro.texts, per_row)
-    votes = {}  # problem -> its majority answer (problems without tests)
-    for i, p in enumerate(chunk):
-        if not code_reward.has_tests(p):
-            votes[i] = majority_vote([extract_answer(ro.texts[r])
-                                      for r in range(i * cfg.k, (i + 1) * cfg.k)])
-    asked = [i for i, v in votes.items() if v is not None]
-    vote_right = dict(zip(asked, _time_bounded(
-        "accuracy", [f"<answer>{votes[i]}</answer>" for i in asked], [chunk[i] for i in asked])))
     records = []
     for i, p in enumerate(chunk):
         rows = range(i * cfg.k, (i + 1) * cfg.k)
         if code_reward.has_tests(p):  # all tests pass; the vote is over the programs
             hits = [passed[r] for r in rows]
-            programs = [extract_program(ro.texts[r]) for r in rows]
-            keys = [None if x is None else normalize_answer(x) for x in programs]
-            vote = majority_vote(programs)
-            voted = vote is not None and hits[keys.index(vote)]
+            keys = [_program_key(extract_program(ro.texts[r]), passed[r]) for r in rows]
         else:
             hits = [right[r] for r in rows]
-            voted = vote_right.get(i, False)
+            answers = [extract_answer(ro.texts[r]) for r in rows]
+            wrong = [a for a, hit in zip(answers, hits) if a and a.strip() and not hit]
+            wrong_keys = iter(bounded(answer_key, wrong, REWARD_TIMEOUT_S,
+                                      fallback=lambda a: ("text", "".join(a.split()))))
+            keys = [None if not (a and a.strip()) else _RIGHT if hit else next(wrong_keys)
+                    for a, hit in zip(answers, hits)]
+        voted = majority_vote(keys) == _RIGHT
         records.append({
             "index": start + i, "correct": sum(hits), "voted": voted,
             "formats": [formats[r] for r in rows],
@@ -143,6 +142,19 @@ def _score_batch(model, tokenizer, problems, start, per_batch, cfg, template, st
                        "correct": hits[0]},
         })
     return records
+
+
+_RIGHT = ("right",)  # the vote key of every right answer and of every passing program
+
+
+def _program_key(program: str | None, passed: bool) -> tuple | None:
+    """A program's vote key: one class for all that pass; a failing one by its text, trailing
+    spaces aside (indentation is meaning in Python)."""
+    if program is None or not program.strip():
+        return None
+    if passed:
+        return _RIGHT
+    return ("program", "\n".join(line.rstrip() for line in program.strip("\n").splitlines()))
 
 
 def _summarize(records: list[dict], k: int) -> EvalResult:

@@ -52,34 +52,17 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def normalize_answer(answer: str | None) -> str | None:
-    r"""A light normal form for voting: no whitespace, no `$` around, no trailing full stop,
-    `\dfrac`/`\tfrac` as `\frac`; None for a missing or empty answer. Not an equivalence
-    check (`0.5` and `\frac{1}{2}` stay different); it still parses with math_verify.
+def majority_vote(keys: list) -> object:
+    """The most common key, ignoring None; ties go to the one seen first. cons@k votes with it
+    over answers already keyed so that equal ones coincide (r1kit/evaluation.py).
 
-    >>> normalize_answer(" $\\dfrac{1}{2}$. ")
-    '\\frac{1}{2}'
-    """
-    if answer is None:
-        return None
-    text = "".join(answer.split()).rstrip(".").strip("$").rstrip(".")
-    text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    return text or None
-
-
-def majority_vote(answers: list[str | None]) -> str | None:
-    """The most common normalised answer, ignoring None; ties go to the one seen first.
-
-    >>> majority_vote(["3", None, " 4", "4 ", "3", None, None])
+    >>> majority_vote(["3", None, "4", "4", "3", None, None])
     '3'
     >>> majority_vote([None, None]) is None
     True
     """
-    normalized = [a for a in map(normalize_answer, answers) if a is not None]
-    if not normalized:
-        return None
-    counts = Counter(normalized)  # keeps first-occurrence order among equal counts
-    return max(counts, key=counts.__getitem__)
+    counts = Counter(k for k in keys if k is not None)  # first-occurrence order among ties
+    return max(counts, key=counts.__getitem__) if counts else None
 
 
 def bootstrap_ci(

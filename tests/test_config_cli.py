@@ -213,7 +213,7 @@ def test_eval_stage_on_jsonl(tiny_base, tmp_path, capsys):
     capsys.readouterr()
     for args, message in [
         (["--model", tiny_base, "builtin"], "not both"),
-        ([tiny_base, str(tmp_path / "runs" / "x" / "finall")], "no config.json"),
+        ([tiny_base, str(tmp_path / "runs" / "x" / "finall")], "finall: no such folder"),
         (["--model", tiny_base, "--out", str(probs)], "a file, not a folder"),
     ]:
         assert cli(["eval", *args, "--problems", str(probs)]) == 2, args

@@ -302,9 +302,38 @@ def test_samples_and_students_get_the_code_section(tmp_path):
     assert distill.sft_config(cfg, "base", "s", tmp_path).code == cfg.code
 
 
-def test_eval_of_a_missing_model_folder_is_a_clear_error(tiny_base, tmp_path, capsys):
+def test_eval_compare_takes_builtin_as_the_code_base_on_the_code_task(tmp_path, monkeypatch):
+    from r1kit.stages import evaluate as evaluate_stage
+
+    seen = []
+
+    def fake_row(label, path, *args, **kwargs):
+        seen.append((label, Path(path).name))
+        return {"model": label}, None
+
+    monkeypatch.setattr(evaluate_stage, "evaluate_row", fake_row)
+    monkeypatch.setattr(evaluate_stage, "write_comparison", lambda *a, **kw: "table")
+    monkeypatch.setattr(evaluate_stage.code_reward, "configure_for", lambda *a, **kw: False)
+    assert cli(["eval", "builtin", "builtin:code", "--task", "builtin:code",
+                "--set", "eval.num_problems=2", "--out", str(tmp_path / "o")]) == 0
+    assert seen == [("builtin", "tiny-base-code"), ("builtin:code", "tiny-base-code")]
+
+
+def test_eval_of_a_missing_model_folder_is_a_clear_error(tiny_base, tmp_path, capsys,
+                                                         monkeypatch):
     assert cli(["eval", tiny_base, str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "missing: no such folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli(["eval", tiny_base, str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "not a Hugging Face model folder" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # runs/typo: a typo'd folder, not the hub's ORG/NAME
+    (tmp_path / "runs").mkdir()
+    assert cli(["eval", tiny_base, "runs/typo", "--out", str(tmp_path / "o")]) == 2
+    assert "runs/typo: no such folder" in capsys.readouterr().err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub name is fetched before anything runs
+    assert cli(["eval", tiny_base, "someorg/nomodel", "--out", str(tmp_path / "o")]) == 2
+    assert "someorg/nomodel: no such folder, and the hub cannot give it" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing was evaluated
 
 
 def test_check_student_and_help():

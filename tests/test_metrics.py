@@ -50,20 +50,53 @@ def test_pass_at_k_validates(n, c, k):
 
 
 @pytest.mark.parametrize(
-    ("answers", "expected"),
+    ("keys", "expected"),
     [
         (["3", "4", "4"], "4"),
         (["3", "4", "4", "3"], "3"),  # tie: first seen
         ([None, None, "5", None], "5"),  # None never wins
         ([None, None], None),
         ([], None),
-        (["", "  ", "2"], "2"),  # empty answers count as none
-        (["$1/2$", " 1 / 2 ", "0.5", "0.5"], "1/2"),  # normalised before counting
-        ([r"\dfrac{1}{2}", r"\frac{1}{2}.", "7"], r"\frac{1}{2}"),
     ],
 )
-def test_majority_vote(answers, expected):
-    assert majority_vote(answers) == expected
+def test_majority_vote(keys, expected):
+    assert majority_vote(keys) == expected
+
+
+def _evaluate(monkeypatch, gold: str, texts: list[str]):
+    """cons@k and pass@k of one problem whose k completions are `texts` (sampling stubbed)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from r1kit import evaluation
+    from r1kit.config import EvalConfig
+    from r1kit.tasks.base import Problem
+
+    monkeypatch.setattr(evaluation, "sample", lambda *a, **kw: SimpleNamespace(
+        texts=texts, num_tokens=[5] * len(texts), truncated=[False] * len(texts)))
+    model = SimpleNamespace(parameters=lambda: iter([torch.zeros(1)]), eval=lambda: None)
+    res = evaluation.evaluate(model, None, [Problem("p", "q", gold)],
+                              EvalConfig(k=len(texts), batch_size=len(texts)), template="plain")
+    return res.cons_k, res.pass_k
+
+
+@pytest.mark.parametrize(
+    ("gold", "answers", "cons"),
+    [
+        ("46", ["4 6"] * 4, 0.0),  # every sample wrong: the vote cannot be right
+        ("1020", ["10 20", "10 20", "1020"], 0.0),
+        ("1/2", ["3", "0.5", "1/2", r"\frac{1}{2}"], 1.0),  # one right answer, however spelt
+        ("7", ["0.4", "2/5", r"\frac{2}{5}", "7", "7"], 0.0),  # so are wrong ones: 3 against 2
+        ("7", ["0.4", "1/3", "7", "7"], 1.0),
+        ("Paris", ["Sirap", "Sirap", "paris"], 0.0),
+        ("5", ["", "   ", "5"], 1.0),  # empty answers do not vote
+    ],
+)
+def test_cons_at_k_counts_equal_answers_together_and_never_beats_pass_at_k(
+        monkeypatch, gold, answers, cons):
+    got, pass_k = _evaluate(monkeypatch, gold, [f"<answer>{a}</answer>" for a in answers])
+    assert got == cons and got <= pass_k
 
 
 def test_bootstrap_ci_contains_mean_and_shrinks_with_more_problems():
@@ -100,3 +133,14 @@ def test_reflection_rate():
     assert reflection_rate([]) == 0.0
     for word in metrics.REFLECTION_WORDS:
         assert reflection_rate([f"x {word.upper()}."]) == 1.0
+
+
+def test_programs_vote_by_their_text_with_indentation_kept():
+    from r1kit.evaluation import _RIGHT, _program_key
+
+    good = "def f(x):\n  if x:\n    return 2\n  return 0"
+    bad = "def f(x):\n  if x:\n    return 2\n    return 0"
+    assert _program_key(good, False) != _program_key(bad, False)
+    assert _program_key(good + "   \n\n", False) == _program_key(good, False)
+    assert _program_key(good, True) == _program_key(bad + "\n", True) == _RIGHT
+    assert _program_key(None, False) is None and _program_key("  \n", False) is None

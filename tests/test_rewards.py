@@ -103,6 +103,15 @@ def test_extract_answer(completion, expected):
         ("1000", r"<answer>$1\,000$</answer>", 1.0),  # inside math too
         ("0", r"<answer>$1\,000$</answer>", 0.0),
         (r"(1000, 2500)", r"<answer>(1\,000, 2\,500)</answer>", 1.0),
+        ("Paris", "<answer>Sirap</answer>", 0.0),  # words as words, not a product of letters
+        ("Paris", r"<answer>\text{paris}.</answer>", 1.0),
+        ("listen", "<answer>silent</answer>", 0.0),
+        ("no", "<answer>on</answer>", 0.0),
+        ("yes", "<answer>Yes</answer>", 1.0),
+        ("New York", "<answer>new  york</answer>", 1.0),
+        ("infinity", r"<answer>\infty</answer>", 1.0),  # a word math_verify knows stays math
+        ("x", "<answer>x</answer>", 1.0),
+        ("2x", "<answer>x*2</answer>", 1.0),
     ],
 )
 def test_accuracy(gold, completion, expected):

@@ -20,6 +20,10 @@ Departures and details:
   threes by `\,` or thin spaces are joined wherever they stand (`$1\,000$`), and by plain spaces
   when they are the whole answer (`1 000`; `100 200` inside a list stays two numbers), as
   `math_verify` would read them as a product (`1*000 = 0`).
+- A reference written as words (`Paris`, `yes`, `no`) is compared as words, case and spaces
+  aside: `math_verify` reads `$Paris$` as the product `a*i*p*r*s`, so any anagram scored 1 and
+  `Yes` differed from `yes` (`Y*e*s` against `E*s*y`). Words it knows as math stay math
+  (`infinity` is `oo`).
 - A reference that cannot be parsed is logged (the first few problems), as its `None` would
   otherwise pass unnoticed: skipped in RL means, wrong in evaluation.
 - `math_verify`'s own time limits use `signal.alarm`, which would cancel the limit that
@@ -34,7 +38,7 @@ import re
 from functools import lru_cache
 
 from math_verify import parse, verify
-from sympy import Basic, MatrixBase
+from sympy import Basic, MatrixBase, N, srepr
 
 from r1kit.rewards import register
 from r1kit.rewards.extract import extract_answer, last_boxed
@@ -85,6 +89,9 @@ def accuracy(completion: str, problem: Problem) -> float | None:
     pred_text = extract_answer(completion)
     if pred_text is not None:
         pred_text = _normalize(last_boxed(pred_text) or pred_text)  # "<answer>\boxed{4}</answer>"
+    gold_words = _words(gold_text)
+    if gold_words is not None:
+        return 1.0 if pred_text is not None and _words(pred_text) == gold_words else 0.0
     if _INT_RE.fullmatch(gold_text):
         if pred_text is None:
             return 0.0
@@ -117,6 +124,47 @@ def _normalize(text: str) -> str:
     text = text.replace("\\$", "").strip()
     text = _THIN_GROUPED_RE.sub(lambda m: _SEPARATOR_RE.sub("", m.group()), text)
     return _SEPARATOR_RE.sub("", text) if _GROUPED_RE.fullmatch(text) else text
+
+
+def answer_key(answer: str) -> tuple:
+    r"""A key under which answers that this reward would judge equal mostly coincide: for the
+    majority vote of cons@k. Numbers by their value to 12 digits (`0.5`, `1/2`, `\frac{1}{2}`),
+    other SymPy objects by their canonical form (`x+1`, `1+x`), words as words, anything else by
+    its text without spaces. Not exhaustive (`x=3` and `3` get different keys).
+
+    >>> answer_key("1/2") == answer_key(r"\frac{1}{2}") == answer_key(" 0.5 ")
+    True
+    >>> answer_key("Paris") == answer_key("paris") != answer_key("Sirap")
+    True
+    """
+    text = _normalize(last_boxed(answer) or answer)
+    words = _words(text)
+    if words is not None:
+        return ("words", words)
+    expr = next((p for p in _parse(text) if isinstance(p, (Basic, MatrixBase))), None)
+    if expr is None:
+        return ("text", "".join(text.split()))
+    if getattr(expr, "is_number", False) and expr.is_finite:
+        return ("number", str(N(expr, 12)))
+    return ("expr", srepr(expr))
+
+
+_WORDS_RE = re.compile(r"[^\W\d_]+(?:[\s'\-]+[^\W\d_]+)*[.!]?")
+_TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mbox)\{([^{}]*)\}")
+
+
+def _words(text: str) -> str | None:
+    """The answer as lowercase words when it is words (`Paris`, `\text{Yes}.`, `no`), else None:
+    numbers, formulas, single letters and words `math_verify` knows as math (`infinity`)."""
+    text = _TEXT_WRAP_RE.sub(r"\1", text).strip().strip("$").strip()
+    if not _WORDS_RE.fullmatch(text):
+        return None
+    words = text.rstrip(".!").lower().split()
+    if not any(len(w) >= 3 for w in words) and words != ["no"]:
+        return None  # `x`, `ab`: variables
+    if any(isinstance(p, Basic) and p.is_number for p in _parse(text)):
+        return None  # `infinity`
+    return " ".join(words)
 
 
 @lru_cache(maxsize=2048)

@@ -190,6 +190,21 @@ def _score_batch(fn, completions: list[str], problems: list[Problem]
         return [0.0] * len(completions), len(completions), f"{type(e).__name__}: {e}"
 
 
+def bounded(fn: Callable, items: list, timeout_s: float, fallback: Callable) -> list:
+    """`[fn(x) for x in items]`, each call time-bounded as a reward call is; `fallback(x)` where
+    a call raises or runs out of time (SymPy on `10^{10^{10}}`)."""
+    out = []
+    with _alarm_handler() as time_limit:
+        for item in items:
+            try:
+                with time_limit(timeout_s):
+                    value = fn(item)
+            except (Exception, _RewardTimeout):  # noqa: BLE001 -- the fallback stands in for it
+                value = fallback(item)
+            out.append(value)
+    return out
+
+
 @contextmanager
 def _alarm_handler() -> Iterator[Callable[[float], object]]:
     """Install a SIGALRM handler for the block, and yield `time_limit(seconds)`, a context manager

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from r1kit.comparison import evaluate_row, write_comparison
 from r1kit.config import EvalStageConfig
@@ -44,7 +44,9 @@ def main(cfg: EvalStageConfig, models: list[str] | None = None, out: str | None 
         cfg = run.cfg
     res = evaluate(model, tokenizer, problems, cfg.eval, template=cfg.data.template,
                    stop=cfg.rollout.stop, seed=cfg.run.seed)
-    metrics = {"model": cfg.model.path, "num_problems": res.num_problems, **res.metrics()}
+    metrics = {"model": cfg.model.path, "num_problems": res.num_problems, **res.metrics(),
+               "k": cfg.eval.k, "temperature": cfg.eval.temperature, "top_p": cfg.eval.top_p,
+               "seed": cfg.run.seed}
     run.write_json("summary.json", metrics)
     run.write_jsonl("samples.jsonl", res.samples)
     k = cfg.eval.k
@@ -52,8 +54,8 @@ def main(cfg: EvalStageConfig, models: list[str] | None = None, out: str | None 
     print(f"  pass@1 {res.pass1:.3f}  95% CI [{res.pass1_ci[0]:.3f}, {res.pass1_ci[1]:.3f}]")
     print((f"  pass@{k} {res.pass_k:.3f}   " if k > 1 else "  ") + f"cons@{k} {res.cons_k:.3f}  "
           f"95% CI [{res.cons_k_ci[0]:.3f}, {res.cons_k_ci[1]:.3f}]")
-    print(f"  format {res.format_rate:.3f}  tokens {res.mean_tokens:.1f}  "
-          f"reflection {res.reflection:.3f}")
+    print(f"  format {res.format_rate:.3f}  summary_format {res.summary_format_rate:.3f}  "
+          f"tokens {res.mean_tokens:.1f}  reflection {res.reflection:.3f}")
     print(json.dumps({"summary": str(run.path / "summary.json")}))
     return metrics
 
@@ -62,14 +64,12 @@ def compare(cfg: EvalStageConfig, models: list[str], out: str | None = None) -> 
     """Evaluate every model of `models` on the same problems; one table, printed and written."""
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
+    labels = _labels(models)
+    if cfg.data.source == "builtin:code":  # `builtin` means what it means for one model
+        models = ["builtin:code" if m == "builtin" else m for m in models]
     for path in models:  # every path checked before any model is evaluated
-        local = Path(path).exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
-        if path not in ("builtin", "builtin:code") and local:  # (a hub name is ORG/NAME)
-            if not (Path(path) / "config.json").is_file():
-                raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
-            if cfg.data.template == "chat":
-                check_template("chat", AutoTokenizer.from_pretrained(path),
-                               f"{path}: data.template")
+        if path not in ("builtin", "builtin:code"):
+            _check_model(path, cfg.data.template)
     _, problems = load_problems(cfg.data, cfg.eval.num_problems)
     if not problems:
         raise UserError("no problems to evaluate (eval.num_problems=0 or an empty eval source)")
@@ -80,7 +80,6 @@ def compare(cfg: EvalStageConfig, models: list[str], out: str | None = None) -> 
         run = RunFolder.open(cfg, "eval")
         cfg, run_path = run.cfg, run.path
     device = pick_device(cfg.run.device)
-    labels = _labels(models)
     rows = []
     for label, path in zip(labels, models):
         print(f"evaluating {label} ({path}) on {len(problems)} problems, k={cfg.eval.k}",
@@ -95,6 +94,27 @@ def compare(cfg: EvalStageConfig, models: list[str], out: str | None = None) -> 
     print("\n" + table)
     print(json.dumps({"comparison": str(run_path / "comparison.md")}))
     return {"rows": rows}
+
+
+def _check_model(path: str, template: str) -> None:
+    """A model folder, or a hub name the hub (or its cache) has: checked before any evaluation."""
+    p = Path(path).expanduser()
+    local = p.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1 or (
+        path.count("/") == 1 and p.parent.is_dir())  # runs/typo: not a hub ORG/NAME
+    if local:
+        if not p.exists():
+            raise UserError(f"{path}: no such folder")
+        if not (p / "config.json").is_file():
+            raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
+    else:
+        try:
+            AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{path}: no such folder, and the hub cannot give it ({reason})"
+                            ) from None
+    if template == "chat":
+        check_template("chat", AutoTokenizer.from_pretrained(path), f"{path}: data.template")
 
 
 def _out_folder(out: str) -> Path:
