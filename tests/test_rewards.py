@@ -214,11 +214,31 @@ def test_registry():
 def test_a_reward_defined_again_replaces_itself(monkeypatch):
     """A notebook cell run twice defines the same function again: no error, the new one wins."""
     monkeypatch.setattr(r1kit.rewards, "_REGISTRY", dict(r1kit.rewards._REGISTRY))
-    for value in (0.0, 1.0):
-        def short(completion, problem, value=value):
-            return value
-        register("short_again")(short)
+    for value in (0.0, 1.0):  # a cell of a notebook, run twice: `short` at its top level
+        exec(f"@register('short_again')\ndef short(completion, problem):\n    return {value}\n",
+             {"__name__": "__main__", "register": register})
     assert get_reward("short_again")("x", problem()) == 1.0
+
+
+def test_register_checks_its_name_and_function_and_never_replaces_a_different_one(monkeypatch):
+    monkeypatch.setattr(r1kit.rewards, "_REGISTRY", dict(r1kit.rewards._REGISTRY))
+    for name in (3, "", "reward_model:x", "a b", "w=1"):
+        with pytest.raises(ValueError, match="reward name"):
+            register(name)
+    with pytest.raises(TypeError, match="not a function"):
+        register("five")(5)
+    register("lam")(lambda completion, problem: 0.0)
+    with pytest.raises(ValueError, match="already registered"):  # two lambdas, one name
+        register("lam")(lambda completion, problem: 1.0)
+    for value in (0.0, 1.0):  # closures from one factory are different rewards
+        def made(completion, problem, value=value):
+            return value
+        if value:
+            with pytest.raises(ValueError, match="already registered"):
+                register("made")(made)
+        else:
+            register("made")(made)
+    assert available_rewards()  # still sortable: only string names got in
 
 
 # --- scoring ---------------------------------------------------------------------------------

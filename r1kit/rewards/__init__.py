@@ -36,12 +36,19 @@ _BUILT: dict[str, RewardFn] = {}  # parametrised rewards (`reward_model:PATH`), 
 
 
 def register(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: make `fn` available as `get_reward(name)`. Names are unique."""
+    """Decorator: make `fn` available as `get_reward(name)`. Names are unique, non-empty strings
+    without `:` (which marks a parametrised reward, `reward_model:PATH`) or `=`."""
+    if not isinstance(name, str) or not name.strip() or any(c in name for c in ":={}[], "):
+        raise ValueError(f"reward name {name!r}: a non-empty string without spaces or any of "
+                         ":={}[],")
 
     def decorator(fn: RewardFn) -> RewardFn:
+        if not callable(fn):
+            raise TypeError(f"reward {name!r}: {fn!r} is not a function")
         old = _REGISTRY.get(name)
-        redefined = old is not None and (old.__module__, old.__qualname__) == (
-            fn.__module__, fn.__qualname__)  # the same definition run again (a notebook cell)
+        redefined = (  # the same definition run again (a notebook cell, a module reloaded)
+            old is not None and "<" not in fn.__qualname__  # not a lambda or a closure
+            and (old.__module__, old.__qualname__) == (fn.__module__, fn.__qualname__))
         if old is not None and old is not fn and not redefined:
             raise ValueError(f"a reward named {name!r} is already registered")
         _REGISTRY[name] = fn
