@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="problems to evaluate on: a .jsonl of {prompt, answer}, hf:NAME, "
                                 "or builtin (the held-out split; the default)")
             p.add_argument("--out", metavar="DIR",
-                           help="write the results here (comparison.md and .json; one model: "
-                                "summary.json and samples.jsonl); default: a run folder")
+                           help="write the results here (with --model: summary.json and "
+                                "samples.jsonl; models to compare: comparison.md and .json); "
+                                "default: a run folder")
         if name == "distill":
             p.add_argument("--teacher", help="teacher model, run or pipeline folder "
                                              "(same as --set distill.teacher=)")
@@ -187,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "eval":
             from r1kit.stages import evaluate
 
-            evaluate.main(cfg, models=args.models, out=args.out)
+            evaluate.main(cfg, models=args.models, out=args.out,
+                          template_given=_given("data.template", overrides, args.config))
         elif args.stage == "distill":
             from r1kit.stages import distill
 
@@ -220,6 +222,19 @@ def _report(folder: str) -> int:
         print(f"r1kit report: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _given(key: str, overrides: list[str], config: str | None) -> bool:
+    """Whether an override or the config file sets `key` (`section.name`)."""
+    if any(o.split("=", 1)[0].strip() == key for o in overrides):
+        return True
+    if not config:
+        return False
+    import yaml
+
+    tree = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}  # load_config read it
+    section, name = key.split(".", 1)
+    return isinstance(tree.get(section), dict) and name in tree[section]
 
 
 def _without_nproc(argv: list[str]) -> list[str]:

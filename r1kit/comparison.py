@@ -36,7 +36,7 @@ def evaluate_row(label: str, path: str, problems: list[Problem], cfg: EvalConfig
     formatted = [fmt(t, p) == 1.0 or summary(t, p) == 1.0
                  for t, p in zip(res.completions, per_row)]
     row = {
-        "model": label, "path": str(path), "arch": model.config.model_type,
+        "model": label, "path": str(path), "template": template, "arch": model.config.model_type,
         "params": sum(p.numel() for p in model.parameters()),
         "pass@1": res.pass1, "pass@1_ci": list(res.pass1_ci), "pass@k": res.pass_k,
         "cons@k": res.cons_k, "format": sum(formatted) / len(formatted),

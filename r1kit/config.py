@@ -34,6 +34,15 @@ def opt(default, help: str, *, low=None, above=None, high=None, choices=None):
     return field(default=default, metadata=meta)
 
 
+class _Checked:
+    """Every field's range and choices are checked when a config is made, from Python too (a
+    file or `--set` is checked earlier, with the key's full name)."""
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            _check_range(getattr(self, f.name), f.metadata, f"{type(self).__name__}.{f.name}")
+
+
 def section(cls, help: str):
     return field(default_factory=cls, metadata={"help": help})
 
@@ -42,7 +51,7 @@ def section(cls, help: str):
 
 
 @dataclass(frozen=True)
-class BaseConfig:
+class BaseConfig(_Checked):
     """`r1kit base`: build and pretrain the built-in tiny base model."""
 
     out: str = opt("", "output folder; empty = the cache folder (R1KIT_CACHE or ~/.cache/r1kit)")
@@ -72,7 +81,7 @@ class BaseConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(_Checked):
     name: str = opt("", "run folder name under out_dir; empty = <stage>-<timestamp>")
     out_dir: str = opt("runs", "where run folders are created")
     seed: int = opt(0, "seed for sampling, data order and initialisation")
@@ -89,7 +98,7 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Checked):
     path: str = opt("builtin", "HF model name or folder; 'builtin' = the built-in tiny base model")
     dtype: str = opt("auto", "auto (bfloat16 on a CUDA GPU that has it, else float32) | float32 | "
                      "bfloat16 | float16 (not for training)",
@@ -100,7 +109,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class LoraConfig:
+class LoraConfig(_Checked):
     r: int = opt(0, "LoRA rank; 0 = full fine-tuning (peft: pip install 'r1kit[lora]')", low=0)
     alpha: float = opt(32.0, "LoRA scaling alpha (the update is scaled by alpha / r)", above=0)
     dropout: float = opt(0.0, "dropout on the LoRA input", low=0, high=0.99)
@@ -109,7 +118,7 @@ class LoraConfig:
 
 
 @dataclass(frozen=True)
-class DistConfig:
+class DistConfig(_Checked):
     strategy: str = opt(
         "ddp", "under torchrun / --nproc N: ddp (a replica per process) | fsdp (FSDP2 fully_shard "
         "per layer, for models that do not fit one device; full fine-tuning only)",
@@ -117,7 +126,7 @@ class DistConfig:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Checked):
     source: str = opt(
         "builtin",
         "'builtin' (arithmetic chains), 'builtin:carry' (the harder tier: every step carries), "
@@ -135,7 +144,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class RolloutConfig:
+class RolloutConfig(_Checked):
     engine: str = opt("hf", "hf (transformers; CPU or GPU) or vllm (CUDA; pip install "
                       "'r1kit[vllm]')")
     vllm_mode: str = opt("colocate", "vllm: colocate (in the training process, on its GPU; the "
@@ -156,7 +165,7 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
-class RLConfig:
+class RLConfig(_Checked):
     steps: int = opt(300, "rollout steps (one rollout = B*G completions)", low=0)
     prompts_per_step: int = opt(16, "B: prompts per rollout step", low=1)
     group_size: int = opt(8, "G: completions per prompt (the advantage is relative to them)",
@@ -198,7 +207,7 @@ class RLConfig:
 
 
 @dataclass(frozen=True)
-class RewardsConfig:
+class RewardsConfig(_Checked):
     weights: dict = opt(
         {"accuracy": 1.0, "format": 0.1},
         "reward name -> weight; the total is the weighted sum (R1-SPEC §2.2)",
@@ -214,7 +223,7 @@ class RewardsConfig:
 
 
 @dataclass(frozen=True)
-class CodeConfig:
+class CodeConfig(_Checked):
     all_or_nothing: bool = opt(False, "code reward: 1 only if every test passes (default: the share)")
     wall_s: float = opt(4.0, "wall-clock limit per program, s (its whole process group is killed)",
                         above=0)
@@ -229,7 +238,7 @@ class CodeConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(_Checked):
     every: int = opt(50, "evaluate every N steps (0 = only before and after)", low=0)
     num_problems: int = opt(200, "held-out problems", low=0)
     k: int = opt(4, "samples per problem for pass@1 and cons@k (R1-SPEC §4.4)", low=1)
@@ -240,7 +249,7 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class ZeroConfig:
+class ZeroConfig(_Checked):
     """`r1kit zero`: GRPO on verifiable rewards straight from the base model (R1-SPEC §1-§3.1)."""
 
     run: RunConfig = section(RunConfig, "run folder, seed, device")
@@ -259,7 +268,7 @@ class ZeroConfig:
 
 
 @dataclass(frozen=True)
-class SFTDataConfig:
+class SFTDataConfig(_Checked):
     train_file: str = opt("", "JSONL of {prompt, completion} pairs to train on (required)")
     eval_source: str = opt(
         "", "held-out problems: a .jsonl of {prompt, answer}, hf:NAME_OR_PATH; empty = builtin"
@@ -273,7 +282,7 @@ class SFTDataConfig:
 
 
 @dataclass(frozen=True)
-class SFTTrainConfig:
+class SFTTrainConfig(_Checked):
     epochs: int = opt(2, "passes over train_file (R1-SPEC §3.2: 2-3)", low=1)
     lr: float = opt(5e-5, "peak learning rate, AdamW (R1-SPEC §3.2 cold start: 5e-5)", above=0)
     min_lr: float = opt(5e-6, "the cosine decay ends here on the last step (R1-SPEC §3.2: 5e-6)",
@@ -287,7 +296,7 @@ class SFTTrainConfig:
 
 
 @dataclass(frozen=True)
-class SFTConfig:
+class SFTConfig(_Checked):
     """`r1kit sft`: completion-only SFT (cold start, rejection-sampled SFT, distillation)."""
 
     run: RunConfig = section(RunConfig, "run folder, seed, device")
@@ -301,7 +310,7 @@ class SFTConfig:
 
 
 @dataclass(frozen=True)
-class EvalStageConfig:
+class EvalStageConfig(_Checked):
     """`r1kit eval`: pass@1, pass@k and cons@k of any model folder on a problem set."""
 
     run: RunConfig = section(RunConfig, "run folder, seed, device")
@@ -316,7 +325,7 @@ class EvalStageConfig:
 
 
 @dataclass(frozen=True)
-class RejectionSamplingConfig:
+class RejectionSamplingConfig(_Checked):
     samples_per_prompt: int = opt(4, "completions sampled per prompt", low=1)
     num_prompts: int = opt(500, "train prompts to sample: a seeded random subset (never held-out)",
                            low=1)
@@ -357,7 +366,7 @@ class RejectionSamplingConfig:
 
 
 @dataclass(frozen=True)
-class SampleConfig:
+class SampleConfig(_Checked):
     """`r1kit sample`: rejection sampling / cold-start data into an SFT JSONL (R1-SPEC §5)."""
 
     run: RunConfig = section(RunConfig, "run folder, seed, device")
@@ -376,7 +385,7 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
-class DistillStagesConfig:
+class DistillStagesConfig(_Checked):
     teacher: str = opt(
         "", "teacher (required): a model folder, a run folder with final/, or a pipeline folder "
         "(its 07-r1/final)",
@@ -391,7 +400,7 @@ class DistillStagesConfig:
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(_Checked):
     """`r1kit distill`: sample the teacher, keep verified samples, SFT each student (R1-SPEC §3.5).
 
     Sizes are for the built-in task on a CPU; the paper used ~800k samples and 2-3 epochs.
@@ -434,7 +443,7 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
-class PipelineStagesConfig:
+class PipelineStagesConfig(_Checked):
     zero_steps: int = opt(300, "01-zero: GRPO steps from the base model (recipes/tiny/zero.yaml)",
                           low=1)
     cold_start_prompts: int = opt(800, "02-cold-start: train prompts sampled from Zero", low=1)
@@ -481,7 +490,7 @@ class PipelineStagesConfig:
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(_Checked):
     """`r1kit pipeline`: the DeepSeek-R1 recipe, Zero -> cold start -> Dev1 -> Dev2 -> Dev3 -> R1.
 
     The shared sections apply to every stage; each stage's size comes from `pipeline.*`, so

@@ -45,6 +45,7 @@ def group_advantages(
     >>> group_advantages(torch.tensor([1.0, 0.0, 2.0, 2.0]), group_size=2, scale_by_std=False)
     tensor([ 0.5000, -0.5000,  0.0000,  0.0000])
     """
+    rewards = torch.as_tensor(rewards)
     if group_size < 1 or rewards.ndim != 1 or rewards.numel() % group_size != 0:
         raise ValueError(
             f"rewards must be a flat (B*G,) tensor whose length is a multiple of group_size; "
@@ -52,6 +53,8 @@ def group_advantages(
         )
     if not rewards.is_floating_point():
         rewards = rewards.float()
+    if not torch.isfinite(rewards).all():  # one NaN would spread over its whole group
+        raise ValueError(f"rewards must be finite; got {rewards.tolist()}")
     grouped = rewards.view(-1, group_size)  # (B, G)
     advantages = grouped - grouped.mean(dim=1, keepdim=True)  # (B, G)
     if scale_by_std and group_size > 1:
@@ -123,6 +126,9 @@ def policy_loss(
     _check_choice("ratio_level", ratio_level, RATIO_LEVELS)
     if aggregation == "constant" and (max_tokens is None or max_tokens <= 0):
         raise ValueError(f"aggregation='constant' needs max_tokens > 0; got {max_tokens}")
+    if beta < 0 or eps_low < 0 or eps_high < 0:
+        raise ValueError(f"beta, eps_low and eps_high must be >= 0; got {beta}, {eps_low}, "
+                         f"{eps_high}")
     if beta > 0 and ref_logprobs is None:
         raise ValueError(f"beta={beta} > 0 needs ref_logprobs for the KL term")
     if loss_denominator is not None and loss_denominator <= 0:

@@ -42,6 +42,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     >>> pass_at_k(n=4, c=3, k=2)
     1.0
     """
+    if not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in (n, c, k)):
+        raise ValueError(f"pass_at_k needs whole numbers, got n={n!r}, c={c!r}, k={k!r}")
     if not 0 <= c <= n:
         raise ValueError(f"pass_at_k needs 0 <= c <= n, got n={n}, c={c}")
     if not 1 <= k <= n:

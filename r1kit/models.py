@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from pathlib import Path
 
@@ -88,10 +89,13 @@ def check_trainable_dtype(name: str, key: str = "model.dtype") -> None:
 
 
 def load_model(path: str, dtype: str = "float32", device: torch.device | str = "cpu"):
-    """(model, tokenizer) from a hub name or a local folder, ready for sampling and training."""
+    """(model, tokenizer) from a hub name or a local folder, ready for sampling and training; a
+    LoRA adapter folder (a LoRA run's `final-adapter/`) comes merged into its base model."""
     path = resolve_model_path(path)
     torch_dtype = resolve_dtype(dtype, device)
     local = Path(path)
+    if (local / "adapter_config.json").is_file() and not (local / "config.json").is_file():
+        return _load_adapter(local, dtype, device)
     if (path.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
         raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
     if local.exists():  # an absolute name_or_path: what a LoRA adapter records as its base
@@ -104,3 +108,20 @@ def load_model(path: str, dtype: str = "float32", device: torch.device | str = "
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
+
+
+def _load_adapter(folder: Path, dtype: str, device):
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise UserError(f"{folder} is a LoRA adapter: pip install 'r1kit[lora]' to load it into "
+                        "its base model") from None
+    adapter = folder / "adapter_config.json"
+    base_path = json.loads(adapter.read_text()).get("base_model_name_or_path")
+    if not base_path:
+        raise UserError(f"{adapter}: no base_model_name_or_path to load the adapter into")
+    base, _ = load_model(base_path, dtype, "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return PeftModel.from_pretrained(base, str(folder)).merge_and_unload().to(device), tokenizer

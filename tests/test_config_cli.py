@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -187,6 +188,37 @@ def test_eval_out_refuses_a_training_run_folder(tmp_path, capsys):
                 "--set", "eval.num_problems=2"]) == 2
     assert "a training run or pipeline folder (metrics.jsonl)" in capsys.readouterr().err
     assert (run / "summary.json").read_text() == '{"steps": 1}\n'
+
+
+def test_eval_takes_run_folders_and_adapters_with_the_template_they_were_trained_with(
+        tiny_base, tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "runs" / "x"  # a run trained with the plain template
+    shutil.copytree(tiny_base, run / "final", ignore=shutil.ignore_patterns("r1kit_base.json"))
+    (run / "config.yaml").write_text("data:\n  template: plain\n")
+    (run / "metrics.jsonl").write_text("")
+    adapter = tmp_path / "adapter"  # a LoRA run's final-adapter/, on the tiny base
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
+                                peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    model.save_pretrained(adapter)
+    shutil.copy(Path(tiny_base) / "tokenizer.json", adapter)
+    shutil.copy(Path(tiny_base) / "tokenizer_config.json", adapter)
+    small = ["--set", "eval.num_problems=2", "--set", "eval.k=1", "--set", "eval.max_new_tokens=4"]
+
+    def summary(*args):
+        out = tmp_path / f"o{len(list(tmp_path.glob('o*')))}"
+        assert cli(["eval", *args, *small, "--out", str(out)]) == 0
+        return json.loads((out / "summary.json").read_text())
+
+    assert summary("--model", str(run))["template"] == "plain"
+    assert summary("--model", str(run), "--set", "data.template=r1_zero")["template"] == "r1_zero"
+    assert summary("--model", str(adapter))["num_problems"] == 2
+    out = tmp_path / "cmp"
+    assert cli(["eval", str(run), str(adapter), *small, "--out", str(out)]) == 0
+    rows = json.loads((out / "comparison.json").read_text())["rows"]
+    assert [r["template"] for r in rows] == ["plain", "r1_zero"]
 
 
 def test_eval_stage_on_jsonl(tiny_base, tmp_path, capsys):

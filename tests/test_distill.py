@@ -325,7 +325,7 @@ def test_eval_of_a_missing_model_folder_is_a_clear_error(tiny_base, tmp_path, ca
     assert "missing: no such folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert cli(["eval", tiny_base, str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
-    assert "not a Hugging Face model folder" in capsys.readouterr().err
+    assert "empty: neither a model folder (config.json), a LoRA adapter" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)  # runs/typo: a typo'd folder, not the hub's ORG/NAME
     (tmp_path / "runs").mkdir()
     assert cli(["eval", tiny_base, "runs/typo", "--out", str(tmp_path / "o")]) == 2

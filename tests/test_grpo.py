@@ -419,6 +419,13 @@ def test_errors():
         group_advantages(torch.zeros(10), group_size=4)
     with pytest.raises(ValueError, match="group_size"):
         group_advantages(torch.zeros(4), group_size=0)
+    with pytest.raises(ValueError, match="finite"):
+        group_advantages(torch.tensor([1.0, float("nan"), 0.0, 1.0]), group_size=2)
+    assert group_advantages([1.0, 0.0], group_size=2).tolist() == pytest.approx([0.7071, -0.7071],
+                                                                                abs=1e-4)
+    for bad in ({"beta": -1.0}, {"eps_low": -0.5}, {"eps_high": -0.1}):
+        with pytest.raises(ValueError, match="must be >= 0"):
+            policy_loss(logprobs, old, adv, mask, **bad)
 
 
 def test_reference_logprobs_of_another_shape_are_refused():

@@ -43,7 +43,8 @@ def test_pass_at_1_is_the_mean_and_large_n_is_stable():
     assert value == pytest.approx(1 - 0.5**3, abs=1e-3)
 
 
-@pytest.mark.parametrize(("n", "c", "k"), [(4, 5, 1), (4, -1, 1), (4, 1, 0), (4, 1, 5)])
+@pytest.mark.parametrize(("n", "c", "k"), [(4, 5, 1), (4, -1, 1), (4, 1, 0), (4, 1, 5),
+                                          (4.5, 1, 1), (4, True, 1)])
 def test_pass_at_k_validates(n, c, k):
     with pytest.raises(ValueError):
         pass_at_k(n, c, k)

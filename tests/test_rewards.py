@@ -211,12 +211,22 @@ def test_registry():
         register("accuracy")(lambda completion, problem: 0.0)
 
 
-def test_a_reward_defined_again_replaces_itself(monkeypatch):
-    """A notebook cell run twice defines the same function again: no error, the new one wins."""
+def test_a_reward_defined_again_replaces_itself(monkeypatch, tmp_path):
+    """A module reloaded (or a notebook cell run twice) defines the same function again: no
+    error, the new one wins."""
+    import importlib
+
     monkeypatch.setattr(r1kit.rewards, "_REGISTRY", dict(r1kit.rewards._REGISTRY))
-    for value in (0.0, 1.0):  # a cell of a notebook, run twice: `short` at its top level
-        exec(f"@register('short_again')\ndef short(completion, problem):\n    return {value}\n",
-             {"__name__": "__main__", "register": register})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no stale .pyc within one second
+    module = tmp_path / "short_again_rewards.py"
+    source = ("from r1kit.rewards import register\n\n\n@register('short_again')\n"
+              "def short(completion, problem):\n    return {}\n")
+    module.write_text(source.format(0.0))
+    mod = importlib.import_module("short_again_rewards")
+    module.write_text(source.format(1.0))
+    importlib.reload(mod)
+    monkeypatch.delitem(sys.modules, "short_again_rewards")
     assert get_reward("short_again")("x", problem()) == 1.0
 
 

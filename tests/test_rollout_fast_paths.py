@@ -60,6 +60,18 @@ def test_greedy_tokens_equal_generate_through_row_dropping(attn):
             assert ro.completion_ids[row, : ro.num_tokens[row]].tolist() == ref
 
 
+def test_sampling_ends_at_the_tokenizers_eos_when_the_generation_config_names_another():
+    """A model fine-tuned to a chat format whose tokenizer's EOS (what SFT ends completions
+    with) is not in its generation config: sampling stops at both, as the export does."""
+    model, tok = _load(SHIPPED_BASE)
+    greedy = sample(model, tok, PROMPTS[:1], 1, max_new_tokens=8, temperature=0)
+    third = greedy.completion_ids[0, 2].item()  # the token greedy decoding writes third
+    assert third not in (model.generation_config.eos_token_id, tok.eos_token_id)
+    tok.eos_token = tok.convert_ids_to_tokens(third)
+    ro = sample(model, tok, PROMPTS[:1], 1, max_new_tokens=8, temperature=0)
+    assert ro.num_tokens == [3] and not ro.truncated[0]
+
+
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9)])
 def test_sampled_first_tokens_follow_the_model_like_generate(tiny_base, temperature, top_p):
     model, tok = _load(tiny_base)

@@ -188,7 +188,7 @@ def sample(
 
     n, vocab = len(prompts) * group_size, logits.shape[-1]
     eos = torch.zeros(max(vocab, len(tokenizer)), dtype=torch.bool, device=device)  # (V,)
-    eos[_as_list(model.generation_config.eos_token_id) or [tokenizer.eos_token_id]] = True
+    eos[end_ids(model, tokenizer)] = True
     hits_stop = _StopChecker(tokenizer, list(stop), vocab)
     enders = hits_stop.enders.to(device) if hits_stop.enders is not None else None
     if model.config._attn_implementation == "sdpa":  # a ready 4D mask skips mask building
@@ -263,6 +263,17 @@ def _cut_at_stop(text: str, stop: list[str]) -> str:
         if i >= 0:
             cut = min(cut, i + len(s))
     return text[:cut]
+
+
+def end_ids(model, tokenizer) -> list[int]:
+    """The token ids a completion ends at: the generation config's EOS ids (Qwen's chat models:
+    `<|im_end|>` and `<|endoftext|>`) and the tokenizer's EOS, which SFT ends every completion
+    with (they can differ in a model fine-tuned to a chat format)."""
+    ends = [e for e in _as_list(getattr(model.generation_config, "eos_token_id", None))
+            if e is not None]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ends:
+        ends.append(tokenizer.eos_token_id)
+    return ends
 
 
 def _as_list(x):

@@ -18,6 +18,7 @@ from transformers import TextIteratorStreamer
 
 from r1kit.errors import UserError
 from r1kit.models import load_model, pick_device
+from r1kit.rollout.hf import end_ids
 from r1kit.stages.export import resolve_source, template_of
 from r1kit.templates import prefills_think, render_prompt
 
@@ -139,7 +140,8 @@ def _reply(model, tok, prompt, template, max_new_tokens, temperature, top_p, out
     enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     kwargs = dict(**enc, streamer=streamer, max_new_tokens=max_new_tokens,
-                  do_sample=temperature > 0, pad_token_id=tok.pad_token_id)
+                  do_sample=temperature > 0, pad_token_id=tok.pad_token_id,
+                  eos_token_id=end_ids(model, tok))  # as sampling in training stops
     if temperature > 0:
         kwargs.update(temperature=temperature, top_p=top_p)
     if template == "r1_zero":  # the R1-Zero format ends with the answer tag

@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from r1kit import checkpoint as ckpt
 from r1kit.errors import UserError
 from r1kit.models import DTYPES, load_model, resolve_model_path
+from r1kit.rollout.hf import end_ids
 from r1kit.templates import R1_ZERO_TEMPLATE
 
 # The R1-Zero prompt as a Jinja chat template: the last user message is the question.
@@ -67,24 +68,6 @@ def template_of(source: str) -> str | None:
     return None
 
 
-def load_for_export(path: str, dtype: str):
-    """(model, tokenizer); an adapter folder is merged into its base model."""
-    adapter = Path(path) / "adapter_config.json"
-    if not adapter.is_file():
-        return load_model(path, dtype, "cpu")
-    try:
-        from peft import PeftModel
-    except ImportError:
-        raise UserError(f"{path} is a LoRA adapter: pip install 'r1kit[lora]' to merge it") from None
-    info = json.loads(adapter.read_text())
-    base_path = info.get("base_model_name_or_path")
-    if not base_path:
-        raise UserError(f"{adapter}: no base_model_name_or_path to merge the adapter into")
-    base, _ = load_model(base_path, dtype, "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return PeftModel.from_pretrained(base, path).merge_and_unload(), tokenizer
-
-
 def saved_dtype(path: str) -> str:
     """The dtype the weights at `path` were saved in (an adapter's: its local base model's);
     float32 when it does not say."""
@@ -105,7 +88,7 @@ def main(source: str, out: str, *, dtype: str = "", template: str = "") -> Path:
     path = resolve_source(source)
     out = ckpt.check_model_out(out, source, path)
     dtype = dtype or saved_dtype(path)  # by default, the dtype the weights were trained in
-    model, tokenizer = load_for_export(path, dtype)
+    model, tokenizer = load_model(path, dtype, "cpu")  # an adapter: merged into its base
     template = template or template_of(path) or ("chat" if tokenizer.chat_template else "r1_zero")
     if template == "r1_zero":
         tokenizer.chat_template = R1_ZERO_CHAT_TEMPLATE
@@ -114,12 +97,9 @@ def main(source: str, out: str, *, dtype: str = "", template: str = "") -> Path:
                         "r1_zero")
     # every end the model was trained to stop at (Qwen's chat models: <|im_end|> and
     # <|endoftext|>), so that servers stop there too
-    eos = tokenizer.eos_token_id
-    ends = model.generation_config.eos_token_id
-    ends = [e for e in (ends if isinstance(ends, list) else [ends]) if e is not None]
-    ends += [eos] if eos not in ends else []
+    eos, ends = tokenizer.eos_token_id, end_ids(model, tokenizer)
     model.generation_config = GenerationConfig(
-        bos_token_id=model.config.bos_token_id, eos_token_id=ends[0] if len(ends) == 1 else ends,
+        bos_token_id=model.config.bos_token_id, eos_token_id=ends[0] if len(ends) == 1 else (ends or None),
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
         do_sample=True, temperature=0.6, top_p=0.95,
     )

@@ -217,7 +217,7 @@ def _inputs(cfg: SFTConfig) -> tuple[list, list]:
     source = d.eval_source or "builtin"
     data = DataConfig(source=source, split=d.eval_split, eval_source=d.eval_source,
                       eval_split=d.eval_split, prompt_key=d.prompt_key,
-                      answer_key=d.answer_key, template=d.template, train_size=0)
+                      answer_key=d.answer_key, template=d.template, train_size=1)  # held-out only
     n = cfg.eval.num_problems
     if source.startswith(("builtin", "reasoning_gym:")):  # held-out splits, disjoint from training
         eval_set = load_problems(data, n)[1]
