@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.stage not in MULTI_PROCESS:
+        print(f"r1kit {args.stage}: error: runs in one process; torchrun (or --nproc) is for "
+              f"{', '.join(MULTI_PROCESS)}, so run it without", file=sys.stderr)
+        return 2  # each process would run the whole stage, into the same folders
     if args.stage == "report":
         return _report(args.run)
     if args.stage in ("chat", "export"):
@@ -209,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     return 0
 
+
+MULTI_PROCESS = ("zero", "rl", "sft")  # the stages that split their work over torchrun's ranks
 
 REPORT_HELP = "write report.html (curves, tables, sample completions) in a run or pipeline folder"
 

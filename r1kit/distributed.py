@@ -69,6 +69,7 @@ def setup(strategy: str, device: torch.device) -> tuple[Dist, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return SINGLE, device
+    _die_with_parent()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
@@ -82,6 +83,22 @@ def setup(strategy: str, device: torch.device) -> tuple[Dist, torch.device]:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=timedelta(hours=3))
     return Dist(dist.get_rank(), dist.get_world_size(), strategy), device
+
+
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGTERM when its parent dies (a rank: torchrun; torchrun: the
+    `--nproc` launcher). torchrun starts each rank in a session of its own, so a `kill -9` of the
+    launching process group would leave the ranks training on, writing the run folder beside a
+    resumed run."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        raise SystemExit(1)
 
 
 def split_batch(d: Dist, prompts_per_step: int) -> slice:
@@ -333,8 +350,8 @@ def launch(nproc: int, argv: list[str]) -> int:
     """`r1kit ... --nproc N`: re-run the same command under torchrun with N processes."""
     if nproc < 1:
         raise UserError(f"--nproc must be at least 1, got {nproc}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "r1kit", *argv]
+    cmd = [sys.executable, "-c", "from r1kit.distributed import torchrun; torchrun()",
+           "--standalone", f"--nproc_per_node={nproc}", "-m", "r1kit", *argv]
     proc = subprocess.Popen(cmd)
     # A signal to this launcher goes on to torchrun, which stops its ranks (left running, they
     # would go on writing the run folder); `subprocess.call` would SIGKILL torchrun instead.
@@ -345,3 +362,25 @@ def launch(nproc: int, argv: list[str]) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def torchrun() -> None:
+    """`python -m torch.distributed.run` with `sys.argv`, whose ends the ranks have already
+    explained are quiet: a rank's one-line error (exit 2) or "interrupted" (130) is not followed
+    by torchrun's failure report or a traceback of the signal it passed on. Other failures (a
+    crash, a traceback in a rank) keep torchrun's report."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main
+
+    _die_with_parent()  # the launcher killed: torchrun stops its ranks
+    try:
+        main(sys.argv[1:])
+    except SignalException as e:  # Ctrl-C or a kill, passed on to the ranks, which stopped
+        raise SystemExit(128 + int(e.sigval)) from None
+    except ChildFailedError as e:
+        codes = {f.exitcode for f in e.failures.values()}
+        explained = codes & {2, 130}  # the others were stopped by torchrun (a signal: < 0)
+        if explained and all(c in explained or c < 0 for c in codes):
+            raise SystemExit(max(explained)) from None
+        raise

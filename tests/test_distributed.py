@@ -198,6 +198,8 @@ def test_two_process_run_checkpoints_and_resumes(tmp_path, strategy):
     assert (run / "final" / "model.safetensors").is_file()
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]  # one row per step: rank 0 alone writes
+    logged = [json.loads(r) for r in (run / "completions.jsonl").read_text().splitlines()]
+    assert len({r["id"] for r in logged if r["step"] == 1}) == 4  # both ranks' two prompts
     assert any(r["train/reward_std"] > 0 and "train/loss" in r for r in rows)
     before, after = (load_file(str(Path(p) / "model.safetensors")) for p in (model, run / "final"))
     assert set(before) == set(after)  # FSDP gathers the shards; tied weights saved once
@@ -259,3 +261,23 @@ def test_sft_on_two_ranks_matches_one(tmp_path, monkeypatch):
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=k)
     assert [json.loads(r)["step"] for r in (tmp_path / "two" / "metrics.jsonl").read_text()
             .splitlines()] == [1, 2]
+
+
+def test_a_rank_error_ends_the_job_with_its_exit_code_and_one_line_each(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "answer": "1"}\nnot json\n')
+    done = _r1kit("zero", "--nproc", "2", "--set", f"data.source={bad}",
+                  "--set", f"run.out_dir={tmp_path}", "--set", "rl.prompts_per_step=2")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "bad.jsonl:2: invalid JSON" in done.stderr
+    assert "ChildFailedError" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_stages_that_run_in_one_process_refuse_torchrun(monkeypatch, capsys):
+    from r1kit.cli import main as cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for stage in ("eval", "distill", "sample", "pipeline"):
+        assert cli([stage]) == 2
+        assert "runs in one process" in capsys.readouterr().err
+

@@ -223,7 +223,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
             stopped = f"stopped after {state['bad_steps']} consecutive non-finite steps; {kept}"
             log.error(stopped)
             break
-        _watch_for_stuck_rewards(state, group_equal, scores, rl.stuck_steps)
+        _watch_for_stuck_rewards(state, group_equal, scores, rl.stuck_steps, d)
         state["step"] += 1
 
         # ---------------------------------------------------------------- reference reset
@@ -238,11 +238,15 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         metrics["train/lr"] = lr
         run.append("metrics.jsonl", {"step": state["step"], **metrics})
         tracker.log(metrics, state["step"])
-        run.append_many("completions.jsonl", [
-            {"step": state["step"], "id": per_row[i].id, "answer": per_row[i].answer,
-             "completion": ro.texts[i], "reward": scores.total[i], **_reasons(scores, i)}
-            for i in range(0, len(ro), max(1, len(ro) // max(1, cfg.run.log_completions)))
-        ][: cfg.run.log_completions])
+        if cfg.run.log_completions:  # spread over the step's rows, every rank's
+            per_rank = math.ceil(cfg.run.log_completions / d.world)
+            logged = [
+                {"step": state["step"], "id": per_row[i].id, "answer": per_row[i].answer,
+                 "completion": ro.texts[i], "reward": scores.total[i], **_reasons(scores, i)}
+                for i in range(0, len(ro), max(1, len(ro) // per_rank))][:per_rank]
+            run.append_many("completions.jsonl", [
+                r for rows in distributed.gather(logged, d) for r in rows
+            ][: cfg.run.log_completions])
         solved = metrics.get("reward/accuracy", metrics.get("reward/code", math.nan))
         bar.set_postfix(reward=f"{metrics['reward/total']:.2f}", acc=f"{solved:.2f}",
                         refresh=False)  # shown with this step's count, not the next one's
@@ -495,10 +499,13 @@ def _rollout_metrics(ro: Rollouts, scores, rewards, group_equal, problems: list)
     return m
 
 
-def _watch_for_stuck_rewards(state: dict, group_equal, scores, patience: int) -> None:
-    """Warn loudly about the most common 'nothing is learning' failure (PEERS.md §2, item 4)."""
-    state["stuck"] = state["stuck"] + 1 if bool(group_equal.all()) else 0
-    if state["stuck"] == patience:
+def _watch_for_stuck_rewards(state: dict, group_equal, scores, patience: int,
+                             d: distributed.Dist = distributed.SINGLE) -> None:
+    """Warn loudly about the most common 'nothing is learning' failure (PEERS.md §2, item 4).
+    Judged on the whole step, every rank's groups; warned once, by the first rank."""
+    stuck = not distributed.all_any(not bool(group_equal.all()), d)
+    state["stuck"] = state["stuck"] + 1 if stuck else 0
+    if state["stuck"] == patience and d.main:
         log.warning(
             f"every group has had equal rewards for {patience} steps: all advantages are zero and "
             "the policy is not learning. Check that the reward reads the completion format the "
@@ -506,14 +513,19 @@ def _watch_for_stuck_rewards(state: dict, group_equal, scores, patience: int) ->
             "and that max_new_tokens leaves room to finish; a harder or easier problem mix, or a "
             "higher temperature, restores variance."
         )
-    for name, values in scores.per_reward.items():
-        flat = {v for v in values}
+    # each reward's one value on this rank, or "varied"; stuck where every rank has None or 0.0
+    here = {name: next(iter(set(v))) if len(set(v)) == 1 else "varied"
+            for name, v in scores.per_reward.items()}
+    ranks = distributed.gather(here, d)
+    for name in scores.per_reward:
+        values = {r[name] for r in ranks}
         key = f"stuck_{name}"
-        state[key] = state.get(key, 0) + 1 if (len(flat) == 1 and (flat <= {None, 0.0})) else 0
-        if state[key] == patience:
+        state[key] = state.get(key, 0) + 1 if len(values) == 1 and values <= {None, 0.0} else 0
+        if state[key] == patience and d.main:
             log.warning(
-                f"reward '{name}' returned {next(iter(flat))} for every completion for {patience} "
-                "steps: check its expected format against completions.jsonl in the run folder."
+                f"reward '{name}' returned {next(iter(values))} for every completion for "
+                f"{patience} steps: check its expected format against completions.jsonl in the "
+                "run folder."
             )
 
 
