@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from r1kit.cli import main as cli
+from r1kit.errors import UserError
 from r1kit.rewards import get_reward
 from r1kit.stages import chat
 from r1kit.tasks.base import Problem
@@ -205,6 +206,9 @@ def test_chat_uses_the_template_the_model_was_trained_on(tmp_path, monkeypatch):
     (run / "final").mkdir(parents=True)
     (run / "config.yaml").write_text("data: {template: plain}\n")
     assert template_of(str(run / "final")) == "plain"
+    (run / "config.yaml").write_text("data: [unclosed\n")  # unreadable: not a guess
+    with pytest.raises(UserError, match="config.yaml: unreadable .* name the template"):
+        template_of(str(run / "final"))
     assert template_of(build(tmp_path / "m", "llama")) is None
     # an unrelated config.yaml in the current folder is not the model's run
     work = tmp_path / "work"

@@ -60,9 +60,11 @@ def template_of(source: str) -> str | None:
         is_run = any((folder / name).exists() for name in ("metrics.jsonl", "checkpoints", "final"))
         if config.is_file() and is_run:
             try:
-                data = yaml.safe_load(config.read_text())
-            except (yaml.YAMLError, UnicodeDecodeError):
-                return None
+                data = yaml.safe_load(config.read_text(encoding="utf-8"))
+            except (yaml.YAMLError, UnicodeDecodeError) as e:  # guessing would pick a template
+                raise UserError(f"{config}: unreadable ({type(e).__name__}), so the template "
+                                "the model was trained with is unknown; repair it or name the "
+                                "template (--template, or --set data.template=)") from None
             section = data.get("data") if isinstance(data, dict) else None
             return section.get("template") if isinstance(section, dict) else None
     return None
