@@ -57,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            allow_abbrev=False)
         p.add_argument("--config", help="YAML file of overrides" + (
-            "" if name == "base" else " (e.g. recipes/tiny/zero.yaml)"))
+            " (e.g. recipes/tiny/zero.yaml)" if name in ("zero", "rl") else ""))
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one config key, e.g. --set rl.beta=0.001 (repeatable)")
+                       help=f"override one config key, e.g. --set {SET_EXAMPLE.get(name)} "
+                            "(repeatable)")
         if name in ("zero", "rl", "sft", "sample", "pipeline", "distill"):
             p.add_argument("--resume", metavar="RUN_DIR",
                            help="continue a killed run from its last checkpoint or batch "
@@ -83,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "or hub names (same as --set distill.students=[A,B])")
         if name in ("zero", "rl", "eval"):
             p.add_argument("--task", metavar="SOURCE",
-                           help="problems: builtin, builtin:carry, builtin:code, a .jsonl or "
-                                "hf:NAME (same as --set data.source=)")
+                           help="problems: builtin, builtin:carry, builtin:code, a .jsonl, "
+                                "hf:NAME or reasoning_gym:NAME (same as --set data.source=)")
         if name in ("zero", "rl", "eval", "sft", "sample", "distill", "pipeline"):  # code problems
             p.add_argument("--unsafe-allow-unsandboxed", action="store_true",
                            help="where bubblewrap cannot run, run model-written code WITHOUT a "
@@ -214,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+SET_EXAMPLE = {"base": "steps=500", "zero": "rl.beta=0.001", "rl": "rl.beta=0.001",
+               "sft": "sft.epochs=3", "sample": "sample.samples_per_prompt=8",
+               "eval": "eval.k=16", "distill": "distill.students=[tiny-qwen]",
+               "pipeline": "pipeline.zero_steps=100"}
 MULTI_PROCESS = ("zero", "rl", "sft")  # the stages that split their work over torchrun's ranks
 
 REPORT_HELP = "write report.html (curves, tables, sample completions) in a run or pipeline folder"

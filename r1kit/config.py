@@ -131,7 +131,8 @@ class DataConfig(_Checked):
         "builtin",
         "'builtin' (arithmetic chains), 'builtin:carry' (the harder tier: every step carries), "
         "'builtin:code' (one-line Python functions with tests), a .jsonl file of {prompt, answer} "
-        "(or {prompt, tests}; .json, .csv, .parquet too), or hf:NAME_OR_PATH",
+        "(or {prompt, tests}; .json, .csv, .parquet too), hf:NAME_OR_PATH, or "
+        "reasoning_gym:NAME[+NAME...] (r1kit[reasoning-gym])",
     )
     split: str = opt("train", "split for hf: sources")
     eval_source: str = opt("", "held-out problems; empty = builtin held-out split, or the same file")
@@ -140,7 +141,8 @@ class DataConfig(_Checked):
     answer_key: str = opt("answer", "field holding the reference answer")
     template: str = opt("r1_zero", "r1_zero (R1-SPEC §2.1) | plain | chat (tokenizer's template)",
                         choices=TEMPLATE_NAMES)
-    train_size: int = opt(20_000, "built-in train problems to draw", low=1)
+    train_size: int = opt(20_000, "training problems of a builtin or reasoning_gym source",
+                          low=1)
 
 
 @dataclass(frozen=True)
@@ -336,7 +338,8 @@ class RejectionSamplingConfig(_Checked):
     filters: list = opt(
         ["not_truncated", "correct", "well_formed", "single_language", "no_repetition",
          "short_paragraphs"],
-        "filters applied in order (r1kit/filters.py); also available: no_code_blocks",
+        "filters applied in order (r1kit/filters.py): not_truncated, correct, well_formed, "
+        "single_language, no_repetition, short_paragraphs, no_code_blocks",
     )
     cold_start_format: bool = opt(
         False, "rewrite kept completions as <think>…</think> summary <answer>…</answer> "

@@ -93,10 +93,12 @@ def load_model(path: str, dtype: str = "float32", device: torch.device | str = "
     LoRA adapter folder (a LoRA run's `final-adapter/`) comes merged into its base model."""
     path = resolve_model_path(path)
     torch_dtype = resolve_dtype(dtype, device)
-    local = Path(path)
+    local = Path(path).expanduser()
     if (local / "adapter_config.json").is_file() and not (local / "config.json").is_file():
         return _load_adapter(local, dtype, device)
-    if (path.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
+    if is_local_path(path) and not local.exists():  # not a hub name: no minute of retries
+        raise UserError(f"{path}: no such folder")
+    if is_local_path(path) and not (local / "config.json").is_file():
         raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
     if local.exists():  # an absolute name_or_path: what a LoRA adapter records as its base
         path = str(local.expanduser().resolve())
@@ -108,6 +110,15 @@ def load_model(path: str, dtype: str = "float32", device: torch.device | str = "
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
+
+
+def is_local_path(path: str) -> bool:
+    """Whether `path` names a local folder, existing or not, rather than a hub name: it exists,
+    starts with `.`, `/` or `~`, has two `/` or more, or is `A/B` where folder `A` exists
+    (`runs/typo` is a mistyped run, not the hub's ORG/NAME)."""
+    p = Path(path).expanduser()
+    return (p.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
+            or (path.count("/") == 1 and p.parent.is_dir()))
 
 
 def _load_adapter(folder: Path, dtype: str, device):

@@ -80,6 +80,8 @@ class Run:
 def write_report(folder: str | Path) -> Path:
     """Build `report.html` in a run or pipeline folder; its path."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder")
     if "parts" in (_read_json(folder / "manifest.json") or {}):  # `r1kit distill`
         page = _distill_page(folder)
     elif (folder / "manifest.json").is_file():

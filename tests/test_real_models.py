@@ -109,6 +109,12 @@ def test_reasoning_gym_problems_use_its_scorer(tmp_path):
     p = train[0]
     assert acc(f"<think>...</think><answer>{p.answer}</answer>", p) == 1.0
     assert acc("<answer>1+1</answer>", p) < 1.0 and acc("no answer", p) == 0.0
+    # a big training set is made as it is read, the same problems whenever they are read
+    big = load_problems(DataConfig(source="reasoning_gym:countdown+basic_arithmetic",
+                                   train_size=20_000), 2)[0]
+    assert len(big) == 20_000 and len(big.made) == 0
+    assert big[-1].id == "rg-basic_arithmetic-train-0-9999" and big[3] == train[3]
+    assert [q.id for q in big[2:4]] == [train[2].id, train[3].id] and len(big.made) == 3
 
 
 def test_chat_streams_reasoning_apart_and_export_makes_a_servable_folder(tmp_path):
@@ -239,3 +245,17 @@ def test_export_merges_a_lora_adapter(tmp_path):
     assert not (Path(tmp_path / "out") / "adapter_config.json").exists()
     for k in want:
         torch.testing.assert_close(got[k], want[k])
+
+
+def test_a_mistyped_local_folder_is_not_taken_for_a_hub_name(tmp_path, monkeypatch):
+    from r1kit.models import is_local_path, load_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for path in ("runs/typo", "runs/x/final", "./m", "~/nothing-here-r1kit"):
+        assert is_local_path(path)
+        with pytest.raises(UserError, match="no such folder"):
+            load_model(path)
+    assert not is_local_path("Qwen/Qwen2.5-0.5B") and not is_local_path("gpt2")
+    for stage in (["chat", "runs/zz"], ["export", "runs/nope", "out"]):
+        assert cli(stage) == 2

@@ -191,6 +191,8 @@ def test_split_completion_doctests():
 def test_bad_folders_are_clear_errors(tmp_path, capsys):
     assert cli(["report", str(tmp_path)]) == 2
     assert f"{tmp_path}: nothing to report" in capsys.readouterr().err
+    assert cli(["report", str(tmp_path / "nope")]) == 2
+    assert f"{tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
     # killed in its first step: the base evaluation is there, no metrics yet
     (tmp_path / "eval.jsonl").write_text('{"step": 0, "eval/pass@1": 0.25}\n')
     assert cli(["report", str(tmp_path)]) == 0

@@ -40,8 +40,15 @@ def configure_for(problems, options=None, *, needed: bool = False) -> None:
     """`configure(options)` when any of `problems` has tests (or `needed`): a stage calls it before
     it makes a folder or loads a model, so that a missing bubblewrap stops it at once (unless
     explicitly unsafe)."""
-    if needed or any(has_tests(p) for p in problems):
+    if needed or any_tests(problems):
         configure(options)
+
+
+def any_tests(problems) -> bool:
+    """Whether any of `problems` has tests. A generated problem set (reasoning-gym's) says so
+    itself (`has_tests`), without generating every problem to look."""
+    known = getattr(problems, "has_tests", None)
+    return known if known is not None else any(has_tests(p) for p in problems)
 
 
 def _sandbox() -> Sandbox:

@@ -20,7 +20,13 @@ from r1kit.comparison import evaluate_row, write_comparison
 from r1kit.config import EvalStageConfig
 from r1kit.errors import UserError
 from r1kit.evaluation import evaluate
-from r1kit.models import builtin_model_for, load_model, pick_device, resolve_model_path
+from r1kit.models import (
+    builtin_model_for,
+    is_local_path,
+    load_model,
+    pick_device,
+    resolve_model_path,
+)
 from r1kit.rewards import code as code_reward
 from r1kit.runs import RunFolder, load_problems
 from r1kit.stages.export import resolve_source, template_of
@@ -130,9 +136,7 @@ def _check_model(path: str) -> str:
     """The model folder of `path` (a run folder's `final/`), or a hub name the hub (or its cache)
     has: checked before any evaluation."""
     p = Path(path).expanduser()
-    local = p.exists() or path.startswith((".", "/", "~")) or path.count("/") > 1 or (
-        path.count("/") == 1 and p.parent.is_dir())  # runs/typo: not a hub ORG/NAME
-    if local:
+    if is_local_path(path):
         if not p.exists():
             raise UserError(f"{path}: no such folder")
         return resolve_source(str(p))

@@ -350,8 +350,9 @@ def configure_code(cfg) -> bool:
     table's evaluation runs with the user's limits. Every stage gets the same `code` section.
     True if the training problems have tests."""
     train, heldout = load_problems(cfg.data, cfg.eval.num_problems)
-    code_reward.configure_for((*train, *heldout), cfg.code)
-    return any(code_reward.has_tests(p) for p in train)
+    trained_on_programs = code_reward.any_tests(train)
+    code_reward.configure_for(heldout, cfg.code, needed=trained_on_programs)
+    return trained_on_programs
 
 
 def _load_manifest(run: RunFolder) -> dict:

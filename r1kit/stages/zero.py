@@ -89,7 +89,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     for spec in specs:
         get_reward(spec.name)
     _check_active_last(cfg.rewards.active_last, cfg.rewards.weights)
-    if "code" not in cfg.rewards.weights and any(code_reward.has_tests(p) for p in train_set):
+    if "code" not in cfg.rewards.weights and code_reward.any_tests(train_set):
         log.warning("the training problems have tests, but rewards.weights has no `code` reward: "
                     "accuracy cannot score a program, so nothing would be learnt; e.g. --set "
                     "'rewards.weights={code: 1.0, format: 0.1}'")

@@ -9,6 +9,7 @@ though a small task space may repeat a problem. Needs the optional extra `r1kit[
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 from r1kit.errors import UserError
@@ -26,30 +27,55 @@ def _library():
     return reasoning_gym
 
 
-def load(source: str, size: int, split: str, seed: int = 0) -> list[Problem]:
-    """`size` problems of the reasoning-gym datasets named in `source` (`reasoning_gym:A+B`)."""
+def load(source: str, size: int, split: str, seed: int = 0) -> Sequence[Problem]:
+    """`size` problems of the reasoning-gym datasets named in `source` (`reasoning_gym:A+B`), each
+    made when first read: generating 20,000 countdown problems up front took minutes before a run
+    printed anything, and a run draws only `steps * prompts_per_step` of them."""
     rg = _library()
     names = [n for n in source.removeprefix(PREFIX).split("+") if n]
     if not names:
         raise UserError(f"data.source '{source}': name a reasoning-gym dataset, e.g. "
                         "reasoning_gym:countdown")
     seed = seed + (HELDOUT_SEED_OFFSET if split == "heldout" else 0)
-    problems = []
+    parts = []
     for k, name in enumerate(names):
         n = size // len(names) + (k < size % len(names))
         try:
-            data = rg.create_dataset(name, size=max(n, 1), seed=seed)
+            parts.append((name, rg.create_dataset(name, size=max(n, 1), seed=seed), n))
         except (KeyError, ValueError) as e:
             raise UserError(f"data.source '{source}': reasoning-gym has no dataset {name!r} "
                             f"({e})") from None
-        for i in range(n):
-            entry = data[i]
-            problems.append(Problem(
-                id=f"rg-{name}-{split}-{seed}-{i}", prompt=entry["question"],
-                answer=str(entry["answer"]),
-                meta={"reasoning_gym": name, "entry": entry},
-            ))
-    return problems
+    return _Problems(parts, split, seed)
+
+
+class _Problems(Sequence):
+    """The datasets' problems one after another, each generated (once) when it is read."""
+
+    has_tests = False  # graded by the library's scorers (`code_reward.any_tests` asks)
+
+    def __init__(self, parts: list[tuple[str, object, int]], split: str, seed: int):
+        self.parts, self.split, self.seed, self.made = parts, split, seed, {}
+
+    def __len__(self) -> int:
+        return sum(n for _, _, n in self.parts)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        if i not in self.made:
+            j = i
+            for name, data, n in self.parts:
+                if j < n:
+                    entry = data[j]
+                    self.made[i] = Problem(
+                        id=f"rg-{name}-{self.split}-{self.seed}-{j}", prompt=entry["question"],
+                        answer=str(entry["answer"]), meta={"reasoning_gym": name, "entry": entry})
+                    break
+                j -= n
+        return self.made[i]
 
 
 @lru_cache(maxsize=64)
