@@ -175,8 +175,10 @@ class RLConfig(_Checked):
     updates_per_rollout: int = opt(1, "mu: minibatch updates against the same pi_old (R1-Zero: 16)",
                                    low=1)
     reuse_sampling_logprobs: bool = opt(
-        True, "mu > 1: pi_old is the log-probs the hf engine kept while sampling (no extra pass); "
-        "false = recompute them (vllm always recomputes: its kernels differ from training's)",
+        True, "mu > 1: pi_old is the log-probs the hf engine kept while sampling (no extra pass) "
+        "when the policy computes in float32; false = recompute them (always done in bf16/fp16, "
+        "whose decode-step rounding differs from the training forward's by up to 0.1 nats, and "
+        "with vllm, whose kernels differ)",
     )
     micro_batch_size: int = opt(64, "completions per forward/backward; gradients are accumulated",
                                 low=1)

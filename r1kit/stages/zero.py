@@ -401,7 +401,12 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
 
     with timer("logprobs"), torch.no_grad(), distributed.gathered(policy, d) as model:
         old = ref_lp = None
-        if rl.updates_per_rollout > 1 and rl.reuse_sampling_logprobs and ro.logprobs is not None:
+        # the sampler's log-probs equal the training forward's in float32 only (in bf16 the
+        # decode steps round differently: ratios off 1 by up to 0.1 before any update, which
+        # GSPO's 3e-4 clip range turns into clipped sequences)
+        exact = all(p.dtype == torch.float32 for p in policy.parameters())
+        if (rl.updates_per_rollout > 1 and rl.reuse_sampling_logprobs and exact
+                and ro.logprobs is not None):
             old = ro.logprobs[rows, :t_used].to(device)  # kept by the sampler: no pi_old pass
         elif rl.updates_per_rollout > 1:
             policy.eval()
