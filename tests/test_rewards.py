@@ -112,6 +112,27 @@ def test_extract_answer(completion, expected):
         ("infinity", r"<answer>\infty</answer>", 1.0),  # a word math_verify knows stays math
         ("x", "<answer>x</answer>", 1.0),
         ("2x", "<answer>x*2</answer>", 1.0),
+        # LaTeX environments and units are not prose: the answer is still parsed as math
+        (r"\begin{pmatrix} 2 \\ 4 \\ 6 \end{pmatrix}",
+         r"\boxed{\begin{pmatrix} 9 \\ 9 \\ 6 \end{pmatrix}}", 0.0),
+        (r"\begin{pmatrix} 2 \\ 4 \\ 6 \end{pmatrix}", "<answer>6</answer>", 0.0),
+        (r"\begin{pmatrix} 2 \\ 4 \\ 6 \end{pmatrix}",
+         r"\boxed{\begin{pmatrix}2\\4\\6\end{pmatrix}}", 1.0),
+        ("3", r"\boxed{3\sqrt{2}\text{ meters}}", 0.0),
+        (r"2\sqrt{3}", r"\boxed{2\sqrt{3} \text{ units}}", 1.0),
+        ("1024", r"\boxed{2^{10}\text{ ways}}", 1.0),
+        # an option letter against the answer's option letter
+        ("B", r"\boxed{\textbf{(B)}\ 5}", 1.0),
+        ("B", "<answer>(B) 5</answer>", 1.0),
+        ("(B)", "<answer>The answer is B.</answer>", 1.0),
+        ("C", "<answer>Option C</answer>", 1.0),
+        ("B", "<answer>(C) 5</answer>", 0.0),
+        ("B", "<answer>5</answer>", 0.0),
+        ("1000000000", "<answer>1e9</answer>", 1.0),  # scientific notation
+        ("0.001", "<answer>1e-3</answer>", 1.0),
+        (r"6.02\times10^{23}", "<answer>6.02e23</answer>", 1.0),
+        ("42", "<think>use <answer> </answer> tags; 6*7=42</think> so \\boxed{42}", 1.0),
+        ("1", "<answer>" + "1 " * 5000 + "</answer>", 0.0),  # a loop: not parsed
     ],
 )
 def test_accuracy(gold, completion, expected):

@@ -24,6 +24,12 @@ Departures and details:
   aside: `math_verify` reads `$Paris$` as the product `a*i*p*r*s`, so any anagram scored 1 and
   `Yes` differed from `yes` (`Y*e*s` against `E*s*y`). Words it knows as math stay math
   (`infinity` is `oo`).
+- A reference that is one option letter (`B`, `(B)`, `\text{(B)}`) is compared with the option
+  letter of the answer: `(B) 5`, `\textbf{(B)}\ 5` (AMC), `The answer is B.`, `Option B`.
+- A number in scientific notation (`1e9`, `6.02e23`) is read as `6.02\times10^{23}`.
+- An answer more than 1,000 characters long (and four times the reference) scores 0 without
+  parsing: `math_verify`'s parser is superlinear (10k characters took 1-2 s, 200k 284 s), and no
+  real final answer is that long.
 - A reference that cannot be parsed is logged (the first few problems), as its `None` would
   otherwise pass unnoticed: skipped in RL means, wrong in evaluation.
 - `math_verify`'s own time limits use `signal.alarm`, which would cancel the limit that
@@ -48,6 +54,9 @@ from r1kit.tasks.base import Problem
 _INT_RE = re.compile(r"[+-]?\d{1,18}")
 _LATEX_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
 _PROSE_RE = re.compile(r"[A-Za-z]{3,}")
+# words that are LaTeX, not prose: environments (`\begin{pmatrix}`) and units (`\text{ meters}`)
+_LATEX_WORDS_RE = re.compile(
+    r"\\(?:begin|end)\{[^{}]*\}|\\(?:text|textbf|textit|mathrm|mbox|operatorname)\s*\{[^{}]*\}")
 # thousands separators: LaTeX `\,` and thin spaces anywhere (they mean nothing else between
 # digits); a plain space only when the whole answer is such a number ("100 200" in a list is two)
 _THIN_GROUPED_RE = re.compile(r"(?<![\d.])\d{1,3}(?:(?:\\,|[\u2009\u202f])\d{3})+(?!\d)")
@@ -89,6 +98,11 @@ def accuracy(completion: str, problem: Problem) -> float | None:
     pred_text = extract_answer(completion)
     if pred_text is not None:
         pred_text = _normalize(last_boxed(pred_text) or pred_text)  # "<answer>\boxed{4}</answer>"
+    if pred_text is not None and len(pred_text) > max(_MAX_ANSWER, 4 * len(gold_text)):
+        return 0.0  # a loop, not an answer (and minutes of parsing)
+    gold_option = _option(gold_text, whole=True)
+    if gold_option is not None:
+        return 1.0 if pred_text is not None and _option(pred_text) == gold_option else 0.0
     gold_words = _words(gold_text)
     if gold_words is not None:
         return 1.0 if pred_text is not None and _words(pred_text) == gold_words else 0.0
@@ -122,6 +136,9 @@ def _normalize(text: str) -> str:
     ('$(1000, 2500)$', '(100 200, 3)')
     """
     text = text.replace("\\$", "").strip()
+    if _SCIENTIFIC_RE.fullmatch(text):  # 6.02e23: math_verify reads e as Euler's number
+        mantissa, _, exponent = text.lower().partition("e")
+        return f"{mantissa}\\times10^{{{int(exponent)}}}"
     text = _THIN_GROUPED_RE.sub(lambda m: _SEPARATOR_RE.sub("", m.group()), text)
     return _SEPARATOR_RE.sub("", text) if _GROUPED_RE.fullmatch(text) else text
 
@@ -149,6 +166,24 @@ def answer_key(answer: str) -> tuple:
     return ("expr", srepr(expr))
 
 
+_MAX_ANSWER = 1000  # characters of an extracted answer worth parsing
+_SCIENTIFIC_RE = re.compile(r"[+-]?\d+(?:\.\d+)?[eE][+-]?\d+")
+_OPTION_ALONE_RE = re.compile(r"\(?([A-J])\)?[.:]?")
+_OPTION_IN_RE = re.compile(r"\(([A-J])\)|\b(?:answer|option|choice)(?:\s+is)?\s*:?\s*\(?([A-J])\b",
+                           re.IGNORECASE)
+
+
+def _option(text: str, whole: bool = False) -> str | None:
+    """The option letter `text` gives (`B`, `(B) 5`, `\textbf{(B)}`, `the answer is B`); with
+    `whole`, only when that letter is all of it (a reference)."""
+    text = _TEXT_WRAP_RE.sub(r"\1", text).replace("$", "").replace("\\ ", " ").strip()
+    alone = _OPTION_ALONE_RE.fullmatch(text)
+    if alone or whole:
+        return alone.group(1) if alone else None
+    found = [a or b for a, b in _OPTION_IN_RE.findall(text)]
+    return found[-1].upper() if found else None
+
+
 _WORDS_RE = re.compile(r"[^\W\d_]+(?:[\s'\-]+[^\W\d_]+)*[.!]?")
 _TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mbox)\{([^{}]*)\}")
 
@@ -172,7 +207,7 @@ def _parse(text: str) -> tuple:
     """`math_verify.parse` of a bare answer (cached: the G answers of a group often repeat)."""
     if "$" in text or "\\boxed" in text or "\\(" in text or "\\[" in text:
         candidates = [text]
-    elif _PROSE_RE.search(_LATEX_COMMAND_RE.sub("", text)):
+    elif _PROSE_RE.search(_LATEX_COMMAND_RE.sub("", _LATEX_WORDS_RE.sub("", text))):
         candidates = [text, f"${text}$"]
     else:
         candidates = [f"${text}$", text]

@@ -15,19 +15,32 @@ _BOXED_RE = re.compile(r"\\boxed\s*\{")
 
 
 def extract_answer(completion: str) -> str | None:
-    """The stripped content of the last `<answer>` block, else of the last `\\boxed{}`, else None.
+    """The stripped content of the last `<answer>` block, else of the last `\\boxed{}`, else None;
+    looked for after the last `</think>` first, so that tags the reasoning mentions ("the answer
+    goes in <answer> </answer> tags") do not outrank the answer given after it.
 
     >>> extract_answer("<answer>1</answer> wait, no: <answer> 2 </answer>")
     '2'
     >>> extract_answer(r"so $\\boxed{\\frac{1}{2}}$.")
     '\\\\frac{1}{2}'
+    >>> extract_answer(r"<think>use <answer> </answer> tags</think> so \\boxed{42}")
+    '42'
     >>> extract_answer("no answer here") is None
     True
     """
-    blocks = _ANSWER_RE.findall(completion)
+    end = completion.rfind("</think>")
+    if end >= 0:
+        found = _last_answer(completion[end:])
+        if found is not None:
+            return found
+    return _last_answer(completion)
+
+
+def _last_answer(text: str) -> str | None:
+    blocks = _ANSWER_RE.findall(text)
     if blocks:
         return blocks[-1].strip()
-    return last_boxed(completion)
+    return last_boxed(text)
 
 
 def last_boxed(text: str) -> str | None:
