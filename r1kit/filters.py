@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from r1kit.errors import UserError
-from r1kit.language import language_consistency, problem_language, reasoning_part
+from r1kit.language import checked_problem_language, language_consistency, reasoning_part
 from r1kit.rewards import code as code_reward
 from r1kit.rewards import get_reward
 from r1kit.tasks.arithmetic import readable_reasoning
@@ -112,7 +112,9 @@ def any_format(c: Candidate) -> Verdict:
 
 def single_language(c: Candidate, tolerance: float = 0.0) -> Verdict:
     """Keeps a completion whose reasoning has at least a 1 - `tolerance` share of words in the
-    problem's target language, or no words at all.
+    problem's target language, or no words at all (words as in `r1kit.language`: math and
+    single-letter variables are not words; a coding problem's `meta["language"]`, "python", is
+    not its target).
 
     >>> p = Problem("p", "Compute 47+8", "55")
     >>> single_language(Candidate("<think> 47 плюс 8 равно 55 </think>", p))
@@ -120,7 +122,7 @@ def single_language(c: Candidate, tolerance: float = 0.0) -> Verdict:
     >>> single_language(Candidate("<think> 47+8=55 </think>", p))
     (True, '')
     """
-    target = problem_language(c.problem)
+    target = checked_problem_language(c.problem)
     share = language_consistency(reasoning_part(c.text), target)
     if share is None or share >= 1.0 - tolerance:
         return True, ""

@@ -1,27 +1,39 @@
-"""The language of words and texts, for the language-consistency reward and filter [R1-SPEC.md §5].
+r"""The language of words and texts, for the language-consistency reward and filter [R1-SPEC.md §5].
 
 R1 rewards "the proportion of target-language words in the CoT" and filters rejection-sampled
 data for "mixed languages"; how words are tokenized and what the target language is are left open
 [R1-SPEC.md §5, UNVERIFIED there]. The choices here:
 - a word is a run of letters of any script; digits, symbols and punctuation are not words, so
   `47+8=55` has none. A CJK ideograph is a word by itself (Chinese puts no spaces between words).
+  Mathematics is not words of any language either: math spans (`$...$`, `$$...$$`, `\(...\)`,
+  `\[...\]`) and LaTeX commands (`\frac`, `\cdot`, `\alpha`) are removed first, and single Latin
+  or Greek letters (the variables `x`, `θ`, `π`; Greek letters are split from Latin ones, so
+  `2πr` is two) are dropped, from the share's numerator and denominator alike: `Проверим:
+  $2 \cdot 2 = 4$` is all Russian, `θ = π/4, since sin θ` all English. (Single Cyrillic letters,
+  the words `в`, `и`, `с`, do count.)
 - a word's language is its script: Latin "en", Cyrillic "ru", CJK ideographs "zh"; any other script
-  (Greek letters such as `α` included) or several scripts in one word is "other". This tells
+  (a Greek word such as `αβ` included) or several scripts in one word is "other". This tells
   English from Russian and Chinese, which is what the built-in task mixes, but not English from
-  French. For that, `lingua_labeler()` asks the lingua library about Latin-script words; any
+  French. For that, `lingua_labeler()` asks the lingua library about Latin-script words (where
+  lingua is unsure, or has too few words to go on, a word keeps its script's label); any
   labeler (a function from a text to one language label per word) plugs into
   `language_consistency`, `mixing_rate` and `target_language`, and the rewards
   `language:lingua` / `language_threshold:lingua` use lingua's.
 - the target language is the prompt's: the majority language of its words ("other" does not
-  vote; "en" when nothing votes), unless the problem sets `meta["language"]`.
+  vote; "en" when nothing votes), unless the problem sets `meta["target_language"]` (an
+  ISO 639-1 code its labeler produces: en, ru, zh by script; lingua's languages too). It is
+  never `meta["language"]`: that is a coding problem's programming language ("python").
 - the reasoning is what is inside `<think>…</think>` (see `reasoning_part`).
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable
+
+from r1kit.errors import UserError
 
 Labeler = Callable[[str], list[str]]
 """A text -> the language of each of its words, in order (`script_labels` is the default)."""
@@ -30,18 +42,53 @@ DEFAULT_LANGUAGE = "en"
 
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df"
 _CJK_RE = re.compile(f"[{_CJK}]")
-_WORD_RE = re.compile(rf"[{_CJK}]|(?:(?![{_CJK}])[^\W\d_])+")
+_GREEK = "\u0370-\u03ff\u1f00-\u1fff"
+# A Greek run is a word apart from the letters around it: `2πr` is the variables π and r.
+_GREEK_RE = re.compile(f"[{_GREEK}]")
+_WORD_RE = re.compile(
+    rf"[{_CJK}]|(?:(?=[{_GREEK}])[^\W\d_])+|(?:(?![{_CJK}{_GREEK}])[^\W\d_])+")
+# Math spans and LaTeX commands, blanked before words are found. Each span stops at the next
+# opener or closer of its kind, so unclosed ones cost a linear scan, not a quadratic one; an
+# inline `$` opens before a non-space and closes after one, not before a digit (pandoc's rule),
+# so prices, "$5 and $10", stay text.
+_MATH_RE = re.compile(
+    r"\$\$(?:[^$]|\$(?!\$))*\$\$"
+    r"|\\\[(?:(?!\\[\[\]]).)*\\\]"
+    r"|\\\((?:(?!\\[()]).)*\\\)"
+    r"|\$(?=\S)(?:[^$\\]|\\.)*(?<=\S)\$(?!\d)"
+    r"|\\(?:begin|end)\{[^{}]*\}"
+    r"|\\[A-Za-z]+",
+    re.DOTALL,
+)
+
+
+def _is_variable(word: str) -> bool:
+    """A single Latin or Greek letter: a variable or constant (`x`, `θ`, `π`), not a word."""
+    return len(word) == 1 and (_script(word) == "en" or _GREEK_RE.match(word) is not None)
+
+
+def _prose(text: str) -> str:
+    """`text` with its math spans and LaTeX commands blanked (same length: offsets still hold)."""
+    return _MATH_RE.sub(lambda m: " " * len(m.group()), text)
+
+
+def _word_matches(prose: str) -> list[re.Match]:
+    """The words (see `words`) of a text already through `_prose`, as matches for offsets."""
+    return [m for m in _WORD_RE.finditer(prose) if not _is_variable(m.group())]
 
 
 def words(text: str) -> list[str]:
-    """The words of `text`: runs of letters, each CJK ideograph on its own.
+    r"""The words of `text`: runs of letters, each CJK ideograph on its own, outside math spans
+    and LaTeX commands; single Latin or Greek letters (variables) are not words.
 
     >>> words("47 плюс 8 равно 55, wait: 55-9=46")
     ['плюс', 'равно', 'wait']
     >>> words("答案是46")
     ['答', '案', '是']
+    >>> words(r"so $x = \frac{1}{2}$, then \(y\) is x \cdot θ")
+    ['so', 'then', 'is']
     """
-    return _WORD_RE.findall(text)
+    return [m.group() for m in _word_matches(_prose(text))]
 
 
 def _script(ch: str) -> str:
@@ -68,6 +115,10 @@ def detect_word_language(word: str) -> str:
 def script_labels(text: str) -> list[str]:
     """The default labeler: `detect_word_language` of each word of `text`."""
     return [detect_word_language(w) for w in words(text)]
+
+
+SCRIPT_LANGUAGES = ("en", "ru", "zh")
+script_labels.languages = SCRIPT_LANGUAGES  # what it can label a word (besides "other")
 
 
 def language_consistency(
@@ -103,39 +154,65 @@ def mixing_rate(texts: list[str], targets: list[str], labeler: Labeler = script_
 LINGUA_LANGUAGES = ("en", "fr", "de", "es", "it", "pt")
 """The languages `lingua_labeler` tells apart by default; more cost load time and memory."""
 
+LINGUA_MIN_WORDS = 2
+LINGUA_MIN_CONFIDENCE = 0.5
+"""Below these, a span's Latin words keep their script's label ("en"): lingua calls a lone
+"Compute" German and "Is it prime?" Portuguese, each at a confidence under 0.4, while it is
+sure (0.9 and more) of a French or German sentence."""
 
-def lingua_labeler(languages: tuple[str, ...] = LINGUA_LANGUAGES) -> Labeler:
+
+def lingua_labeler(languages: tuple[str, ...] = LINGUA_LANGUAGES,
+                   min_words: int = LINGUA_MIN_WORDS,
+                   min_confidence: float = LINGUA_MIN_CONFIDENCE) -> Labeler:
     """A labeler for real text that tells apart languages sharing a script: each word keeps its
     script's label unless it is in Latin script, where lingua (`lingua-language-detector`,
     `pip install 'r1kit[lingua]'`) decides, by the span of the text it assigns the word to. The
     ISO 639-1 codes in `languages` are the candidates (load time and memory grow with them).
+
+    A span of fewer than `min_words` words, or whose language lingua gives a confidence under
+    `min_confidence`, keeps the script label: short prompts, mostly numbers (`Compute 86+7-4+5`),
+    are English far more often than lingua's guess, and a mislabelled prompt makes every word of
+    the reasoning foreign. A problem in a Latin-script language other than English with a short
+    prompt names its language (`meta["target_language"]`). Math is removed first (`words`).
     """
     try:
         from lingua import IsoCode639_1, LanguageDetectorBuilder
     except ImportError:
-        from r1kit.errors import UserError
-
         raise UserError("the lingua language detector is not installed: "
                         "pip install 'r1kit[lingua]'") from None
     try:
         codes = [getattr(IsoCode639_1, code.upper()) for code in languages]
     except AttributeError as e:
-        from r1kit.errors import UserError
-
         raise UserError(f"lingua: unknown ISO 639-1 language code {e.name.lower()!r}") from None
     detector = LanguageDetectorBuilder.from_iso_codes_639_1(*codes).build()
 
     def labels(text: str) -> list[str]:
-        spans = [(r.start_index, r.end_index, r.language.iso_code_639_1.name.lower())
-                 for r in detector.detect_multiple_languages_of(text)]
-        out = []
-        for m in _WORD_RE.finditer(text):
-            label = detect_word_language(m.group())
-            if label == "en":  # Latin script: English or another Latin-script language
-                label = next((lang for a, b, lang in spans if a <= m.start() < b), "other")
-            out.append(label)
+        prose = _prose(text)
+        matches = _word_matches(prose)
+        out = [detect_word_language(m.group()) for m in matches]
+        latin = [i for i, label in enumerate(out) if label == "en"]
+        if not latin:  # lingua decides only between Latin-script languages
+            return out
+        spans = detector.detect_multiple_languages_of(prose)
+        starts = [r.start_index for r in spans]  # in order and disjoint: bisect, not a scan
+        in_span: dict[int, list[int]] = {}
+        for i in latin:
+            j = bisect_right(starts, matches[i].start()) - 1
+            if j >= 0 and matches[i].start() < spans[j].end_index:
+                in_span.setdefault(j, []).append(i)
+        for j, members in in_span.items():
+            r = spans[j]
+            label = r.language.iso_code_639_1.name.lower()
+            if label == DEFAULT_LANGUAGE or len(members) < min_words:
+                continue
+            text_j = prose[r.start_index:r.end_index]
+            if detector.compute_language_confidence(text_j, r.language) < min_confidence:
+                continue
+            for i in members:
+                out[i] = label
         return out
 
+    labels.languages = tuple(dict.fromkeys(SCRIPT_LANGUAGES + tuple(languages)))
     return labels
 
 
@@ -152,9 +229,56 @@ def target_language(prompt: str, labeler: Labeler = script_labels) -> str:
     return max(votes, key=votes.__getitem__) if votes else DEFAULT_LANGUAGE
 
 
-def problem_language(problem) -> str:
-    """A problem's target language: `problem.meta["language"]` if set, else its prompt's."""
-    return problem.meta.get("language") or target_language(problem.prompt)
+TARGET_KEY = "target_language"
+"""The `Problem.meta` key (and data-file field) naming the language the reasoning should be in."""
+
+
+def problem_language(problem, labeler: Labeler = script_labels) -> str:
+    """A problem's target language: `problem.meta["target_language"]` if set, else its prompt's
+    (by `labeler`). Never `meta["language"]`, a coding problem's programming language.
+
+    >>> from r1kit.tasks.base import Problem
+    >>> problem_language(Problem("p", "Write f with f(0)=7", "", {"language": "python"}))
+    'en'
+    >>> problem_language(Problem("p", "Compute 47+8", "55", {"target_language": "ru"}))
+    'ru'
+    """
+    return problem.meta.get(TARGET_KEY) or target_language(problem.prompt, labeler)
+
+
+TARGET_LANGUAGES = tuple(dict.fromkeys(SCRIPT_LANGUAGES + LINGUA_LANGUAGES))
+"""The targets a built-in labeler can produce (the lingua ones with `language:lingua`)."""
+
+
+def check_language(value, languages: tuple[str, ...] | None, where: str) -> str:
+    """`value` if it is one of `languages` (a labeler's: what it can label a word; None: any
+    string), else a `UserError` naming `where`: no word would be in it, every reasoning would
+    score 0.
+
+    >>> check_language("ru", SCRIPT_LANGUAGES, "x")
+    'ru'
+    >>> check_language("English", SCRIPT_LANGUAGES, "a.jsonl:3: field 'target_language'")
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    r1kit.errors.UserError: a.jsonl:3: field 'target_language' is 'English', not a language ...
+    """
+    if isinstance(value, str) and (languages is None or value in languages):
+        return value
+    hint = ""
+    if languages == SCRIPT_LANGUAGES and value in LINGUA_LANGUAGES:
+        hint = "; the others need the lingua detector (the language:lingua reward)"
+    raise UserError(f"{where} is {value!r}, not a language the labeler gives words: one of "
+                    f"{', '.join(languages or ())} (ISO 639-1 codes){hint}")
+
+
+def checked_problem_language(problem, labeler: Labeler = script_labels) -> str:
+    """`problem_language`, with a `meta["target_language"]` that `labeler` cannot produce a
+    `UserError` (for the reward and the filter; statistics take `problem_language` as it is)."""
+    if problem.meta.get(TARGET_KEY) is not None:
+        check_language(problem.meta[TARGET_KEY], getattr(labeler, "languages", None),
+                       f"problem {problem.id!r}: meta {TARGET_KEY!r}")
+    return problem_language(problem, labeler)
 
 
 def reasoning_part(completion: str) -> str:

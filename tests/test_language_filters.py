@@ -55,9 +55,9 @@ def test_docstring_examples(module):
         ("47+8=55, 55-9=46", []),  # numbers and symbols are not words
         ("wait, 47+8=55", ["wait"]),
         ("подожди, 47 плюс 8 равно 55", ["подожди", "плюс", "равно"]),
-        ("x_1 = 2y", ["x", "y"]),  # digits and underscores split words
+        ("x_1 = 2y", []),  # digits and underscores split words; one-letter ones are variables
         ("答案是 46, so", ["答", "案", "是", "so"]),  # one word per ideograph
-        ("don't", ["don", "t"]),
+        ("don't", ["don"]),
         ("", []),
     ],
 )
@@ -148,7 +148,7 @@ def test_language_rewards_proportion_and_threshold():
         assert r("<think> 47+8=55, wait </think> <answer> 55 </answer>", EN) == 1.0
         assert r("<think>  </think> <answer> 55 </answer>", EN) is None
     # the problem may name its language
-    ru = Problem("p", "Compute 47+8", "55", {"language": "ru"})
+    ru = Problem("p", "Compute 47+8", "55", {"target_language": "ru"})
     assert language("<think> 47 плюс 8 равно 55 </think>", ru) == 1.0
     with pytest.raises(ValueError, match="threshold"):
         make_language_threshold(1.5)
@@ -364,3 +364,162 @@ def test_unknown_language_detector_is_a_clear_error():
 
     with pytest.raises(UserError, match="only language detector"):
         get_reward("language:fasttext")
+
+
+# --- the target is the natural language, never a coding problem's programming language ---------
+
+
+def test_code_problems_are_scored_in_their_prompts_language_not_python():
+    from r1kit.language import problem_language
+    from r1kit.tasks import code
+
+    lang = get_reward("language")
+    for p in code.sample_problems(5, "train", seed=0):
+        assert p.meta["language"] == "python"  # the programming language stays where it was
+        assert problem_language(p) == "en"
+        solution = code.correct_solution(p)  # `<think> 45-7=38, so f(x)=x*38+7 </think> ...`
+        assert lang(solution, p) == 1.0
+        assert single_language(Candidate(solution, p)) == (True, "")
+    typed = "<think>We need a linear function, so f(x) = 21x + 8.</think> <answer>```python\n" \
+            "def f(x):\n    return 21*x + 8\n```</answer>"
+    assert lang(typed, code.sample_problems(1, "train", seed=0)[0]) == 1.0
+    # a coding problem written in Russian: still the prompt's language
+    ru = Problem("c", "Напишите f, где f(0)=7", "", {"tests": ["assert f(0) == 7"],
+                                                     "language": "python"})
+    assert lang("<think> подставим ноль </think>", ru) == 1.0
+
+
+def test_an_explicit_target_language_is_used_and_checked():
+    lang, threshold = get_reward("language"), get_reward("language_threshold")
+    ru = Problem("p", "Compute 47+8", "55", {"target_language": "ru"})
+    assert lang("<think> сорок семь плюс восемь </think>", ru) == 1.0
+    assert single_language(Candidate("<think> сорок семь </think>", ru)) == (True, "")
+    # a target no word can have is an error naming the problem and the key, not a silent 0
+    for value, hint in (("fr", "need the lingua detector"), ("English", "en, ru, zh"),
+                        (7, "en, ru, zh")):
+        p = Problem("q7", "Compute 47+8", "55", {"target_language": value})
+        for fn in (lang, threshold, lambda text, p: single_language(Candidate(text, p))):
+            with pytest.raises(UserError, match=rf"problem 'q7': meta 'target_language' is "
+                                                rf"{value!r}.*{hint}"):
+                fn("<think> so </think>", p)
+
+
+def test_a_user_error_in_a_reward_stops_scoring_instead_of_scoring_zero():
+    bad = Problem("q", "Compute 47+8", "55", {"target_language": "English"})
+    with pytest.raises(UserError, match="'target_language' is 'English'"):
+        score(["<think> so </think> <answer> 55 </answer>"], [bad],
+              [RewardSpec("language", 1.0)], [10], 64)
+
+
+def test_data_files_keep_language_for_code_and_check_target_language(tmp_path):
+    import json
+
+    from r1kit.tasks.files import load_jsonl
+
+    path = tmp_path / "p.jsonl"
+    rows = [{"prompt": "Write double(n)", "tests": ["assert double(2) == 4"],
+             "entry_point": "double", "language": "python"},
+            {"prompt": "Сложите 47 и 8", "answer": "55", "target_language": "ru"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    code_problem, ru = load_jsonl(path)
+    lang = get_reward("language")
+    assert lang("<think> double it, so n*2 </think> <answer>```python\n"
+                "def double(n): return n*2\n```</answer>", code_problem) == 1.0
+    assert lang("<think> сорок семь плюс восемь </think> <answer>55</answer>", ru) == 1.0
+    for value in ("English", "ja", None):
+        if value is None:  # null: not set, the prompt's language
+            path.write_text(json.dumps({"prompt": "q", "answer": "1", "target_language": None}))
+            assert load_jsonl(path)[0].meta["target_language"] is None
+            continue
+        path.write_text(json.dumps({"prompt": "q", "answer": "1"}) + "\n" +
+                        json.dumps({"prompt": "q", "answer": "1", "target_language": value}))
+        with pytest.raises(UserError, match=rf"p.jsonl:2: field 'target_language' is "
+                                            rf"'{value}'.*en, ru, zh, fr, de, es, it, pt"):
+            load_jsonl(path)
+
+
+# --- math is not words --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"Проверим: $2 \cdot 2 + 3 = 7$, верно", ["Проверим", "верно"]),
+        (r"so $$\frac{a}{b}$$ and \[x^2\] then \(y\) is \sin\alpha", ["so", "and", "then", "is"]),
+        (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix} done", ["done"]),
+        ("Let θ be the angle: θ = π/4 and 2πr", ["Let", "be", "the", "angle", "and"]),
+        ("costs $5 and $10 today", ["costs", "and", "today"]),  # dollars, not math
+        ("в итоге я прав", ["в", "итоге", "я", "прав"]),  # one-letter Cyrillic words count
+        ("αβ λόγος", ["αβ", "λόγος"]),  # Greek words are words (of "other")
+    ],
+)
+def test_math_and_variables_are_not_words(text, expected):
+    assert words(text) == expected
+
+
+def test_math_does_not_make_reasoning_mixed():
+    lang = get_reward("language")
+    ru = Problem("p", "Найдите $x$, если $2x+3=7$.", "2")
+    ru_cot = (r"<think>Вычтем 3: $2x = 4$, значит $x = 2$. Проверим: $2 \cdot 2 + 3 = 7$, "
+              r"верно.</think><answer>2</answer>")
+    assert lang(ru_cot, ru) == 1.0 and single_language(Candidate(ru_cot, ru)) == (True, "")
+    en = Problem("p", "Find the angle.", "45")
+    en_cot = "<think>Let θ be the angle; then θ = π/4, since sin θ = cos θ.</think> 45"
+    assert lang(en_cot, en) == 1.0 and single_language(Candidate(en_cot, en)) == (True, "")
+    zh = Problem("p", r"设 $\sin\alpha+\cos\alpha=\frac{1}{2}$，求 $\sin 2\alpha$ 的值。", "-3/4")
+    assert target_language(zh.prompt) == "zh"
+    assert lang("<think>两边平方得到一加二倍正弦余弦等于四分之一，所以结果是负四分之三。</think>", zh) == 1.0
+    # a foreign word outside the math still counts
+    assert lang(r"<think>Вычтем 3: $2x = 4$, so $x = 2$.</think>", ru) == pytest.approx(1 / 2)
+
+
+def test_unclosed_math_openers_stay_linear():
+    import time
+
+    started = time.perf_counter()
+    for opener in ("\\[ ", "\\( ", "$$ ", "$a ", "\\begin{"):
+        assert words(opener * 40_000 + "done") == ["done"]
+    assert time.perf_counter() - started < 5  # a quadratic scan takes minutes here
+
+
+# --- lingua: short prompts and long texts -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lingua():
+    pytest.importorskip("lingua")
+    from r1kit.language import lingua_labeler
+
+    return lingua_labeler()
+
+
+def test_lingua_keeps_the_script_label_where_it_is_unsure(lingua):
+    # lingua alone: "Compute 86+7-4+5" German, "Solve 2x+3=7." and "Is it prime?" Portuguese
+    for prompt in ("Compute 86+7-4+5", "Solve 2x+3=7.", "Is it prime?", "Find x.",
+                   "so the total is 46"):
+        assert target_language(prompt, lingua) == "en", prompt
+    for p in sample_problems(20, "train", seed=5):
+        assert target_language(p.prompt, lingua) == "en", p.prompt
+    reward = get_reward("language:lingua")
+    p = sample_problems(1, "train", seed=0)[0]
+    assert reward("<think> 47+8=55, 55-9=46, so the total is 46 </think> <answer>46</answer>",
+                  p) == 1.0
+    # where it is sure, it decides, even in two words
+    assert target_language("Résoudre l'équation", lingua) == "fr"
+    assert target_language("Berechne die Summe von 4 und 5", lingua) == "de"
+    # lingua's languages are targets it can check; others are an error, not a reward of 0
+    fr = Problem("p", "Compute 47+8", "55", {"target_language": "fr"})
+    assert reward("<think> Donc nous ajoutons les nombres et nous vérifions le résultat. "
+                  "</think>", fr) == 1.0
+    with pytest.raises(UserError, match="'target_language' is 'ja'.*en, ru, zh, fr, de"):
+        reward("<think> so </think>", Problem("p", "?", "1", {"target_language": "ja"}))
+
+
+def test_lingua_labels_each_word_by_its_span_in_a_long_text(lingua):
+    fr = "Donc nous ajoutons les nombres et nous vérifions le résultat. "
+    en = "Then we check it again once more and we are done. "
+    text = (fr + en) * 300  # 600 spans, 600 * 19 words
+    labels = lingua(text + r"Enfin $x \cdot y$.")
+    per_pair = ["fr"] * 10 + ["en"] * 11
+    assert labels[: 21 * 300] == per_pair * 300
+    assert len(labels) == 21 * 300 + 1  # the math is not words

@@ -6,7 +6,8 @@ over the words of the chain of thought. R1 sums it with the accuracy reward in i
 stage, at "a slight degradation in the model's performance" for readable, single-language output.
 
 Two forms, both computed on the reasoning part of the completion (`reasoning_part`), in the
-problem's target language (`meta["language"]`, else the prompt's majority language):
+problem's target language (`meta["target_language"]`, else the prompt's majority language;
+never `meta["language"]`, which is a coding problem's programming language):
 - `language`: the paper's proportion, in [0, 1];
 - `language_threshold`: 1.0 when that proportion is at least a threshold (0.95), else 0.0; a
   binary signal that ignores a stray foreign word (`make_language_threshold` sets another).
@@ -14,9 +15,10 @@ problem's target language (`meta["language"]`, else the prompt's majority langua
 Reasoning without words (`47+8=55, 55-9=46`) mixes no language: both give it 1.0, as for
 reasoning all in the target language. (Scored None, which counts 0 in the total, any word at all,
 a filler `wait` included, would have earned the reward.) Both return None only when there is no
-reasoning at all. Words,
+reasoning at all. Math (`$x$`, `\cdot`) and single-letter variables are not words. Words,
 scripts and the target language are defined in `r1kit.language`; a library detector plugs in as
-the `labeler` of `make_language` / `make_language_threshold`.
+the `labeler` of `make_language` / `make_language_threshold`. A `meta["target_language"]` the
+labeler cannot produce (`fr` for the script labeler) is a `UserError`, not a reward of 0.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from collections.abc import Callable
 from r1kit.errors import UserError
 from r1kit.language import (
     Labeler,
+    checked_problem_language,
     language_consistency,
     lingua_labeler,
     reasoning_part,
     script_labels,
-    target_language,
 )
 from r1kit.rewards import register
 from r1kit.tasks.base import Problem
@@ -42,7 +44,7 @@ def make_language(labeler: Labeler = script_labels) -> Callable[[str, Problem], 
     """The proportion form, with words labelled by `labeler`."""
 
     def language(completion: str, problem: Problem) -> float | None:
-        target = problem.meta.get("language") or target_language(problem.prompt, labeler)
+        target = checked_problem_language(problem, labeler)
         reasoning = reasoning_part(completion)
         share = language_consistency(reasoning, target, labeler)
         if share is None:  # no words, so none in another language; no reasoning: not scorable
@@ -85,7 +87,7 @@ None if there is no reasoning.
 1.0
 >>> language("<think> </think> <answer>46</answer>", p) is None
 True
->>> language("<think> сорок семь </think>", Problem("p", "?", "47", {"language": "ru"}))
+>>> language("<think> сорок семь </think>", Problem("p", "?", "47", {"target_language": "ru"}))
 1.0
 """
 

@@ -6,7 +6,9 @@ so each can be logged on its own.
 
 A reward that raises, or runs longer than `timeout_s`, scores 0.0 for that completion, is counted
 in `Scores.failures`, and is logged once per reward per call as a warning on the `r1kit` logger;
-training goes on. `None` ("cannot be scored") counts 0 in the total and is skipped in `means()`.
+training goes on. A `UserError` is the exception: it says the data or configuration is wrong
+(every completion would score 0 for it), so it stops the run with its message. `None` ("cannot
+be scored") counts 0 in the total and is skipped in `means()`.
 
 The time limit is a one-shot `SIGALRM` timer (`signal.setitimer(ITIMER_REAL)`), which exists only
 on POSIX and only in the main thread of the main interpreter. Elsewhere rewards run without a
@@ -166,6 +168,8 @@ def _score_each(fn, completions, problems, num_tokens, max_tokens, time_limit, t
         except _RewardTimeout:
             value, count = 0.0, count + 1
             first_error = first_error or f"timed out after {timeout_s:g}s on {problem.id}"
+        except UserError:  # the data or config is wrong (a target language no word can have)
+            raise
         except Exception as e:  # noqa: BLE001 -- a broken reward must not end the run
             value, count = 0.0, count + 1
             first_error = first_error or f"{type(e).__name__}: {e} (on {problem.id})"

@@ -69,6 +69,7 @@ def _problem(family: str, a: int, k: int) -> Problem:
         prompt=f"Write f with f(0)={values[0]}, f(1)={values[1]}",
         answer=reference_program({"family": family, "a": a, "k": k}),
         meta={"tests": [f"assert f({x}) == {values[x]}" for x in TEST_POINTS],
+              # "language" is the programming language; the reasoning's is the prompt's (English)
               "entry_point": "f", "language": "python", "task": "code",
               "family": family, "a": a, "k": k},
     )

@@ -9,6 +9,10 @@ the data is a `UserError` naming the file, line (or row) and key.
 A coding problem carries `tests` (a non-empty list of `assert` statements, run against the
 program in the sandbox by the `code` reward) instead of an answer, and optionally `entry_point`
 (the function name) and `language` (only "python"); they go to `Problem.meta`, checked on load.
+`language` is the programming language, never the natural language of the reasoning: that is
+the optional `target_language` of any problem (an ISO 639-1 code the language reward can label
+words with, `en`, `ru`, `zh`, or with `language:lingua` also `fr`, `de`, `es`, `it`, `pt`; else
+the prompt's language, `r1kit.language`), checked on load too.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from r1kit.errors import UserError
+from r1kit.language import TARGET_KEY, TARGET_LANGUAGES, check_language
 from r1kit.tasks.base import Problem
 
 
@@ -201,6 +206,9 @@ def _to_problems(
             )
         if has_tests:
             _check_code_fields(record, where)
+        if record.get(TARGET_KEY) is not None:
+            # any built-in labeler's (the reward is not known here; it checks its own when scoring)
+            check_language(record[TARGET_KEY], TARGET_LANGUAGES, f"{where}: field {TARGET_KEY!r}")
         answer = record.get(answer_key, "")
         if isinstance(answer, (int, float)) and not isinstance(answer, bool):
             if not math.isfinite(answer):
