@@ -234,10 +234,30 @@ def _new_tally(chain: FilterChain) -> dict:
 
 
 def _load_progress(run: RunFolder, chain: FilterChain) -> dict:
+    new = {"batches_done": 0, "rows": 0, "tally": _new_tally(chain)}
     saved = run.read_state("progress.json")
-    if saved is not None:
-        return saved
-    return {"batches_done": 0, "rows": 0, "tally": _new_tally(chain)}
+    if saved is None:
+        return new
+    problem = _progress_problem(saved, new["tally"])
+    if problem:  # a file edited or written by something else: not a KeyError later
+        raise UserError(f"{run.path / 'progress.json'}: not the progress of this sampling run "
+                        f"({problem}); start a new run")
+    return saved
+
+
+def _progress_problem(saved, new_tally: dict) -> str | None:
+    """What a saved progress.json lacks that a resumed run reads (None: nothing)."""
+    if not isinstance(saved, dict):
+        return "not a JSON object"
+    for key in ("batches_done", "rows"):
+        if not isinstance(saved.get(key), int) or saved[key] < 0:
+            return f"{key!r} is missing or not a count"
+    tally = saved.get("tally")
+    if not isinstance(tally, dict) or not isinstance(tally.get("rejected"), dict):
+        return "'tally' is missing or incomplete"
+    missing = [f"tally.{k}" for k in new_tally if k not in tally]
+    missing += [f"tally.rejected.{k}" for k in new_tally["rejected"] if k not in tally["rejected"]]
+    return f"no {', '.join(missing)}" if missing else None
 
 
 def _cut_rows(path: Path, rows: int) -> None:
