@@ -212,7 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `r1kit eval ... | head`: the reader left; the files are written
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no error at exit)
         return 0
+    except OSError as e:  # a file that cannot be read or written (read-only, full, gone)
+        return _os_error(args.stage, e)
     return 0
+
+
+def _os_error(stage: str, e: OSError) -> int:
+    """The last resort for a file system error no stage turned into a `UserError`: one line, as
+    `[Errno 30] Read-only file system: 'runs/x'`, without a traceback."""
+    print(f"r1kit {stage}: error: {e}", file=sys.stderr)
+    return 2
 
 
 SET_EXAMPLE = {"base": "steps=500", "zero": "rl.beta=0.001", "rl": "rl.beta=0.001",
@@ -232,6 +241,8 @@ def _report(folder: str) -> int:
     except UserError as e:
         print(f"r1kit report: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        return _os_error("report", e)
     return 0
 
 
@@ -306,6 +317,8 @@ def _chat_export(args) -> int:
     except KeyboardInterrupt:
         print(f"r1kit {args.stage}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        return _os_error(args.stage, e)
     return 0
 
 

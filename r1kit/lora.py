@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from r1kit import checkpoint as ckpt
 from r1kit.distributed import unwrap
 from r1kit.errors import UserError
@@ -52,7 +54,11 @@ def apply(model, cfg):
 def load_adapter(model, folder: Path):
     """`model` with the trainable adapter saved in `folder` (resuming a LoRA run)."""
     peft = _peft()
-    return peft.PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    try:
+        return peft.PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    except SafetensorError as e:  # a truncated adapter_model.safetensors
+        raise UserError(f"{folder}: could not load the LoRA adapter: its weights are damaged or "
+                        f"truncated ({e})") from None
 
 
 def has_adapter(folder: Path) -> bool:

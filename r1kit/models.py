@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from r1kit.errors import UserError
@@ -107,6 +108,9 @@ def load_model(path: str, dtype: str = "float32", device: torch.device | str = "
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     except OSError as e:
         raise UserError(f"{path}: could not load model ({e})") from None
+    except SafetensorError as e:  # a truncated or empty model.safetensors (a copy cut short)
+        raise UserError(f"{path}: could not load model: its weights are damaged or truncated "
+                        f"({e})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer

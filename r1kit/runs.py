@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import math
+import os
 import shutil
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from r1kit.checkpoint import atomic_write_text, latest_checkpoint, read_json
+from r1kit.checkpoint import atomic_write_text, clean_temporaries, latest_checkpoint, read_json
 from r1kit.config import DataConfig, load_config, to_dict
 from r1kit.errors import UserError
 from r1kit.tasks.arithmetic import is_heldout, sample_problems
@@ -48,50 +51,111 @@ def to_json(obj, indent: int | None = None) -> str:
     return json.dumps(clean(obj), indent=indent, ensure_ascii=False, allow_nan=False)
 
 
+class FolderLock:
+    """An exclusive `flock` on a run folder's `.lock`: a second r1kit process on the same folder
+    (two `--resume` at once) would train it twice and interleave its logs. The `RunFolder`s of
+    the folder hold it; it is released when the last of them is gone (a stage called from
+    Python returned) or the process ends."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.release = weakref.finalize(self, os.close, fd)  # (once; by hand or when collected)
+
+
+_held: dict[str, weakref.ref] = {}  # run folder -> its lock, while this process holds it
+
+
+def lock_folder(path: Path) -> FolderLock:
+    """Lock the run folder `path` for this process, or a one-line error naming the process that
+    has it. Re-entrant within one process (a pipeline resumes its stages; tests run stages
+    again). Under torchrun only rank 0, the one that writes, opens run folders and locks them."""
+    lock = Path(path) / ".lock"
+    key = str(Path(path).resolve())
+    held = _held[key]() if key in _held else None
+    if held is not None and held.release.alive:
+        try:
+            if os.path.samestat(os.fstat(held.fd), os.stat(lock)):
+                return held
+        except OSError:
+            pass
+        held.release()  # the folder was removed and made again (a stage started over)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write to the run folder ({e.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(f"{path} is in use by another r1kit process (pid {pid}); wait for it to "
+                        "end, or stop it") from None
+    except OSError as e:  # a file system without locks (some network mounts): go on unlocked
+        log.warning(f"{lock}: cannot lock the run folder ({e.strerror}); make sure no other "
+                    "r1kit process uses it")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    held = FolderLock(fd)
+    _held[key] = weakref.ref(held)
+    return held
+
+
+def _is_leftover(path: Path) -> bool:
+    """An empty folder, or one holding only the lock of a start killed before its config.yaml:
+    a new run may take it."""
+    return {p.name for p in path.iterdir()} <= {".lock"}
+
+
 @dataclass
 class RunFolder:
     path: Path
     cfg: object
     resumed: bool
+    lock: FolderLock | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @staticmethod
+    def saved_config(cfg, stage: str, resume: str):
+        """The config saved in the run folder `resume`, of the type of `cfg` (`r1kit STAGE`)."""
+        path = Path(resume)
+        saved = path / "config.yaml"
+        if not saved.is_file():
+            raise UserError(f"{path}: not a run folder (no config.yaml)")
+        try:
+            return load_config(type(cfg), saved)
+        except UserError as e:
+            raise UserError(f"{path}: not a run folder of `r1kit {stage}` ({e}); resume it "
+                            "with the command that made it") from None
 
     @classmethod
     def open(
         cls, cfg, stage: str, resume: str | None = None, checkpoints: bool = True
     ) -> RunFolder:
-        """A new run folder for `cfg`, or the one named by `resume` with its saved config.
+        """A new run folder for `cfg`, or the one named by `resume` with its saved config, locked
+        for this process while the returned `RunFolder` lives (`lock_folder`). Resuming removes
+        the temporaries of a killed write (`clean_temporaries`).
 
         `checkpoints=False`: a stage that keeps its own progress file resumes without a
         checkpoint (`r1kit sample`).
         """
         if resume:
             path = Path(resume)
-            saved = path / "config.yaml"
-            if not saved.is_file():
-                raise UserError(f"{path}: not a run folder (no config.yaml)")
-            try:
-                cfg = load_config(type(cfg), saved)
-            except UserError as e:
-                raise UserError(f"{path}: not a run folder of `r1kit {stage}` ({e}); resume it "
-                                "with the command that made it") from None
+            cfg = cls.saved_config(cfg, stage, resume)
+            lock = lock_folder(path)
+            clean_temporaries(path)  # what a killed write left
             if checkpoints and not (path / "checkpoints" / "latest").is_file():
                 log.warning(f"{path}: no checkpoint yet, so the run starts over in this folder "
                             "(with its saved config.yaml)")
-            return cls(path, cfg, resumed=True)
+            return cls(path, cfg, resumed=True, lock=lock)
         name = cfg.run.name or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
         path = Path(cfg.run.out_dir) / name
         suffix = 1
-        while not cfg.run.name and path.exists():  # two runs started in the same second
-            suffix += 1
+        while (lock := _new_folder(path, taken_ok=bool(cfg.run.name))) is None:
+            suffix += 1  # two runs started in the same second
             name = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
             path = Path(cfg.run.out_dir) / name
-        if (path / "config.yaml").exists():
-            raise UserError(
-                f"{path} already exists; resume it with --resume {path} or set run.name"
-            )
-        path.mkdir(parents=True, exist_ok=True)
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name))
         atomic_write_text(path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        return cls(path, cfg, resumed=False)
+        return cls(path, cfg, resumed=False, lock=lock)
 
     def checkpoint(self) -> Path | None:
         """The checkpoint a resumed run continues from; None for a new run, or a resumed one
@@ -103,7 +167,9 @@ class RunFolder:
     def discard(self) -> None:
         """Remove a new run's folder that holds nothing but its config.yaml: a run that failed
         before it began (a model that does not load) leaves no folder in the way of a rerun."""
-        if not self.resumed and [p.name for p in self.path.iterdir()] == ["config.yaml"]:
+        if not self.resumed and {p.name for p in self.path.iterdir()} <= {"config.yaml", ".lock"}:
+            if self.lock is not None:
+                self.lock.release()
             shutil.rmtree(self.path)
 
     @contextlib.contextmanager
@@ -170,6 +236,37 @@ class RunFolder:
 
     def write_jsonl(self, name: str, records: list[dict]) -> None:
         atomic_write_text(self.path / name, "".join(to_json(r) + "\n" for r in records))
+
+
+def _new_folder(path: Path, taken_ok: bool) -> FolderLock | None:
+    """Make and lock the folder of a new run at `path`; None if it exists and `taken_ok` is not
+    set (a name made from the time: try the next). A folder of the name the user chose may
+    exist if a new run may take it (`_is_leftover`); it is locked before it is checked, so that
+    two starts cannot both take it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir()  # atomic: of two starts, one makes it
+    except FileExistsError:
+        if not taken_ok:
+            return None
+        if not path.is_dir():
+            raise UserError(f"{path} is a file, not a run folder; set run.name") from None
+        taken = f"{path} already exists; resume it with --resume {path} or set run.name"
+        if (path / "config.yaml").exists():
+            raise UserError(taken) from None
+        lock = lock_folder(path)
+        if (path / "config.yaml").exists():  # made meanwhile by another start
+            lock.release()
+            raise UserError(taken) from None
+        if not _is_leftover(path):  # its old logs would be appended to
+            lock.release()
+            raise UserError(f"{path} already exists and holds files that are not a run's (no "
+                            "config.yaml): a new run would add to them; choose another run.name, "
+                            "or empty it") from None
+        return lock
+    except OSError as e:
+        raise UserError(f"{path}: cannot make the run folder ({e.strerror})") from None
+    return lock_folder(path)
 
 
 def _load_source(source: str, split: str, data: DataConfig) -> list[Problem]:

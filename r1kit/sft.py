@@ -45,7 +45,8 @@ class SFTExample:
 
 
 def load_sft_jsonl(path: str | Path) -> list[SFTExample]:
-    """One `{"prompt": str, "completion": str}` object per line; other fields are ignored.
+    """One `{"prompt": str, "completion": str}` object per line, the completion not empty; other
+    fields are ignored.
 
     Whitespace-only lines are skipped. Every mistake is a `UserError` naming the file and line.
     """
@@ -61,6 +62,8 @@ def load_sft_jsonl(path: str | Path) -> list[SFTExample]:
                 raise UserError(
                     f"{where}: field {key!r} must be a string, got {_type_name(record[key])}"
                 )
+        if not record["completion"].strip():  # nothing to learn but to stop at once
+            raise UserError(f"{where}: field 'completion' is empty")
         examples.append(SFTExample(record["prompt"], record["completion"]))
     if not examples:
         raise UserError(f"{path}: file is empty (no examples)")

@@ -234,3 +234,20 @@ def test_resume_after_an_interruption_writes_no_duplicates(tiny_base, tmp_path, 
 def test_resume_needs_a_run_folder(tmp_path, capsys):
     assert cli(["sample", "--resume", str(tmp_path / "nothing")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_an_empty_completion_is_not_kept():
+    """`r1kit sft` refuses an empty completion, and with no filter asking for an answer one
+    passes them all: it counts as rejected (`empty`), not as a row of sft.jsonl."""
+    from r1kit.filters import Candidate, build_filters
+
+    chain = build_filters([])
+    problem = Problem("p", "1+1?", "2")
+    text = "<think> 1+1 </think> <answer> 2 </answer>"
+    tally = sample_stage._new_tally(chain)
+    rows = sample_stage.keep_for_prompt([Candidate(" \n", problem), Candidate(text, problem)],
+                                        chain, 0, False, tally)
+    assert [r["completion"] for r in rows] == [text]
+    assert tally["rejected"]["empty"] == 1
+    counts = sample_stage._counts(tally)
+    assert _balanced(counts) and counts["passed_filters"] == 2

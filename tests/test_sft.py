@@ -153,6 +153,8 @@ def test_cosine_lr_warms_up_then_decays_to_min():
         ('{"prompt": 3, "completion": "b"}\n', "data.jsonl:1: field 'prompt' must be a st"),
         ('{"prompt": "a", "completion": null}\n', "jsonl:1: field 'completion' .* got null"),
         ('["a", "b"]\n', "data.jsonl:1: expected a JSON object, got list"),
+        ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": ""}\n',
+         "data.jsonl:2: field 'completion' is empty"),
         ("\n  \n", "data.jsonl: file is empty"),
     ],
 )
@@ -166,8 +168,8 @@ def test_load_sft_jsonl_errors_name_file_and_line(tmp_path, content, message):
 def test_load_sft_jsonl(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "q", "completion": "c", "id": 4}\n\n{"prompt": "", '
-                    '"completion": ""}\n')
-    assert load_sft_jsonl(path) == [SFTExample("q", "c"), SFTExample("", "")]
+                    '"completion": "d"}\n')
+    assert load_sft_jsonl(path) == [SFTExample("q", "c"), SFTExample("", "d")]
     with pytest.raises(UserError, match="missing.jsonl: no such file"):
         load_sft_jsonl(tmp_path / "missing.jsonl")
 

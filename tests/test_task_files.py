@@ -54,6 +54,9 @@ def test_load_jsonl_custom_keys(tmp_path):
         ('{"answer": "1"}\n', r"problems\.jsonl:1: missing field 'prompt'"),
         ('{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": " "}\n',
          r"problems\.jsonl:2: field 'answer' is empty"),
+        ('{"prompt": "a", "answer": "1"}\n{"prompt": "", "answer": "1"}\n',
+         r"problems\.jsonl:2: field 'prompt' is empty"),
+        ('{"problem": " \\n", "answer": "1"}\n', r"problems\.jsonl:1: field 'problem' is empty"),
         ('{"prompt": "a", "answer": NaN}\n', r"problems\.jsonl:1: field 'answer' is nan"),
         (
             '{"prompt": "a", "answer": "1"}\n{"prompt": ["b"], "answer": "2"}\n',
@@ -85,8 +88,9 @@ def test_load_jsonl_custom_keys(tmp_path):
     ],
 )
 def test_load_jsonl_errors_name_file_and_line(tmp_path, text, message):
+    key = "problem" if '"problem"' in text else "prompt"
     with pytest.raises(UserError, match=message):
-        load_jsonl(write(tmp_path, text))
+        load_jsonl(write(tmp_path, text), prompt_key=key)
 
 
 def test_load_jsonl_missing_file_and_directory(tmp_path):

@@ -218,7 +218,8 @@ def test_resume_continues_from_checkpoint(tiny_base, tmp_path):
         torch.testing.assert_close(resumed[k], full[k], rtol=1e-5, atol=1e-6)
 
 
-def test_a_run_killed_before_its_first_checkpoint_starts_over_on_resume(tiny_base, tmp_path):
+def test_a_run_killed_before_its_first_checkpoint_starts_over_on_resume(tiny_base, tmp_path,
+                                                                        caplog):
     CALLS.update(n=0, interrupt_at=5)  # during step 1; the first checkpoint is at step 2
     with pytest.raises(KeyboardInterrupt):
         zero.main(load_config(ZeroConfig, None, _overrides(tmp_path, tiny_base, "early", 2)))
@@ -226,9 +227,30 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_on_resume(tiny_bas
     assert not (run / "checkpoints").exists() and (run / "eval.jsonl").is_file()
     CALLS.update(n=0, interrupt_at=None)
     assert cli(["zero", "--resume", str(run)]) == 0
+    said = [r.getMessage() for r in caplog.records if "no checkpoint yet" in r.getMessage()]
+    assert len(said) == 1  # said once, not by each place that opened the folder
     logged = lambda name: [json.loads(x) for x in (run / name).read_text().splitlines()]
     assert [r["step"] for r in logged("metrics.jsonl")] == [1, 2]
     assert [r["tag"] for r in logged("eval.jsonl")] == ["base", "final"]
+
+
+def test_the_last_step_is_checkpointed_once(tiny_base, tmp_path, monkeypatch):
+    """The last step, due for a checkpoint, was saved again after the loop: the second save
+    replaced the folder, and a kill in the middle of that left `latest` naming no folder."""
+    saved, real = [], zero._save
+
+    def save(run, state, *args):
+        saved.append(state["step"])
+        real(run, state, *args)
+
+    monkeypatch.setattr(zero, "_save", save)
+    CALLS.update(n=0, interrupt_at=None)
+    zero.main(load_config(ZeroConfig, None, _overrides(tmp_path, tiny_base, "once", 2)))
+    assert saved == [2]
+    assert cli(["zero", "--resume", str(tmp_path / "once")]) == 0  # finished: nothing to save
+    assert saved == [2]
+    zero.main(load_config(ZeroConfig, None, _overrides(tmp_path, tiny_base, "odd", 3)))
+    assert saved == [2, 2, 3]  # a last step off the schedule is saved after the loop
 
 
 def test_a_model_that_does_not_load_leaves_no_run_folder(tmp_path, capsys):

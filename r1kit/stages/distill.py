@@ -55,9 +55,9 @@ TEACHER = "Teacher"
 def main(cfg: DistillConfig, resume: str | None = None, table: bool = True) -> dict:
     """Run or resume a distillation; `table=False` (inside `r1kit pipeline`) stops after the
     students' SFT, and the caller evaluates them."""
-    if resume:
-        if not (Path(resume) / "manifest.json").is_file():
-            raise UserError(f"{resume}: not a distill folder (no manifest.json)")
+    if resume:  # (a missing manifest.json: killed before it was written, nothing done yet)
+        if not (Path(resume) / "config.yaml").is_file():
+            raise UserError(f"{resume}: not a distill folder (no config.yaml)")
         run = RunFolder.open(cfg, "distill", resume, checkpoints=False)
         configure_code(run.cfg)  # the table's evaluation may run programs without a stage first
     else:

@@ -95,9 +95,9 @@ TRAINED_ON_SUMMARY = {"Dev1", "Dev2", "Dev3", "R1"}
 
 
 def main(cfg: PipelineConfig, resume: str | None = None) -> dict:
-    if resume:
-        if not (Path(resume) / "manifest.json").is_file():
-            raise UserError(f"{resume}: not a pipeline folder (no manifest.json)")
+    if resume:  # (a missing manifest.json: killed before it was written, nothing done yet)
+        if not (Path(resume) / "config.yaml").is_file():
+            raise UserError(f"{resume}: not a pipeline folder (no config.yaml)")
         run = RunFolder.open(cfg, "pipeline", resume, checkpoints=False)
         programs = configure_code(run.cfg)  # the table's evaluation may run programs first
     else:

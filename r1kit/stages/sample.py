@@ -12,8 +12,8 @@ languages, long paragraphs or code blocks). One run does either, batch by batch:
     filter    the named filters in order (r1kit/filters.py); a rejection counts under the first
               filter that fails
     keep      up to max_per_prompt distinct passing completions per prompt, first sampled first
-              (the rest count as `duplicate` / `max_per_prompt`); rewritten in the cold-start
-              format when asked
+              (the rest count as `duplicate` / `max_per_prompt`, an empty one as `empty`: SFT
+              refuses it); rewritten in the cold-start format when asked
     write     the batch's rows to sft.jsonl, then progress.json (atomically)
 At the end, counts.json: generated = kept + the sum of `rejected`, plus per-prompt and reward
 statistics. generation.json records the model and sampling settings.
@@ -159,7 +159,7 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
 def keep_for_prompt(candidates: list[Candidate], chain: FilterChain, max_per_prompt: int,
                     cold_start: bool, tally: dict, readable: bool = True) -> list[dict]:
     """The SFT rows kept from one prompt's samples; every sample is counted in `tally`, as kept or
-    under the first reason it was dropped (a filter, `duplicate`, `max_per_prompt`)."""
+    under the first reason it was dropped (a filter, `empty`, `duplicate`, `max_per_prompt`)."""
     rows, seen, passing = [], set(), 0
     for j, c in enumerate(candidates):
         tally["generated"] += 1
@@ -183,7 +183,9 @@ def keep_for_prompt(candidates: list[Candidate], chain: FilterChain, max_per_pro
             row["completion"] = to_cold_start(c.text, extract_answer(c.text) or c.problem.answer,
                                               task, c.problem.meta.get("prefilled_think", False))
             row["original"] = c.text
-        if row["completion"] in seen:
+        if not row["completion"].strip():  # (if no filter asks for an answer) SFT refuses it
+            tally["rejected"]["empty"] = tally["rejected"].get("empty", 0) + 1
+        elif row["completion"] in seen:
             tally["rejected"]["duplicate"] += 1
         elif max_per_prompt and len(rows) >= max_per_prompt:
             tally["rejected"]["max_per_prompt"] += 1
@@ -234,10 +236,30 @@ def _new_tally(chain: FilterChain) -> dict:
 
 
 def _load_progress(run: RunFolder, chain: FilterChain) -> dict:
+    new = {"batches_done": 0, "rows": 0, "tally": _new_tally(chain)}
     saved = run.read_state("progress.json")
-    if saved is not None:
-        return saved
-    return {"batches_done": 0, "rows": 0, "tally": _new_tally(chain)}
+    if saved is None:
+        return new
+    problem = _progress_problem(saved, new["tally"])
+    if problem:  # a file edited or written by something else: not a KeyError later
+        raise UserError(f"{run.path / 'progress.json'}: not the progress of this sampling run "
+                        f"({problem}); start a new run")
+    return saved
+
+
+def _progress_problem(saved, new_tally: dict) -> str | None:
+    """What a saved progress.json lacks that a resumed run reads (None: nothing)."""
+    if not isinstance(saved, dict):
+        return "not a JSON object"
+    for key in ("batches_done", "rows"):
+        if not isinstance(saved.get(key), int) or saved[key] < 0:
+            return f"{key!r} is missing or not a count"
+    tally = saved.get("tally")
+    if not isinstance(tally, dict) or not isinstance(tally.get("rejected"), dict):
+        return "'tally' is missing or incomplete"
+    missing = [f"tally.{k}" for k in new_tally if k not in tally]
+    missing += [f"tally.rejected.{k}" for k in new_tally["rejected"] if k not in tally["rejected"]]
+    return f"no {', '.join(missing)}" if missing else None
 
 
 def _cut_rows(path: Path, rows: int) -> None:
@@ -290,7 +312,8 @@ def _counts(t: dict) -> dict:
         "generated": t["generated"],
         "kept": t["kept"],
         "rejected": t["rejected"],
-        "passed_filters": t["kept"] + t["rejected"]["duplicate"] + t["rejected"]["max_per_prompt"],
+        "passed_filters": t["kept"] + t["rejected"]["duplicate"] + t["rejected"]["max_per_prompt"]
+        + t["rejected"].get("empty", 0),
         "prompts_with_kept": t["prompts_with_kept"],
         "passing_per_prompt": {k: t["passing_per_prompt"][k]
                                for k in sorted(t["passing_per_prompt"], key=int)},

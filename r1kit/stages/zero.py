@@ -73,8 +73,8 @@ class Timer:
 def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dict:
     """One GRPO run. `stage` names new run folders (`r1kit rl` is this same stage, run from any
     checkpoint with any rewards, e.g. Dev1 with the language reward)."""
-    if resume:
-        cfg = RunFolder.open(cfg, stage, resume).cfg
+    if resume:  # (every rank reads it; `trainable.open_run` opens the folder, on rank 0)
+        cfg = RunFolder.saved_config(cfg, stage, resume)
     # Inputs first: a bad problem file or reward name leaves no run folder behind.
     cfg = builtin_model_for(cfg)  # builtin:code -> the code base and reward
     train_set, eval_set = load_problems(cfg.data, cfg.eval.num_problems)
@@ -157,6 +157,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     bar = tqdm(total=rl.steps, initial=state["step"], desc=stage, dynamic_ncols=True,
                mininterval=1.0, disable=not d.main)
     stopped = None
+    saved_at = state["step"] if resume_from else None  # the step of the last checkpoint written
     while state["step"] < rl.steps:
         timer = Timer()
         t_step = time.perf_counter()
@@ -259,10 +260,11 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         due = cfg.run.checkpoint_every and state["step"] % cfg.run.checkpoint_every == 0
         if due and state["bad_steps"] == 0:  # never checkpoint in the middle of a bad streak
             _save(run, state, policy, tokenizer, opt, sched, gen, ref, d)
+            saved_at = state["step"]
     bar.close()
 
     state["wall_seconds"] = time.time() - t_start
-    if stopped is None:
+    if stopped is None and saved_at != state["step"]:  # (writing it again only risks it)
         _save(run, state, policy, tokenizer, opt, sched, gen, ref, d)
     final = evaluate_now("final") if stopped is None else {}
     summary = _summary(state, final, cfg.eval.k, stopped)

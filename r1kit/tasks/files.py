@@ -204,6 +204,8 @@ def _to_problems(
             raise UserError(
                 f"{where}: field {prompt_key!r} must be a string, got {_type_name(prompt)}"
             )
+        if not prompt.strip():  # a question of nothing: the model would be asked nothing
+            raise UserError(f"{where}: field {prompt_key!r} is empty")
         if has_tests:
             _check_code_fields(record, where)
         if record.get(TARGET_KEY) is not None:
