@@ -79,6 +79,9 @@ def write_comparison(folder: Path, name: str, title: str, rows: list[dict], cfg:
     note = ("format: share of completions in R1-Zero's format or the cold-start summary format. "
             "tokens: mean completion length in the model's own tokens. reflection: share with a "
             "re-check word (R1-SPEC §6).")
+    templates = {r["model"]: r["template"] for r in rows if r.get("template")}
+    if len(set(templates.values())) > 1:  # each model was prompted as it was trained
+        note += " Prompt templates: " + ", ".join(f"{m}: {t}" for m, t in templates.items()) + "."
     atomic_write_text(Path(folder) / f"{name}.md", f"# {title}\n\n{setup}\n\n{table}\n{note}\n")
     record = {"num_problems": num_problems, "k": cfg.k, "temperature": cfg.temperature,
               "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, **(extra or {}),

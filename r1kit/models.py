@@ -135,7 +135,12 @@ def _load_adapter(folder: Path, dtype: str, device):
     base_path = json.loads(adapter.read_text()).get("base_model_name_or_path")
     if not base_path:
         raise UserError(f"{adapter}: no base_model_name_or_path to load the adapter into")
-    base, _ = load_model(base_path, dtype, "cpu")
+    if not Path(base_path).expanduser().is_absolute() and (folder / base_path).is_dir():
+        base_path = str(folder / base_path)  # relative to the adapter, not to where we run
+    try:
+        base, _ = load_model(base_path, dtype, "cpu")
+    except UserError as e:
+        raise UserError(f"{adapter}: its base model {base_path!r}: {e}") from None
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

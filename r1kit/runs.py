@@ -287,7 +287,7 @@ def load_problems(data: DataConfig, num_eval: int) -> tuple[list[Problem], list[
     training source; otherwise the builtin tasks have their own held-out split, and from a file a
     fixed 1-in-10 hash bucket of its ids is held out, so the two never overlap."""
     train, heldout = _train_and_heldout(data, num_eval)
-    if data.eval_source and not data.source.startswith("reasoning_gym:"):
+    if data.eval_source:
         if data.eval_source.startswith(("builtin", "reasoning_gym:")):  # a builtin held-out split
             other = dataclasses.replace(data, source=data.eval_source, eval_source="")
             heldout = _train_and_heldout(other, num_eval)[1]
@@ -305,7 +305,7 @@ def _train_and_heldout(data: DataConfig, num_eval: int) -> tuple[list[Problem], 
         from r1kit.tasks import reasoning_gym
 
         return (reasoning_gym.load(data.source, data.train_size, "train"),
-                reasoning_gym.load(data.eval_source or data.source, num_eval, "heldout"))
+                reasoning_gym.load(data.source, num_eval, "heldout"))  # eval_source: above
     if data.source == "builtin:code":  # one-line Python functions, graded by tests in the sandbox
         from r1kit.tasks import code
 

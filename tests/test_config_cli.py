@@ -215,6 +215,13 @@ def test_eval_takes_run_folders_and_adapters_with_the_template_they_were_trained
     assert summary("--model", str(run))["template"] == "plain"
     assert summary("--model", str(run), "--set", "data.template=r1_zero")["template"] == "r1_zero"
     assert summary("--model", str(adapter))["num_problems"] == 2
+    moved = tmp_path / "moved"  # an adapter whose base is named relative to its own folder
+    shutil.copytree(adapter, moved / "adapter")
+    shutil.copytree(tiny_base, moved / "base")
+    config = json.loads((moved / "adapter" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "../base"
+    (moved / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    assert summary("--model", str(moved / "adapter"))["num_problems"] == 2
     out = tmp_path / "cmp"
     assert cli(["eval", str(run), str(adapter), *small, "--out", str(out)]) == 0
     rows = json.loads((out / "comparison.json").read_text())["rows"]

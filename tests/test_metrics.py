@@ -92,6 +92,7 @@ def _evaluate(monkeypatch, gold: str, texts: list[str]):
         ("7", ["0.4", "1/3", "7", "7"], 1.0),
         ("Paris", ["Sirap", "Sirap", "paris"], 0.0),
         ("5", ["", "   ", "5"], 1.0),  # empty answers do not vote
+        ("3", ["3", "x=4", "4"], 0.0),  # x=4 is 4, as accuracy reads x=3 as 3
     ],
 )
 def test_cons_at_k_counts_equal_answers_together_and_never_beats_pass_at_k(
@@ -145,3 +146,24 @@ def test_programs_vote_by_their_text_with_indentation_kept():
     assert _program_key(good + "   \n\n", False) == _program_key(good, False)
     assert _program_key(good, True) == _program_key(bad + "\n", True) == _RIGHT
     assert _program_key(None, False) is None and _program_key("  \n", False) is None
+
+
+def test_a_long_wrong_answer_is_keyed_by_its_text_without_parsing():
+    from r1kit.rewards.accuracy import answer_key
+
+    assert answer_key("1, " * 2000)[0] == "text"  # as accuracy: over 1,000 characters
+
+
+def test_comparison_labels_name_the_run_and_list_differing_templates(tmp_path):
+    from r1kit.comparison import write_comparison
+    from r1kit.config import EvalConfig
+    from r1kit.stages.evaluate import _labels
+
+    assert _labels(["runs/a/final", "runs/b/final-adapter", "runs/c/checkpoints/step-000002",
+                    "models/m"]) == ["a/final", "b/final-adapter", "c/step-000002", "m"]
+    row = {"pass@1": 0.5, "pass@1_ci": [0.0, 1.0], "pass@k": 0.5, "cons@k": 0.5, "format": 1.0,
+           "tokens": 3.0, "reflection": 0.0, "arch": "llama", "params": 1}
+    rows = [{**row, "model": "a", "template": "r1_zero"}, {**row, "model": "b", "template": "chat"}]
+    write_comparison(tmp_path, "c", "T", rows, EvalConfig(), 2)
+    assert "Prompt templates: a: r1_zero, b: chat." in (tmp_path / "c.md").read_text()
+

@@ -115,6 +115,11 @@ def test_reasoning_gym_problems_use_its_scorer(tmp_path):
     assert len(big) == 20_000 and len(big.made) == 0
     assert big[-1].id == "rg-basic_arithmetic-train-0-9999" and big[3] == train[3]
     assert [q.id for q in big[2:4]] == [train[2].id, train[3].id] and len(big.made) == 3
+    held = tmp_path / "held.jsonl"  # held-out problems from a file, training from the library
+    held.write_text('{"prompt": "Compute 1+1", "answer": "2"}\n')
+    train2, heldout2 = load_problems(DataConfig(source="reasoning_gym:countdown", train_size=4,
+                                                eval_source=str(held)), 2)
+    assert [p.answer for p in heldout2] == ["2"] and len(train2) == 4
 
 
 def test_chat_streams_reasoning_apart_and_export_makes_a_servable_folder(tmp_path):

@@ -128,6 +128,11 @@ def test_extract_answer(completion, expected):
         ("C", "<answer>Option C</answer>", 1.0),
         ("B", "<answer>(C) 5</answer>", 0.0),
         ("B", "<answer>5</answer>", 0.0),
+        ("A", "<answer>the answer is a multiple of 3</answer>", 0.0),  # prose, not option A
+        ("B", "<answer>P(B) = 0.3</answer>", 0.0),  # notation, not option B
+        ("B", "<answer>f(a) = 3, so (b)</answer>", 0.0),
+        ("D", r"<answer>\mathbf{D}</answer>", 1.0),
+        ("$abc$", "<answer>cba</answer>", 1.0),  # in $...$: the product of variables
         ("1000000000", "<answer>1e9</answer>", 1.0),  # scientific notation
         ("0.001", "<answer>1e-3</answer>", 1.0),
         (r"6.02\times10^{23}", "<answer>6.02e23</answer>", 1.0),

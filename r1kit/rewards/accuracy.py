@@ -23,7 +23,8 @@ Departures and details:
 - A reference written as words (`Paris`, `yes`, `no`) is compared as words, case and spaces
   aside: `math_verify` reads `$Paris$` as the product `a*i*p*r*s`, so any anagram scored 1 and
   `Yes` differed from `yes` (`Y*e*s` against `E*s*y`). Words it knows as math stay math
-  (`infinity` is `oo`).
+  (`infinity` is `oo`), and so does anything in `$…$`: a product of variables written `abc` is
+  read as a word, `$abc$` as the product.
 - A reference that is one option letter (`B`, `(B)`, `\text{(B)}`) is compared with the option
   letter of the answer: `(B) 5`, `\textbf{(B)}\ 5` (AMC), `The answer is B.`, `Option B`.
 - A number in scientific notation (`1e9`, `6.02e23`) is read as `6.02\times10^{23}`.
@@ -44,7 +45,7 @@ import re
 from functools import lru_cache
 
 from math_verify import parse, verify
-from sympy import Basic, MatrixBase, N, srepr
+from sympy import Basic, Eq, MatrixBase, N, Symbol, srepr
 
 from r1kit.rewards import register
 from r1kit.rewards.extract import extract_answer, last_boxed
@@ -147,7 +148,7 @@ def answer_key(answer: str) -> tuple:
     r"""A key under which answers that this reward would judge equal mostly coincide: for the
     majority vote of cons@k. Numbers by their value to 12 digits (`0.5`, `1/2`, `\frac{1}{2}`),
     other SymPy objects by their canonical form (`x+1`, `1+x`), words as words, anything else by
-    its text without spaces. Not exhaustive (`x=3` and `3` get different keys).
+    its text without spaces; `x=3` by its value, as this reward reads it.
 
     >>> answer_key("1/2") == answer_key(r"\frac{1}{2}") == answer_key(" 0.5 ")
     True
@@ -155,12 +156,16 @@ def answer_key(answer: str) -> tuple:
     True
     """
     text = _normalize(last_boxed(answer) or answer)
+    if len(text) > _MAX_ANSWER:  # as `accuracy`: not parsed
+        return ("text", "".join(text.split()))
     words = _words(text)
     if words is not None:
         return ("words", words)
     expr = next((p for p in _parse(text) if isinstance(p, (Basic, MatrixBase))), None)
     if expr is None:
         return ("text", "".join(text.split()))
+    if isinstance(expr, Eq) and isinstance(expr.lhs, Symbol):  # `x=4` is 4, as accuracy reads it
+        expr = expr.rhs
     if getattr(expr, "is_number", False) and expr.is_finite:
         return ("number", str(N(expr, 12)))
     return ("expr", srepr(expr))
@@ -169,8 +174,9 @@ def answer_key(answer: str) -> tuple:
 _MAX_ANSWER = 1000  # characters of an extracted answer worth parsing
 _SCIENTIFIC_RE = re.compile(r"[+-]?\d+(?:\.\d+)?[eE][+-]?\d+")
 _OPTION_ALONE_RE = re.compile(r"\(?([A-J])\)?[.:]?")
-_OPTION_IN_RE = re.compile(r"\(([A-J])\)|\b(?:answer|option|choice)(?:\s+is)?\s*:?\s*\(?([A-J])\b",
-                           re.IGNORECASE)
+# `(B)` not after a letter (`P(B)`, `f(B)`), or a capital after "answer (is)", "option", "choice"
+_OPTION_IN_RE = re.compile(
+    r"(?<![A-Za-z])\(([A-J])\)|\b(?i:answer|option|choice)(?:\s+(?i:is))?\s*:?\s*\(?([A-J])\b")
 
 
 def _option(text: str, whole: bool = False) -> str | None:
@@ -181,18 +187,18 @@ def _option(text: str, whole: bool = False) -> str | None:
     if alone or whole:
         return alone.group(1) if alone else None
     found = [a or b for a, b in _OPTION_IN_RE.findall(text)]
-    return found[-1].upper() if found else None
+    return found[-1] if found else None
 
 
 _WORDS_RE = re.compile(r"[^\W\d_]+(?:[\s'\-]+[^\W\d_]+)*[.!]?")
-_TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mbox)\{([^{}]*)\}")
+_TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\{([^{}]*)\}")
 
 
 def _words(text: str) -> str | None:
     """The answer as lowercase words when it is words (`Paris`, `\text{Yes}.`, `no`), else None:
     numbers, formulas, single letters and words `math_verify` knows as math (`infinity`)."""
-    text = _TEXT_WRAP_RE.sub(r"\1", text).strip().strip("$").strip()
-    if not _WORDS_RE.fullmatch(text):
+    text = _TEXT_WRAP_RE.sub(r"\1", text).strip()
+    if not _WORDS_RE.fullmatch(text):  # `$abc$` (math) or `1 cm`: not words
         return None
     words = text.rstrip(".!").lower().split()
     if not any(len(w) >= 3 for w in words) and words != ["no"]:

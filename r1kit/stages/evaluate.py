@@ -164,11 +164,14 @@ def _out_folder(out: str) -> Path:
 
 
 def _labels(models: list[str]) -> list[str]:
-    """Short, distinct row labels: the folder name, or the parent's name for a `final/` folder."""
+    """Short, distinct row labels: the folder name, with its run's name for a run's `final/`,
+    `final-adapter/` or checkpoint (`run/step-000002`)."""
     labels = []
     for m in models:
         p = Path(m)
-        label = f"{p.parent.name}/{p.name}" if p.name == "final" and p.parent.name else p.name or m
+        run = p.parent.parent if p.parent.name == "checkpoints" else p.parent
+        in_run = p.name in ("final", "final-adapter") or p.parent.name == "checkpoints"
+        label = f"{run.name}/{p.name}" if in_run and run.name else p.name or m
         while label in labels:
             label += "'"
         labels.append(label)

@@ -33,7 +33,7 @@ R1_ZERO_CHAT_TEMPLATE = (
 
 def resolve_source(source: str) -> str:
     """A model folder (or hub name) from what a user may point at: run folder -> final/."""
-    path = Path(source)
+    path = Path(source).expanduser()
     if not path.exists():
         return resolve_model_path(source)  # 'builtin' or a hub name
     if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
