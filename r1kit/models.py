@@ -99,7 +99,8 @@ def load_model(path: str, dtype: str = "float32", device: torch.device | str = "
         return _load_adapter(local, dtype, device)
     if is_local_path(path) and not local.exists():  # not a hub name: no minute of retries
         hub = (f" (taken for a local path because ./{path.split('/')[0]} exists; for the hub's "
-               "model of that name, run from another folder)") if path.count("/") == 1 else ""
+               "model of that name, run from another folder)") if (
+            path.count("/") == 1 and not path.startswith((".", "/", "~"))) else ""
         raise UserError(f"{path}: no such folder{hub}")
     if is_local_path(path) and not (local / "config.json").is_file():
         raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
