@@ -146,6 +146,11 @@ def atomic_dir(path: Path):
     shutil.rmtree(old, ignore_errors=True)
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file or folder name is one of r1kit's temporaries (`.NAME.tmp-XXXXXXXX`)."""
+    return bool(_TEMP_NAME.fullmatch(name))
+
+
 def clean_temporaries(folder: Path) -> None:
     """Remove what a process killed while writing left in a run `folder` and its subfolders
     (not nested run folders, which have their own): temporary files and folders of r1kit's own

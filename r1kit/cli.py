@@ -204,17 +204,28 @@ def main(argv: list[str] | None = None) -> int:
 
             pipeline.main(cfg, resume=args.resume)
     except UserError as e:
+        _leave_process_group()
         print(f"r1kit {args.stage}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _leave_process_group()
         print(f"r1kit {args.stage}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `r1kit eval ... | head`: the reader left; the files are written
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no error at exit)
         return 0
     except OSError as e:  # a file that cannot be read or written (read-only, full, gone)
+        _leave_process_group()
         return _os_error(args.stage, e)
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, a stage that stops with an error leaves the process group first."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from r1kit.distributed import abandon
+
+        abandon()
 
 
 def _os_error(stage: str, e: OSError) -> int:

@@ -290,6 +290,15 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
+def abandon() -> None:
+    """Leave the process group on an error, without waiting for the other ranks (they may never
+    come): left initialised, gloo's threads abort the interpreter's exit (SIGABRT, torchrun's
+    failure report) instead of the one-line error."""
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
 def finish(d: Dist) -> None:
     if d.on and dist.is_initialized():
         dist.barrier()
@@ -358,7 +367,8 @@ def launch(nproc: int, argv: list[str]) -> int:
     previous = {s: signal.signal(s, lambda sig, _: proc.send_signal(sig))
                 for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return proc.wait()
+        code = proc.wait()
+        return 128 - code if code < 0 else code  # killed by a signal: the shell's 128 + N
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

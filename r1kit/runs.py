@@ -22,7 +22,13 @@ from pathlib import Path
 
 import yaml
 
-from r1kit.checkpoint import atomic_write_text, clean_temporaries, latest_checkpoint, read_json
+from r1kit.checkpoint import (
+    atomic_write_text,
+    clean_temporaries,
+    is_temporary,
+    latest_checkpoint,
+    read_json,
+)
 from r1kit.config import DataConfig, load_config, to_dict
 from r1kit.errors import UserError
 from r1kit.tasks.arithmetic import is_heldout, sample_problems
@@ -101,9 +107,9 @@ def lock_folder(path: Path) -> FolderLock:
 
 
 def _is_leftover(path: Path) -> bool:
-    """An empty folder, or one holding only the lock of a start killed before its config.yaml:
-    a new run may take it."""
-    return {p.name for p in path.iterdir()} <= {".lock"}
+    """An empty folder, or one holding only what a start killed before its config.yaml left (its
+    lock, a half-written config): a new run may take it."""
+    return all(p.name == ".lock" or is_temporary(p.name) for p in path.iterdir())
 
 
 @dataclass
@@ -263,6 +269,7 @@ def _new_folder(path: Path, taken_ok: bool) -> FolderLock | None:
             raise UserError(f"{path} already exists and holds files that are not a run's (no "
                             "config.yaml): a new run would add to them; choose another run.name, "
                             "or empty it") from None
+        clean_temporaries(path)  # a half-written config.yaml
         return lock
     except OSError as e:
         raise UserError(f"{path}: cannot make the run folder ({e.strerror})") from None

@@ -280,8 +280,10 @@ def test_a_new_run_refuses_a_folder_holding_other_files(tmp_path):
         RunFolder.open(_zero_cfg(tmp_path), "zero")
     assert (taken / "metrics.jsonl").read_text() == '{"step": 1}\n'
     (taken / "metrics.jsonl").unlink()
-    (taken / ".lock").write_text("123\n")  # a start killed before its config.yaml: taken over
+    (taken / ".lock").write_text("123\n")  # a start killed before its config.yaml: taken over,
+    (taken / ".config.yaml.tmp-ab12cd34").write_text("run: {")  # even half-way through writing it
     assert RunFolder.open(_zero_cfg(tmp_path), "zero").path == taken
+    assert not (taken / ".config.yaml.tmp-ab12cd34").exists()
     with pytest.raises(UserError, match="already exists; resume it"):
         RunFolder.open(_zero_cfg(tmp_path), "zero")
     # names made from the time: the next free one, each made by one start only
@@ -352,3 +354,32 @@ def test_distill_and_pipeline_killed_before_their_manifest_resume(tmp_path, monk
     with pytest.raises(Reached):
         pipeline.main(cfg, resume=str(folder))
     assert (folder / "manifest.json").is_file()
+
+
+def test_a_pipeline_resumes_a_stage_folder_in_place_never_from_under_another_process(tmp_path):
+    """A stage killed before its first checkpoint is resumed (it starts over in its folder, under
+    its lock); the folder is not removed while another process works in it."""
+    from r1kit.stages import pipeline
+
+    stage = RunFolder.open(_zero_cfg(tmp_path, "01-zero"), "zero").path
+    (stage / "metrics.jsonl").write_text('{"step": 1}\n')
+    proc = _hold(stage)
+    try:
+        with pytest.raises(UserError, match="01-zero is in use by another r1kit process"):
+            pipeline.run_stage("01-zero", "zero", _zero_cfg(tmp_path, "01-zero"), stage)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (stage / "metrics.jsonl").read_text() == '{"step": 1}\n'  # untouched
+
+
+def test_the_launcher_exits_as_a_shell_does_when_torchrun_is_killed(monkeypatch):
+    from r1kit import distributed
+
+    class Killed:
+        def wait(self):
+            return -9  # SIGKILL
+
+    monkeypatch.setattr(distributed.subprocess, "Popen", lambda cmd: Killed())
+    assert distributed.launch(2, ["zero"]) == 137
+

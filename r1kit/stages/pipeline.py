@@ -54,7 +54,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -257,21 +256,15 @@ def run_stage(name: str, kind: str, cfg, folder: Path) -> dict:
     if kind == "distill":  # resumable part by part through its own manifest.json
         from r1kit.stages import distill as distill_stage
 
-        if (folder / "config.yaml").is_file() and not (folder / "manifest.json").is_file():
-            shutil.rmtree(folder)  # killed before it recorded anything
-        started = (folder / "manifest.json").is_file()
+        started = (folder / "config.yaml").is_file()  # (a missing manifest is an empty one)
         return distill_stage.main(cfg, resume=str(folder) if started else None, table=False)
     done_file = folder / ("counts.json" if kind == "sample" else "summary.json")
     if done_file.is_file() and (kind == "sample" or (folder / "final").is_dir()):
         log.warning(f"{folder}: finished before the manifest recorded it; not run again")
         return json.loads(done_file.read_text())
-    resume = None
-    if (folder / "config.yaml").is_file():
-        if kind == "sample" or (folder / "checkpoints" / "latest").is_file():
-            resume = str(folder)
-        else:  # started, but killed before its first checkpoint: nothing to keep
-            log.warning(f"{folder}: no checkpoint yet; starting the stage again")
-            shutil.rmtree(folder)
+    # started: resumed in place, under the stage folder's lock (before its first checkpoint, the
+    # stage itself starts over there), never removed from under another process using it
+    resume = str(folder) if (folder / "config.yaml").is_file() else None
     if kind == "rl":
         summary = rl_stage.main(cfg, resume=resume, stage="rl")
         if "stopped" in summary:
