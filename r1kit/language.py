@@ -281,6 +281,27 @@ def checked_problem_language(problem, labeler: Labeler = script_labels) -> str:
     return problem_language(problem, labeler)
 
 
+def check_targets(problems, languages: tuple[str, ...], what: str, fix: str,
+                  context: str = "") -> None:
+    """A `UserError` naming the first of `problems` whose `meta["target_language"]` is not one of
+    `languages` (those `what`, a reward or filter, can label a word with), with `fix`: the
+    reward or filter would raise only when it first meets that problem, maybe a whole stage
+    later, so a stage checks its problems when it starts. A generated problem set that says it
+    carries no targets (`has_targets = False`: reasoning-gym's, made lazily) is not read through.
+    """
+    if getattr(problems, "has_targets", None) is False:
+        return
+    bad = [p for p in problems
+           if p.meta.get(TARGET_KEY) is not None and p.meta[TARGET_KEY] not in languages]
+    if not bad:
+        return
+    more = f" (and {len(bad) - 1} more problems)" if len(bad) > 1 else ""
+    raise UserError(
+        f"{context}problem {bad[0].id!r}{more}: target_language {bad[0].meta[TARGET_KEY]!r}, but "
+        f"{what} labels words only as {', '.join(languages)}, so every reasoning would score 0 "
+        f"for it; {fix}")
+
+
 def reasoning_part(completion: str) -> str:
     """The reasoning of a completion: the text between `<think>` and the first `</think>`; the text
     before `</think>` when the opening tag is missing (a prompt that prefills `<think>`); the text

@@ -523,3 +523,74 @@ def test_lingua_labels_each_word_by_its_span_in_a_long_text(lingua):
     per_pair = ["fr"] * 10 + ["en"] * 11
     assert labels[: 21 * 300] == per_pair * 300
     assert len(labels) == 21 * 300 + 1  # the math is not words
+
+
+# --- targets checked when a stage starts ----------------------------------------------------------
+
+
+def _problem_file(tmp_path, targets, name="p.jsonl"):
+    """A JSONL file of arithmetic problems with these target_language values (None: unset)."""
+    import json
+
+    path = tmp_path / name
+    rows = [{"prompt": f"Compute {i}+1", "answer": str(i + 1), "id": f"q{i}",
+             **({"target_language": t} if t else {})} for i, t in enumerate(targets * 10)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_targets_the_configured_labelers_cannot_give_stop_a_stage_before_its_folder(
+        tmp_path, monkeypatch):
+    from r1kit import runs, trainable
+    from r1kit.cli import main as cli
+    from r1kit.filters import check_filter_targets
+    from r1kit.rewards.language import check_reward_targets
+    from r1kit.tasks.files import load_jsonl
+
+    path = _problem_file(tmp_path, [None, "ru", "fr"])
+    problems = load_jsonl(path)
+    with pytest.raises(UserError, match=r"problem 'q2' \(and 9 more problems\): target_language "
+                                        r"'fr', but the 'language' reward labels words only as "
+                                        r"en, ru, zh.*use 'language:lingua' instead"):
+        check_reward_targets(problems, {"accuracy": 1.0, "language": 0.5})
+    with pytest.raises(UserError, match="'language_threshold:lingua' instead"):
+        check_reward_targets(problems, ["language_threshold"])
+    check_reward_targets(problems, ["accuracy", "format"])  # no language reward: nothing to check
+    with pytest.raises(UserError, match="single_language filter.*remove single_language from "
+                                        "sample.filters"):
+        check_filter_targets(problems, ["correct", "single_language"])
+    check_filter_targets(problems, ["correct"])
+    check_filter_targets(load_jsonl(_problem_file(tmp_path, [None, "ru", "zh"], "ok.jsonl")),
+                         ["single_language"])
+
+    class Lazy(list):  # a generated set (reasoning-gym's) says so rather than be read through
+        has_targets = False
+
+        def __iter__(self):
+            raise AssertionError("read through")
+
+    check_reward_targets(Lazy(), ["language"])
+
+    # the stages: before any folder or model, not at the first batch holding such a problem
+    def no_folder(*args, **kwargs):
+        raise AssertionError("a run folder was opened")
+
+    monkeypatch.setattr(runs.RunFolder, "open", no_folder)
+    monkeypatch.setattr(trainable, "open_run", no_folder)
+    out = tmp_path / "runs"
+    common = ["--set", f"run.out_dir={out}", "--set", f"data.source={path}"]
+    for args in (["zero", "--set", "rewards.weights={accuracy: 1.0, language: 0.5}"],
+                 ["sample"],  # single_language is among the default filters
+                 ["pipeline"],  # its 04-dev2 and 07-r1 reward the script `language` by default
+                 ["pipeline", "--set", "pipeline.language_form=language:lingua"]):  # filters
+        assert cli(args + common) == 2, args
+        assert not out.exists(), args
+
+
+def test_a_target_the_script_labeler_lacks_leaves_the_sample_statistic_unmeasured():
+    from r1kit.stages.sample import language_statistic
+
+    fr = Problem("p", "Calculez 47+8", "55", {"target_language": "fr"})
+    assert language_statistic("<think> donc cinquante-cinq </think>", fr) is None
+    ru = Problem("p", "Сложите 47 и 8", "55", {"target_language": "ru"})
+    assert language_statistic("<think> сорок семь </think>", ru) == 1.0

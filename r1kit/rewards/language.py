@@ -27,14 +27,16 @@ from collections.abc import Callable
 
 from r1kit.errors import UserError
 from r1kit.language import (
+    LINGUA_LANGUAGES,
     Labeler,
+    check_targets,
     checked_problem_language,
     language_consistency,
     lingua_labeler,
     reasoning_part,
     script_labels,
 )
-from r1kit.rewards import register
+from r1kit.rewards import get_reward, register
 from r1kit.tasks.base import Problem
 
 DEFAULT_THRESHOLD = 0.95
@@ -51,6 +53,7 @@ def make_language(labeler: Labeler = script_labels) -> Callable[[str, Problem], 
             return 1.0 if reasoning.strip() else None
         return share
 
+    language.labeler = labeler  # for `check_reward_targets`
     return language
 
 
@@ -73,6 +76,7 @@ def make_language_threshold(
         share = proportion(completion, problem)
         return None if share is None else float(share >= threshold)
 
+    language_threshold.labeler = labeler
     return language_threshold
 
 
@@ -112,3 +116,21 @@ def make_language_reward(name: str):
     labeler = lingua_labeler()
     return make_language(labeler) if form == "language" else make_language_threshold(
         labeler=labeler)
+
+
+def check_reward_targets(problems, names, key: str = "rewards.weights", context: str = "") -> None:
+    """Every `target_language` of `problems` is one the language rewards among `names` (those
+    with a `labeler`) can label words with, else a `UserError` saying what to change (`key`: the
+    setting that names the reward); for a stage to call before it makes a folder or loads a
+    model (`check_targets`)."""
+    for name in names:
+        languages = getattr(getattr(get_reward(name), "labeler", None), "languages", None)
+        if languages is None:
+            continue
+        form, _, detector = name.partition(":")
+        lingua = f"{form}:lingua"
+        fix = "remove the target_language of such problems"
+        if not detector and form in ("language", "language_threshold"):
+            fix = (f"use {lingua!r} instead of {name!r} in {key} (the lingua detector also "
+                   f"labels {', '.join(LINGUA_LANGUAGES)}: pip install 'r1kit[lingua]'), or {fix}")
+        check_targets(problems, languages, f"the {name!r} reward", fix, context)
