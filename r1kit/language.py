@@ -47,19 +47,62 @@ _GREEK = "\u0370-\u03ff\u1f00-\u1fff"
 _GREEK_RE = re.compile(f"[{_GREEK}]")
 _WORD_RE = re.compile(
     rf"[{_CJK}]|(?:(?=[{_GREEK}])[^\W\d_])+|(?:(?![{_CJK}{_GREEK}])[^\W\d_])+")
-# Math spans and LaTeX commands, blanked before words are found. Each span stops at the next
-# opener or closer of its kind, so unclosed ones cost a linear scan, not a quadratic one; an
-# inline `$` opens before a non-space and closes after one, not before a digit (pandoc's rule),
-# so prices, "$5 and $10", stay text.
-_MATH_RE = re.compile(
-    r"\$\$(?:[^$]|\$(?!\$))*\$\$"
-    r"|\\\[(?:(?!\\[\[\]]).)*\\\]"
-    r"|\\\((?:(?!\\[()]).)*\\\)"
-    r"|\$(?=\S)(?:[^$\\]|\\.)*(?<=\S)\$(?!\d)"
-    r"|\\(?:begin|end)\{[^{}]*\}"
-    r"|\\[A-Za-z]+",
-    re.DOTALL,
-)
+# Math spans and LaTeX commands, blanked before words are found, by one left-to-right scan
+# (`_hidden_spans`): a regex with a span per alternative retried its body from every `$`, which
+# took minutes on 100k characters of escaped dollars. `\x` is one token wherever it is (`\$` a
+# literal dollar, `\\` a backslash, never the start of `\[`). An inline `$` opens before a
+# non-space and closes after one, not before a digit (pandoc's rule), so prices, "$5 and $10",
+# stay text. Each span stops at the next opener or closer of its kind; a kind found unclosed
+# once is not searched for again, so every character is read a bounded number of times.
+_SCAN_RE = re.compile(r"\\(?:begin|end)\{[^{}]*\}|\\[A-Za-z]+|\\.|\$\$|\$", re.DOTALL)
+_ENDS = {  # an opener -> (its closer, the tokens its search looks at: escapes are skipped)
+    "$": ("$", re.compile(r"\\.|\$", re.DOTALL)),
+    "$$": ("$$", re.compile(r"\\.|\$\$", re.DOTALL)),
+    "\\[": ("\\]", re.compile(r"\\.", re.DOTALL)),
+    "\\(": ("\\)", re.compile(r"\\.", re.DOTALL)),
+}
+
+
+def _closer(text: str, opener: str, pos: int, unclosed: set[str]) -> re.Match | None:
+    """The closer of `opener` after `pos`, or None where none comes before the next opener of
+    the same kind (or the end; then `opener` joins `unclosed`, and is not searched for again)."""
+    if opener in unclosed:
+        return None
+    closer, tokens = _ENDS[opener]
+    for m in tokens.finditer(text, pos):
+        if m.group() == closer:
+            return m
+        if m.group() == opener:
+            return None
+    unclosed.add(opener)
+    return None
+
+
+def _hidden_spans(text: str) -> list[tuple[int, int]]:
+    """The (start, end) of each math span and LaTeX command of `text`, in order."""
+    spans: list[tuple[int, int]] = []
+    unclosed: set[str] = set()
+    pos = 0
+    while (m := _SCAN_RE.search(text, pos)) is not None:
+        token, start, pos = m.group(), m.start(), m.end()
+        if token[1:2].isalpha():  # a command, \begin{...} and \end{...} included
+            spans.append((start, pos))
+        elif token in ("\\[", "\\(", "$$") or (token == "$" and _opens_inline(text, start)):
+            end = _closer(text, token, pos, unclosed)
+            if end is not None and (token != "$" or _closes_inline(text, end.start())):
+                spans.append((start, end.end()))
+                pos = end.end()
+            elif token == "$$":  # unclosed: its second `$` may still open inline math
+                pos = start + 1
+    return spans
+
+
+def _opens_inline(text: str, i: int) -> bool:
+    return i + 1 < len(text) and not text[i + 1].isspace()
+
+
+def _closes_inline(text: str, i: int) -> bool:
+    return not text[i - 1].isspace() and not text[i + 1 : i + 2].isdigit()
 
 
 def _is_variable(word: str) -> bool:
@@ -69,7 +112,12 @@ def _is_variable(word: str) -> bool:
 
 def _prose(text: str) -> str:
     """`text` with its math spans and LaTeX commands blanked (same length: offsets still hold)."""
-    return _MATH_RE.sub(lambda m: " " * len(m.group()), text)
+    pieces, last = [], 0
+    for start, end in _hidden_spans(text):
+        pieces += [text[last:start], " " * (end - start)]
+        last = end
+    pieces.append(text[last:])
+    return "".join(pieces)
 
 
 def _word_matches(prose: str) -> list[re.Match]:

@@ -482,6 +482,25 @@ def test_unclosed_math_openers_stay_linear():
     assert time.perf_counter() - started < 5  # a quadratic scan takes minutes here
 
 
+def test_escaped_dollars_stay_linear():
+    import time
+
+    prices = "The cost is \\$5 and \\$10 per item. " * 6_000  # 210k characters
+    backslashes = "$\\\\" * 70_000  # `$\\`: 210k characters
+    started = time.perf_counter()
+    assert single_language(Candidate(f"<think> {prices} </think>", EN)) == (True, "")
+    assert words(prices)[:6] == ["The", "cost", "is", "and", "per", "item"]
+    assert words(backslashes) == []
+    assert time.perf_counter() - started < 2  # quadratic: 20 s and 237 s at 100k characters
+
+
+def test_an_escaped_dollar_is_a_literal_dollar():
+    assert words(r"it costs \$5, then $x$ is") == ["it", "costs", "then", "is"]
+    assert words(r"a \$ sign and more $") == ["sign", "and", "more"]  # opens no math
+    assert words(r"$\$ inside$ out") == ["out"]  # nor closes it
+    assert words(r"line \\[2pt] next \\ row") == ["line", "pt", "next", "row"]  # `\\`, no `\[`
+
+
 # --- lingua: short prompts and long texts -------------------------------------------------------
 
 
