@@ -281,6 +281,20 @@ TARGET_KEY = "target_language"
 """The `Problem.meta` key (and data-file field) naming the language the reasoning should be in."""
 
 
+def normalize_target(value):
+    """A `target_language` as written, as the ISO 639-1 code the labelers give: case and
+    surrounding spaces ignored, a BCP-47 region or script subtag dropped (`en-US`, `zh-Hans`; a
+    locale's `zh_CN` too); an empty string is no target (None), as a blank CSV cell is. Any other
+    value comes back as it is, for `check_language` to reject.
+
+    >>> [normalize_target(v) for v in ("EN", " en-US ", "zh-Hans", "zh_CN", "", None, 7)]
+    ['en', 'en', 'zh', 'zh', None, None, 7]
+    """
+    if not isinstance(value, str):
+        return value
+    return re.split(r"[-_]", value.strip().lower(), maxsplit=1)[0] or None
+
+
 def problem_language(problem, labeler: Labeler = script_labels) -> str:
     """A problem's target language: `problem.meta["target_language"]` if set, else its prompt's
     (by `labeler`). Never `meta["language"]`, a coding problem's programming language.
@@ -291,7 +305,8 @@ def problem_language(problem, labeler: Labeler = script_labels) -> str:
     >>> problem_language(Problem("p", "Compute 47+8", "55", {"target_language": "ru"}))
     'ru'
     """
-    return problem.meta.get(TARGET_KEY) or target_language(problem.prompt, labeler)
+    return normalize_target(problem.meta.get(TARGET_KEY)) or target_language(problem.prompt,
+                                                                              labeler)
 
 
 TARGET_LANGUAGES = tuple(dict.fromkeys(SCRIPT_LANGUAGES + LINGUA_LANGUAGES))
@@ -314,7 +329,7 @@ def check_language(value, languages: tuple[str, ...] | None, where: str) -> str:
     if isinstance(value, str) and (languages is None or value in languages):
         return value
     hint = ""
-    if languages == SCRIPT_LANGUAGES and value in LINGUA_LANGUAGES:
+    if languages == SCRIPT_LANGUAGES and normalize_target(value) in LINGUA_LANGUAGES:
         hint = "; the others need the lingua detector (the language:lingua reward)"
     raise UserError(f"{where} is {value!r}, not a language the labeler gives words: one of "
                     f"{', '.join(languages or ())} (ISO 639-1 codes){hint}")
@@ -323,9 +338,12 @@ def check_language(value, languages: tuple[str, ...] | None, where: str) -> str:
 def checked_problem_language(problem, labeler: Labeler = script_labels) -> str:
     """`problem_language`, with a `meta["target_language"]` that `labeler` cannot produce a
     `UserError` (for the reward and the filter; statistics take `problem_language` as it is)."""
-    if problem.meta.get(TARGET_KEY) is not None:
-        check_language(problem.meta[TARGET_KEY], getattr(labeler, "languages", None),
-                       f"problem {problem.id!r}: meta {TARGET_KEY!r}")
+    raw = problem.meta.get(TARGET_KEY)
+    target, languages = normalize_target(raw), getattr(labeler, "languages", None)
+    if target is not None and not (isinstance(target, str)
+                                   and (languages is None or target in languages)):
+        # raises, naming the value as written
+        check_language(raw, languages, f"problem {problem.id!r}: meta {TARGET_KEY!r}")
     return problem_language(problem, labeler)
 
 
@@ -340,7 +358,7 @@ def check_targets(problems, languages: tuple[str, ...], what: str, fix: str,
     if getattr(problems, "has_targets", None) is False:
         return
     bad = [p for p in problems
-           if p.meta.get(TARGET_KEY) is not None and p.meta[TARGET_KEY] not in languages]
+           if normalize_target(p.meta.get(TARGET_KEY)) not in (None, *languages)]
     if not bad:
         return
     more = f" (and {len(bad) - 1} more problems)" if len(bad) > 1 else ""

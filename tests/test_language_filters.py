@@ -613,3 +613,29 @@ def test_a_target_the_script_labeler_lacks_leaves_the_sample_statistic_unmeasure
     assert language_statistic("<think> donc cinquante-cinq </think>", fr) is None
     ru = Problem("p", "Сложите 47 и 8", "55", {"target_language": "ru"})
     assert language_statistic("<think> сорок семь </think>", ru) == 1.0
+
+
+def test_target_language_is_normalised_on_load(tmp_path):
+    import json
+
+    from r1kit.language import checked_problem_language, problem_language
+    from r1kit.tasks.files import load_data_file, load_jsonl
+
+    written = ["EN", " ru ", "en-US", "zh-CN", "zh-Hans", "Fr-ca", "", None]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": "Compute 1+1", "answer": "2",
+                                          "target_language": t}) for t in written) + "\n")
+    problems = load_jsonl(path)
+    assert [p.meta["target_language"] for p in problems] == [
+        "en", "ru", "en", "zh", "zh", "fr", None, None]
+    assert problem_language(problems[6]) == "en"  # "": no target, the prompt's language
+    csv = tmp_path / "p.csv"
+    csv.write_text("prompt,answer,target_language\nСложите 1 и 1,2,\nCompute 1+1,2, RU-ru\n")
+    blank, ru = load_data_file(csv)
+    assert (blank.meta["target_language"], ru.meta["target_language"]) == (None, "ru")
+    assert checked_problem_language(blank) == "ru"  # a blank cell: the prompt's language
+    # made in code, not loaded: the reward and filter read it the same way
+    assert get_reward("language")("<think> два </think>", Problem("p", "?", "2",
+                                                                  {"target_language": "RU"})) == 1.0
+    with pytest.raises(UserError, match="'FR'.*need the lingua detector"):
+        checked_problem_language(Problem("p", "?", "2", {"target_language": "FR"}))

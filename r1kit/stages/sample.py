@@ -57,7 +57,7 @@ from r1kit.filters import (
     check_filter_targets,
     to_cold_start,
 )
-from r1kit.language import SCRIPT_LANGUAGES, TARGET_KEY
+from r1kit.language import SCRIPT_LANGUAGES, TARGET_KEY, normalize_target
 from r1kit.models import load_model, pick_device
 from r1kit.rewards import code as code_reward
 from r1kit.rewards.extract import extract_answer
@@ -173,8 +173,7 @@ def language_statistic(completion: str, problem: Problem) -> float | None:
     """The `language` reward, for counts.json only; None (not measured) for a problem whose
     target_language the script labeler has no words in (`fr`): a statistic must not stop the
     run as the reward would (the filters that need a label are checked when the run starts)."""
-    target = problem.meta.get(TARGET_KEY)
-    if target is not None and target not in SCRIPT_LANGUAGES:
+    if normalize_target(problem.meta.get(TARGET_KEY)) not in (None, *SCRIPT_LANGUAGES):
         return None
     return language_reward(completion, problem)
 
