@@ -6,7 +6,11 @@ data for "mixed languages"; how words are tokenized and what the target language
 - a word is a run of letters of any script; digits, symbols and punctuation are not words, so
   `47+8=55` has none. A CJK ideograph is a word by itself (Chinese puts no spaces between words).
   Mathematics is not words of any language either: math spans (`$...$`, `$$...$$`, `\(...\)`,
-  `\[...\]`) and LaTeX commands (`\frac`, `\cdot`, `\alpha`) are removed first, and single Latin
+  `\[...\]`, the body of a math environment such as `\begin{align}`) and LaTeX commands
+  (`\frac`, `\cdot`, `\alpha`) are removed first, but for the prose of `\text{...}` inside math,
+  whose words count (English hidden in `$\text{so the answer is}$` is still English). `\$` is a
+  literal dollar, and so is a postfix price, a `$` after a digit and before punctuation (`5$, а
+  потом 10$`: the words between are prose), and single Latin
   or Greek letters (the variables `x`, `θ`, `π`; Greek letters are split from Latin ones, so
   `2πr` is two) are dropped, from the share's numerator and denominator alike: `Проверим:
   $2 \cdot 2 = 4$` is all Russian, `θ = π/4, since sin θ` all English. (Single Cyrillic letters,
@@ -54,7 +58,19 @@ _WORD_RE = re.compile(
 # non-space and closes after one, not before a digit (pandoc's rule), so prices, "$5 and $10",
 # stay text. Each span stops at the next opener or closer of its kind; a kind found unclosed
 # once is not searched for again, so every character is read a bounded number of times.
-_SCAN_RE = re.compile(r"\\(?:begin|end)\{[^{}]*\}|\\[A-Za-z]+|\\.|\$\$|\$", re.DOTALL)
+_SCAN_RE = re.compile(r"\\begin\{(?P<env>[^{}]*)\}|\\end\{[^{}]*\}|\\[A-Za-z]+|\\.|\$\$|\$",
+                      re.DOTALL)
+# Environments whose body is mathematics (`\begin{align} x &= 1 \end{align}`); the body of any
+# other (`itemize`) stays text.
+_MATH_ENVS = {"equation", "align", "alignat", "flalign", "gather", "multline", "eqnarray",
+              "displaymath", "math", "aligned", "gathered", "split", "cases", "array", "matrix",
+              "pmatrix", "bmatrix", "Bmatrix", "vmatrix", "Vmatrix", "smallmatrix"}
+# Text inside math is prose: `$\text{so the answer is}$` has words, which count.
+_TEXT_ARG_RE = re.compile(
+    r"\\(?:text(?:rm|bf|it|sf|tt|up|normal)?|mbox|intertext)\s*\{([^{}]*)\}")
+_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+# A `$` after a digit and before punctuation is a postfix price ("5$, а потом 10$"), not math.
+_AFTER_PRICE = set(".,;:!?)]»\"'…")
 _ENDS = {  # an opener -> (its closer, the tokens its search looks at: escapes are skipped)
     "$": ("$", re.compile(r"\\.|\$", re.DOTALL)),
     "$$": ("$$", re.compile(r"\\.|\$\$", re.DOTALL)),
@@ -85,7 +101,16 @@ def _hidden_spans(text: str) -> list[tuple[int, int]]:
     pos = 0
     while (m := _SCAN_RE.search(text, pos)) is not None:
         token, start, pos = m.group(), m.start(), m.end()
-        if token[1:2].isalpha():  # a command, \begin{...} and \end{...} included
+        env = m.group("env")
+        if env is not None and env.rstrip("*") in _MATH_ENVS and env not in unclosed:
+            end = text.find(f"\\end{{{env}}}", pos)
+            if end < 0:
+                unclosed.add(env)  # (not searched for again: a linear scan)
+                spans.append((start, pos))
+            else:
+                pos = end + len(env) + 6
+                spans.append((start, pos))
+        elif token[1:2].isalpha():  # a command, \begin{...} and \end{...} included
             spans.append((start, pos))
         elif token in ("\\[", "\\(", "$$") or (token == "$" and _opens_inline(text, start)):
             end = _closer(text, token, pos, unclosed)
@@ -98,7 +123,9 @@ def _hidden_spans(text: str) -> list[tuple[int, int]]:
 
 
 def _opens_inline(text: str, i: int) -> bool:
-    return i + 1 < len(text) and not text[i + 1].isspace()
+    if i + 1 >= len(text) or text[i + 1].isspace():
+        return False
+    return not (i > 0 and text[i - 1].isdigit() and text[i + 1] in _AFTER_PRICE)
 
 
 def _closes_inline(text: str, i: int) -> bool:
@@ -114,9 +141,20 @@ def _prose(text: str) -> str:
     """`text` with its math spans and LaTeX commands blanked (same length: offsets still hold)."""
     pieces, last = [], 0
     for start, end in _hidden_spans(text):
-        pieces += [text[last:start], " " * (end - start)]
+        pieces += [text[last:start], _blank_math(text[start:end])]
         last = end
     pieces.append(text[last:])
+    return "".join(pieces)
+
+
+def _blank_math(span: str) -> str:
+    """`span` blanked but for the prose of its `\text{...}` arguments (their commands blanked)."""
+    pieces, last = [], 0
+    for m in _TEXT_ARG_RE.finditer(span):
+        pieces += [" " * (m.start(1) - last),
+                   _COMMAND_RE.sub(lambda c: " " * len(c.group()), m.group(1))]
+        last = m.end(1)
+    pieces.append(" " * (len(span) - last))
     return "".join(pieces)
 
 

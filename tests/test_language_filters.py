@@ -639,3 +639,31 @@ def test_target_language_is_normalised_on_load(tmp_path):
                                                                   {"target_language": "RU"})) == 1.0
     with pytest.raises(UserError, match="'FR'.*need the lingua detector"):
         checked_problem_language(Problem("p", "?", "2", {"target_language": "FR"}))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # English hidden in \text{} inside math counts against a Russian target
+        (r"Итак, $x = 2 \text{, so the answer is } 4$ верно",
+         ["Итак", "so", "the", "answer", "is", "верно"]),
+        (r"\[ y = \mbox{since \quad then} 3 \]", ["since", "then"]),
+        # a math environment's body is math; other environments' bodies stay text
+        (r"\begin{align} x &= 2 \\ ab &= cd \text{hence} \end{align} done", ["hence", "done"]),
+        (r"\begin{align*} sin x \end{align*} ok", ["ok"]),
+        (r"\begin{itemize} \item first point \end{itemize}", ["first", "point"]),
+        # a postfix price is not a math opener: the prose between two prices stays words
+        ("стоит 5$, а потом 10$ итого", ["стоит", "а", "потом", "итого"]),
+        ("так $x = 5$, верно", ["так", "верно"]),  # a closer after a digit still closes
+        (r"2$\times$3 раза", ["раза"]),
+    ],
+)
+def test_text_in_math_environments_and_postfix_prices(text, expected):
+    assert words(text) == expected
+
+
+def test_text_in_math_counts_against_the_target():
+    ru = Problem("p", "Найдите x", "4", {"target_language": "ru"})
+    hidden = r"<think> Итак $x = 4 \text{ so the answer is four }$ </think>"
+    assert get_reward("language")(hidden, ru) == pytest.approx(1 / 6)
+    assert single_language(Candidate(hidden, ru))[0] is False
