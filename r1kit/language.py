@@ -10,7 +10,8 @@ data for "mixed languages"; how words are tokenized and what the target language
   (`\frac`, `\cdot`, `\alpha`) are removed first, but for the prose of `\text{...}` inside math,
   whose words count (English hidden in `$\text{so the answer is}$` is still English). `\$` is a
   literal dollar, and so is a postfix price, a `$` after a digit and before punctuation (`5$, а
-  потом 10$`: the words between are prose), and single Latin
+  потом 10$`: the words between are prose). Code (`` `numpy.sum` ``, fenced blocks) and URLs
+  are blanked like math, and single Latin
   or Greek letters (the variables `x`, `θ`, `π`; Greek letters are split from Latin ones, so
   `2πr` is two) are dropped, from the share's numerator and denominator alike: `Проверим:
   $2 \cdot 2 = 4$` is all Russian, `θ = π/4, since sin θ` all English. (Single Cyrillic letters,
@@ -58,8 +59,12 @@ _WORD_RE = re.compile(
 # non-space and closes after one, not before a digit (pandoc's rule), so prices, "$5 and $10",
 # stay text. Each span stops at the next opener or closer of its kind; a kind found unclosed
 # once is not searched for again, so every character is read a bounded number of times.
-_SCAN_RE = re.compile(r"\\begin\{(?P<env>[^{}]*)\}|\\end\{[^{}]*\}|\\[A-Za-z]+|\\.|\$\$|\$",
-                      re.DOTALL)
+# Code (`numpy.sum`, fenced blocks) and URLs are not words of a natural language either: they
+# are blanked like math, so that a Russian reasoning naming `np.sum` is not mixed.
+_SCAN_RE = re.compile(
+    r"(?P<ticks>`+)|(?P<url>(?:https?|ftp)://[^\s<>\"'`]+|(?<![\w.])www\.[^\s<>\"'`]+)"
+    r"|\\begin\{(?P<env>[^{}]*)\}|\\end\{[^{}]*\}|\\[A-Za-z]+|\\.|\$\$|\$",
+    re.DOTALL)
 # Environments whose body is mathematics (`\begin{align} x &= 1 \end{align}`); the body of any
 # other (`itemize`) stays text.
 _MATH_ENVS = {"equation", "align", "alignat", "flalign", "gather", "multline", "eqnarray",
@@ -101,8 +106,15 @@ def _hidden_spans(text: str) -> list[tuple[int, int]]:
     pos = 0
     while (m := _SCAN_RE.search(text, pos)) is not None:
         token, start, pos = m.group(), m.start(), m.end()
-        env = m.group("env")
-        if env is not None and env.rstrip("*") in _MATH_ENVS and env not in unclosed:
+        env, ticks = m.group("env"), m.group("ticks")
+        if ticks is not None:
+            end = _code_end(text, len(ticks), pos, unclosed)
+            if end is not None:
+                spans.append((start, end))
+                pos = end
+        elif m.group("url") is not None:
+            spans.append((start, pos))
+        elif env is not None and env.rstrip("*") in _MATH_ENVS and env not in unclosed:
             end = text.find(f"\\end{{{env}}}", pos)
             if end < 0:
                 unclosed.add(env)  # (not searched for again: a linear scan)
@@ -120,6 +132,20 @@ def _hidden_spans(text: str) -> list[tuple[int, int]]:
             elif token == "$$":  # unclosed: its second `$` may still open inline math
                 pos = start + 1
     return spans
+
+
+def _code_end(text: str, n: int, pos: int, unclosed: set[str]) -> int | None:
+    """Where code opened by `n` backticks ending at `pos` ends (markdown's rules): a fence (3 or
+    more) at the next run at least as long, else the end of the text; inline code at the next
+    run of exactly `n`, else None (the backticks are literal)."""
+    if n >= 3:
+        m = re.compile(f"`{{{n},}}").search(text, pos)
+        return m.end() if m else len(text)
+    key = "`" * n
+    m = None if key in unclosed else re.compile(f"(?<!`){key}(?!`)").search(text, pos)
+    if m is None:
+        unclosed.add(key)  # (not searched for again: a linear scan)
+    return m.end() if m else None
 
 
 def _opens_inline(text: str, i: int) -> bool:
@@ -141,7 +167,9 @@ def _prose(text: str) -> str:
     """`text` with its math spans and LaTeX commands blanked (same length: offsets still hold)."""
     pieces, last = [], 0
     for start, end in _hidden_spans(text):
-        pieces += [text[last:start], _blank_math(text[start:end])]
+        span = text[start:end]  # math or a command, else code or a URL: all blank
+        pieces += [text[last:start],
+                   _blank_math(span) if span[0] in "$\\" else " " * (end - start)]
         last = end
     pieces.append(text[last:])
     return "".join(pieces)

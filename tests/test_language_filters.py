@@ -667,3 +667,35 @@ def test_text_in_math_counts_against_the_target():
     hidden = r"<think> Итак $x = 4 \text{ so the answer is four }$ </think>"
     assert get_reward("language")(hidden, ru) == pytest.approx(1 / 6)
     assert single_language(Candidate(hidden, ru))[0] is False
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Сложим через `numpy.sum` и проверим", ["Сложим", "через", "и", "проверим"]),
+        ("Код:\n```python\nprint(sum(xs))\n```\nготово", ["Код", "готово"]),
+        ("```python\nprint('a truncated block runs to the end')", []),  # markdown's rule
+        ("см. https://docs.python.org/3/library и www.example.com тоже", ["см", "и", "тоже"]),
+        ("a ` lone backtick stays", ["lone", "backtick", "stays"]),
+        ("``a`b`` then", ["then"]),  # a run of two closes at the next run of two
+    ],
+)
+def test_code_and_urls_are_not_words(text, expected):
+    assert words(text) == expected
+
+
+def test_code_and_urls_do_not_count_against_a_non_english_target():
+    ru = Problem("p", "Сложите числа", "6", {"target_language": "ru"})
+    cot = ("<think> Используем `numpy.sum`, см. https://numpy.org/doc/stable/reference:\n"
+           "```python\nimport numpy as np\nprint(np.sum([1, 2, 3]))\n```\nполучаем 6 </think>")
+    assert get_reward("language")(cot, ru) == 1.0
+    assert single_language(Candidate(cot, ru)) == (True, "")
+
+
+def test_unclosed_backticks_stay_linear():
+    import time
+
+    started = time.perf_counter()
+    for opener in ("` ", "`` ", "a` b``` "):
+        words(opener * 50_000 + "done")
+    assert time.perf_counter() - started < 5

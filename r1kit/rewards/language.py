@@ -15,7 +15,8 @@ never `meta["language"]`, which is a coding problem's programming language):
 Reasoning without words (`47+8=55, 55-9=46`) mixes no language: both give it 1.0, as for
 reasoning all in the target language. (Scored None, which counts 0 in the total, any word at all,
 a filler `wait` included, would have earned the reward.) Both return None only when there is no
-reasoning at all. Math (`$x$`, `\cdot`) and single-letter variables are not words. Words,
+reasoning at all. Math (`$x$`, `\cdot`; but not the prose of a `\text{...}` in it), code,
+URLs and single-letter variables are not words. Words,
 scripts and the target language are defined in `r1kit.language`; a library detector plugs in as
 the `labeler` of `make_language` / `make_language_threshold`. A `meta["target_language"]` the
 labeler cannot produce (`fr` for the script labeler) is a `UserError`, not a reward of 0.
