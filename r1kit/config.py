@@ -468,8 +468,10 @@ class PipelineStagesConfig(_Checked):
     final_temperature: float = opt(0.7, "07-r1: rollout temperature (R1-SPEC §3.2: 0.7)", above=0)
     language_form: str = opt(
         "language", "the language reward of 04-dev2 and 07-r1: 'language' (the paper's proportion) "
-        "or 'language_threshold' (1 when the share is >= 0.95)",
-        choices=("language", "language_threshold"),
+        "or 'language_threshold' (1 when the share is >= 0.95); ':lingua' forms tell apart "
+        "languages sharing a script (fr, de, ...; r1kit[lingua])",
+        choices=("language", "language_threshold", "language:lingua",
+                 "language_threshold:lingua"),
     )
     general_samples: int = opt(
         100, "05-rejection: built-in non-reasoning records mixed into Dev3's SFT data (0 = none; "

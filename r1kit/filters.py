@@ -44,7 +44,13 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from r1kit.errors import UserError
-from r1kit.language import checked_problem_language, language_consistency, reasoning_part
+from r1kit.language import (
+    check_targets,
+    checked_problem_language,
+    language_consistency,
+    reasoning_part,
+    script_labels,
+)
 from r1kit.rewards import code as code_reward
 from r1kit.rewards import get_reward
 from r1kit.tasks.arithmetic import readable_reasoning
@@ -127,6 +133,15 @@ def single_language(c: Candidate, tolerance: float = 0.0) -> Verdict:
     if share is None or share >= 1.0 - tolerance:
         return True, ""
     return False, f"{share:.0%} of the reasoning's words are in {target!r}"
+
+
+def check_filter_targets(problems, names, key: str = "sample.filters", context: str = "") -> None:
+    """Every `target_language` of `problems` is one `single_language` (when among `names`) can
+    label words with: the script labeler's en, ru, zh; else a `UserError` (`check_targets`)."""
+    if "single_language" in names:
+        check_targets(problems, script_labels.languages, "the single_language filter",
+                      f"remove single_language from {key} (it labels words by their script "
+                      "only), or remove the target_language of such problems", context)
 
 
 _STRIP = ".,;:!?()[]{}\"'`"

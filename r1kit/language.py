@@ -6,7 +6,12 @@ data for "mixed languages"; how words are tokenized and what the target language
 - a word is a run of letters of any script; digits, symbols and punctuation are not words, so
   `47+8=55` has none. A CJK ideograph is a word by itself (Chinese puts no spaces between words).
   Mathematics is not words of any language either: math spans (`$...$`, `$$...$$`, `\(...\)`,
-  `\[...\]`) and LaTeX commands (`\frac`, `\cdot`, `\alpha`) are removed first, and single Latin
+  `\[...\]`, the body of a math environment such as `\begin{align}`) and LaTeX commands
+  (`\frac`, `\cdot`, `\alpha`) are removed first, but for the prose of `\text{...}` inside math,
+  whose words count (English hidden in `$\text{so the answer is}$` is still English). `\$` is a
+  literal dollar, and so is a postfix price, a `$` after a digit and before punctuation (`5$, а
+  потом 10$`: the words between are prose). Code (`` `numpy.sum` ``, fenced blocks) and URLs
+  are blanked like math, and single Latin
   or Greek letters (the variables `x`, `θ`, `π`; Greek letters are split from Latin ones, so
   `2πr` is two) are dropped, from the share's numerator and denominator alike: `Проверим:
   $2 \cdot 2 = 4$` is all Russian, `θ = π/4, since sin θ` all English. (Single Cyrillic letters,
@@ -47,19 +52,110 @@ _GREEK = "\u0370-\u03ff\u1f00-\u1fff"
 _GREEK_RE = re.compile(f"[{_GREEK}]")
 _WORD_RE = re.compile(
     rf"[{_CJK}]|(?:(?=[{_GREEK}])[^\W\d_])+|(?:(?![{_CJK}{_GREEK}])[^\W\d_])+")
-# Math spans and LaTeX commands, blanked before words are found. Each span stops at the next
-# opener or closer of its kind, so unclosed ones cost a linear scan, not a quadratic one; an
-# inline `$` opens before a non-space and closes after one, not before a digit (pandoc's rule),
-# so prices, "$5 and $10", stay text.
-_MATH_RE = re.compile(
-    r"\$\$(?:[^$]|\$(?!\$))*\$\$"
-    r"|\\\[(?:(?!\\[\[\]]).)*\\\]"
-    r"|\\\((?:(?!\\[()]).)*\\\)"
-    r"|\$(?=\S)(?:[^$\\]|\\.)*(?<=\S)\$(?!\d)"
-    r"|\\(?:begin|end)\{[^{}]*\}"
-    r"|\\[A-Za-z]+",
-    re.DOTALL,
-)
+# Math spans and LaTeX commands, blanked before words are found, by one left-to-right scan
+# (`_hidden_spans`): a regex with a span per alternative retried its body from every `$`, which
+# took minutes on 100k characters of escaped dollars. `\x` is one token wherever it is (`\$` a
+# literal dollar, `\\` a backslash, never the start of `\[`). An inline `$` opens before a
+# non-space and closes after one, not before a digit (pandoc's rule), so prices, "$5 and $10",
+# stay text. Each span stops at the next opener or closer of its kind; a kind found unclosed
+# once is not searched for again, so every character is read a bounded number of times.
+# Code (`numpy.sum`, fenced blocks) and URLs are not words of a natural language either: they
+# are blanked like math, so that a Russian reasoning naming `np.sum` is not mixed.
+_SCAN_RE = re.compile(
+    r"(?P<ticks>`+)|(?P<url>(?:https?|ftp)://[^\s<>\"'`]+|(?<![\w.])www\.[^\s<>\"'`]+)"
+    r"|\\begin\{(?P<env>[^{}]*)\}|\\end\{[^{}]*\}|\\[A-Za-z]+|\\.|\$\$|\$",
+    re.DOTALL)
+# Environments whose body is mathematics (`\begin{align} x &= 1 \end{align}`); the body of any
+# other (`itemize`) stays text.
+_MATH_ENVS = {"equation", "align", "alignat", "flalign", "gather", "multline", "eqnarray",
+              "displaymath", "math", "aligned", "gathered", "split", "cases", "array", "matrix",
+              "pmatrix", "bmatrix", "Bmatrix", "vmatrix", "Vmatrix", "smallmatrix"}
+# Text inside math is prose: `$\text{so the answer is}$` has words, which count.
+_TEXT_ARG_RE = re.compile(
+    r"\\(?:text(?:rm|bf|it|sf|tt|up|normal)?|mbox|intertext)\s*\{([^{}]*)\}")
+_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+# A `$` after a digit and before punctuation is a postfix price ("5$, а потом 10$"), not math.
+_AFTER_PRICE = set(".,;:!?)]»\"'…")
+_ENDS = {  # an opener -> (its closer, the tokens its search looks at: escapes are skipped)
+    "$": ("$", re.compile(r"\\.|\$", re.DOTALL)),
+    "$$": ("$$", re.compile(r"\\.|\$\$", re.DOTALL)),
+    "\\[": ("\\]", re.compile(r"\\.", re.DOTALL)),
+    "\\(": ("\\)", re.compile(r"\\.", re.DOTALL)),
+}
+
+
+def _closer(text: str, opener: str, pos: int, unclosed: set[str]) -> re.Match | None:
+    """The closer of `opener` after `pos`, or None where none comes before the next opener of
+    the same kind (or the end; then `opener` joins `unclosed`, and is not searched for again)."""
+    if opener in unclosed:
+        return None
+    closer, tokens = _ENDS[opener]
+    for m in tokens.finditer(text, pos):
+        if m.group() == closer:
+            return m
+        if m.group() == opener:
+            return None
+    unclosed.add(opener)
+    return None
+
+
+def _hidden_spans(text: str) -> list[tuple[int, int]]:
+    """The (start, end) of each math span and LaTeX command of `text`, in order."""
+    spans: list[tuple[int, int]] = []
+    unclosed: set[str] = set()
+    pos = 0
+    while (m := _SCAN_RE.search(text, pos)) is not None:
+        token, start, pos = m.group(), m.start(), m.end()
+        env, ticks = m.group("env"), m.group("ticks")
+        if ticks is not None:
+            end = _code_end(text, len(ticks), pos, unclosed)
+            if end is not None:
+                spans.append((start, end))
+                pos = end
+        elif m.group("url") is not None:
+            spans.append((start, pos))
+        elif env is not None and env.rstrip("*") in _MATH_ENVS and env not in unclosed:
+            end = text.find(f"\\end{{{env}}}", pos)
+            if end < 0:
+                unclosed.add(env)  # (not searched for again: a linear scan)
+                spans.append((start, pos))
+            else:
+                pos = end + len(env) + 6
+                spans.append((start, pos))
+        elif token[1:2].isalpha():  # a command, \begin{...} and \end{...} included
+            spans.append((start, pos))
+        elif token in ("\\[", "\\(", "$$") or (token == "$" and _opens_inline(text, start)):
+            end = _closer(text, token, pos, unclosed)
+            if end is not None and (token != "$" or _closes_inline(text, end.start())):
+                spans.append((start, end.end()))
+                pos = end.end()
+            elif token == "$$":  # unclosed: its second `$` may still open inline math
+                pos = start + 1
+    return spans
+
+
+def _code_end(text: str, n: int, pos: int, unclosed: set[str]) -> int | None:
+    """Where code opened by `n` backticks ending at `pos` ends (markdown's rules): a fence (3 or
+    more) at the next run at least as long, else the end of the text; inline code at the next
+    run of exactly `n`, else None (the backticks are literal)."""
+    if n >= 3:
+        m = re.compile(f"`{{{n},}}").search(text, pos)
+        return m.end() if m else len(text)
+    key = "`" * n
+    m = None if key in unclosed else re.compile(f"(?<!`){key}(?!`)").search(text, pos)
+    if m is None:
+        unclosed.add(key)  # (not searched for again: a linear scan)
+    return m.end() if m else None
+
+
+def _opens_inline(text: str, i: int) -> bool:
+    if i + 1 >= len(text) or text[i + 1].isspace():
+        return False
+    return not (i > 0 and text[i - 1].isdigit() and text[i + 1] in _AFTER_PRICE)
+
+
+def _closes_inline(text: str, i: int) -> bool:
+    return not text[i - 1].isspace() and not text[i + 1 : i + 2].isdigit()
 
 
 def _is_variable(word: str) -> bool:
@@ -69,7 +165,25 @@ def _is_variable(word: str) -> bool:
 
 def _prose(text: str) -> str:
     """`text` with its math spans and LaTeX commands blanked (same length: offsets still hold)."""
-    return _MATH_RE.sub(lambda m: " " * len(m.group()), text)
+    pieces, last = [], 0
+    for start, end in _hidden_spans(text):
+        span = text[start:end]  # math or a command, else code or a URL: all blank
+        pieces += [text[last:start],
+                   _blank_math(span) if span[0] in "$\\" else " " * (end - start)]
+        last = end
+    pieces.append(text[last:])
+    return "".join(pieces)
+
+
+def _blank_math(span: str) -> str:
+    """`span` blanked but for the prose of its `\text{...}` arguments (their commands blanked)."""
+    pieces, last = [], 0
+    for m in _TEXT_ARG_RE.finditer(span):
+        pieces += [" " * (m.start(1) - last),
+                   _COMMAND_RE.sub(lambda c: " " * len(c.group()), m.group(1))]
+        last = m.end(1)
+    pieces.append(" " * (len(span) - last))
+    return "".join(pieces)
 
 
 def _word_matches(prose: str) -> list[re.Match]:
@@ -233,6 +347,20 @@ TARGET_KEY = "target_language"
 """The `Problem.meta` key (and data-file field) naming the language the reasoning should be in."""
 
 
+def normalize_target(value):
+    """A `target_language` as written, as the ISO 639-1 code the labelers give: case and
+    surrounding spaces ignored, a BCP-47 region or script subtag dropped (`en-US`, `zh-Hans`; a
+    locale's `zh_CN` too); an empty string is no target (None), as a blank CSV cell is. Any other
+    value comes back as it is, for `check_language` to reject.
+
+    >>> [normalize_target(v) for v in ("EN", " en-US ", "zh-Hans", "zh_CN", "", None, 7)]
+    ['en', 'en', 'zh', 'zh', None, None, 7]
+    """
+    if not isinstance(value, str):
+        return value
+    return re.split(r"[-_]", value.strip().lower(), maxsplit=1)[0] or None
+
+
 def problem_language(problem, labeler: Labeler = script_labels) -> str:
     """A problem's target language: `problem.meta["target_language"]` if set, else its prompt's
     (by `labeler`). Never `meta["language"]`, a coding problem's programming language.
@@ -243,7 +371,8 @@ def problem_language(problem, labeler: Labeler = script_labels) -> str:
     >>> problem_language(Problem("p", "Compute 47+8", "55", {"target_language": "ru"}))
     'ru'
     """
-    return problem.meta.get(TARGET_KEY) or target_language(problem.prompt, labeler)
+    return normalize_target(problem.meta.get(TARGET_KEY)) or target_language(problem.prompt,
+                                                                              labeler)
 
 
 TARGET_LANGUAGES = tuple(dict.fromkeys(SCRIPT_LANGUAGES + LINGUA_LANGUAGES))
@@ -266,7 +395,7 @@ def check_language(value, languages: tuple[str, ...] | None, where: str) -> str:
     if isinstance(value, str) and (languages is None or value in languages):
         return value
     hint = ""
-    if languages == SCRIPT_LANGUAGES and value in LINGUA_LANGUAGES:
+    if languages == SCRIPT_LANGUAGES and normalize_target(value) in LINGUA_LANGUAGES:
         hint = "; the others need the lingua detector (the language:lingua reward)"
     raise UserError(f"{where} is {value!r}, not a language the labeler gives words: one of "
                     f"{', '.join(languages or ())} (ISO 639-1 codes){hint}")
@@ -275,10 +404,34 @@ def check_language(value, languages: tuple[str, ...] | None, where: str) -> str:
 def checked_problem_language(problem, labeler: Labeler = script_labels) -> str:
     """`problem_language`, with a `meta["target_language"]` that `labeler` cannot produce a
     `UserError` (for the reward and the filter; statistics take `problem_language` as it is)."""
-    if problem.meta.get(TARGET_KEY) is not None:
-        check_language(problem.meta[TARGET_KEY], getattr(labeler, "languages", None),
-                       f"problem {problem.id!r}: meta {TARGET_KEY!r}")
+    raw = problem.meta.get(TARGET_KEY)
+    target, languages = normalize_target(raw), getattr(labeler, "languages", None)
+    if target is not None and not (isinstance(target, str)
+                                   and (languages is None or target in languages)):
+        # raises, naming the value as written
+        check_language(raw, languages, f"problem {problem.id!r}: meta {TARGET_KEY!r}")
     return problem_language(problem, labeler)
+
+
+def check_targets(problems, languages: tuple[str, ...], what: str, fix: str,
+                  context: str = "") -> None:
+    """A `UserError` naming the first of `problems` whose `meta["target_language"]` is not one of
+    `languages` (those `what`, a reward or filter, can label a word with), with `fix`: the
+    reward or filter would raise only when it first meets that problem, maybe a whole stage
+    later, so a stage checks its problems when it starts. A generated problem set that says it
+    carries no targets (`has_targets = False`: reasoning-gym's, made lazily) is not read through.
+    """
+    if getattr(problems, "has_targets", None) is False:
+        return
+    bad = [p for p in problems
+           if normalize_target(p.meta.get(TARGET_KEY)) not in (None, *languages)]
+    if not bad:
+        return
+    more = f" (and {len(bad) - 1} more problems)" if len(bad) > 1 else ""
+    raise UserError(
+        f"{context}problem {bad[0].id!r}{more}: target_language {bad[0].meta[TARGET_KEY]!r}, but "
+        f"{what} labels words only as {', '.join(languages)}, so every reasoning would score 0 "
+        f"for it; {fix}")
 
 
 def reasoning_part(completion: str) -> str:

@@ -482,6 +482,25 @@ def test_unclosed_math_openers_stay_linear():
     assert time.perf_counter() - started < 5  # a quadratic scan takes minutes here
 
 
+def test_escaped_dollars_stay_linear():
+    import time
+
+    prices = "The cost is \\$5 and \\$10 per item. " * 6_000  # 210k characters
+    backslashes = "$\\\\" * 70_000  # `$\\`: 210k characters
+    started = time.perf_counter()
+    assert single_language(Candidate(f"<think> {prices} </think>", EN)) == (True, "")
+    assert words(prices)[:6] == ["The", "cost", "is", "and", "per", "item"]
+    assert words(backslashes) == []
+    assert time.perf_counter() - started < 2  # quadratic: 20 s and 237 s at 100k characters
+
+
+def test_an_escaped_dollar_is_a_literal_dollar():
+    assert words(r"it costs \$5, then $x$ is") == ["it", "costs", "then", "is"]
+    assert words(r"a \$ sign and more $") == ["sign", "and", "more"]  # opens no math
+    assert words(r"$\$ inside$ out") == ["out"]  # nor closes it
+    assert words(r"line \\[2pt] next \\ row") == ["line", "pt", "next", "row"]  # `\\`, no `\[`
+
+
 # --- lingua: short prompts and long texts -------------------------------------------------------
 
 
@@ -523,3 +542,160 @@ def test_lingua_labels_each_word_by_its_span_in_a_long_text(lingua):
     per_pair = ["fr"] * 10 + ["en"] * 11
     assert labels[: 21 * 300] == per_pair * 300
     assert len(labels) == 21 * 300 + 1  # the math is not words
+
+
+# --- targets checked when a stage starts ----------------------------------------------------------
+
+
+def _problem_file(tmp_path, targets, name="p.jsonl"):
+    """A JSONL file of arithmetic problems with these target_language values (None: unset)."""
+    import json
+
+    path = tmp_path / name
+    rows = [{"prompt": f"Compute {i}+1", "answer": str(i + 1), "id": f"q{i}",
+             **({"target_language": t} if t else {})} for i, t in enumerate(targets * 10)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_targets_the_configured_labelers_cannot_give_stop_a_stage_before_its_folder(
+        tmp_path, monkeypatch):
+    from r1kit import runs, trainable
+    from r1kit.cli import main as cli
+    from r1kit.filters import check_filter_targets
+    from r1kit.rewards.language import check_reward_targets
+    from r1kit.tasks.files import load_jsonl
+
+    path = _problem_file(tmp_path, [None, "ru", "fr"])
+    problems = load_jsonl(path)
+    with pytest.raises(UserError, match=r"problem 'q2' \(and 9 more problems\): target_language "
+                                        r"'fr', but the 'language' reward labels words only as "
+                                        r"en, ru, zh.*use 'language:lingua' instead"):
+        check_reward_targets(problems, {"accuracy": 1.0, "language": 0.5})
+    with pytest.raises(UserError, match="'language_threshold:lingua' instead"):
+        check_reward_targets(problems, ["language_threshold"])
+    check_reward_targets(problems, ["accuracy", "format"])  # no language reward: nothing to check
+    with pytest.raises(UserError, match="single_language filter.*remove single_language from "
+                                        "sample.filters"):
+        check_filter_targets(problems, ["correct", "single_language"])
+    check_filter_targets(problems, ["correct"])
+    check_filter_targets(load_jsonl(_problem_file(tmp_path, [None, "ru", "zh"], "ok.jsonl")),
+                         ["single_language"])
+
+    class Lazy(list):  # a generated set (reasoning-gym's) says so rather than be read through
+        has_targets = False
+
+        def __iter__(self):
+            raise AssertionError("read through")
+
+    check_reward_targets(Lazy(), ["language"])
+
+    # the stages: before any folder or model, not at the first batch holding such a problem
+    def no_folder(*args, **kwargs):
+        raise AssertionError("a run folder was opened")
+
+    monkeypatch.setattr(runs.RunFolder, "open", no_folder)
+    monkeypatch.setattr(trainable, "open_run", no_folder)
+    out = tmp_path / "runs"
+    common = ["--set", f"run.out_dir={out}", "--set", f"data.source={path}"]
+    for args in (["zero", "--set", "rewards.weights={accuracy: 1.0, language: 0.5}"],
+                 ["sample"],  # single_language is among the default filters
+                 ["pipeline"],  # its 04-dev2 and 07-r1 reward the script `language` by default
+                 ["pipeline", "--set", "pipeline.language_form=language:lingua"]):  # filters
+        assert cli(args + common) == 2, args
+        assert not out.exists(), args
+
+
+def test_a_target_the_script_labeler_lacks_leaves_the_sample_statistic_unmeasured():
+    from r1kit.stages.sample import language_statistic
+
+    fr = Problem("p", "Calculez 47+8", "55", {"target_language": "fr"})
+    assert language_statistic("<think> donc cinquante-cinq </think>", fr) is None
+    ru = Problem("p", "Сложите 47 и 8", "55", {"target_language": "ru"})
+    assert language_statistic("<think> сорок семь </think>", ru) == 1.0
+
+
+def test_target_language_is_normalised_on_load(tmp_path):
+    import json
+
+    from r1kit.language import checked_problem_language, problem_language
+    from r1kit.tasks.files import load_data_file, load_jsonl
+
+    written = ["EN", " ru ", "en-US", "zh-CN", "zh-Hans", "Fr-ca", "", None]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": "Compute 1+1", "answer": "2",
+                                          "target_language": t}) for t in written) + "\n")
+    problems = load_jsonl(path)
+    assert [p.meta["target_language"] for p in problems] == [
+        "en", "ru", "en", "zh", "zh", "fr", None, None]
+    assert problem_language(problems[6]) == "en"  # "": no target, the prompt's language
+    csv = tmp_path / "p.csv"
+    csv.write_text("prompt,answer,target_language\nСложите 1 и 1,2,\nCompute 1+1,2, RU-ru\n")
+    blank, ru = load_data_file(csv)
+    assert (blank.meta["target_language"], ru.meta["target_language"]) == (None, "ru")
+    assert checked_problem_language(blank) == "ru"  # a blank cell: the prompt's language
+    # made in code, not loaded: the reward and filter read it the same way
+    assert get_reward("language")("<think> два </think>", Problem("p", "?", "2",
+                                                                  {"target_language": "RU"})) == 1.0
+    with pytest.raises(UserError, match="'FR'.*need the lingua detector"):
+        checked_problem_language(Problem("p", "?", "2", {"target_language": "FR"}))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # English hidden in \text{} inside math counts against a Russian target
+        (r"Итак, $x = 2 \text{, so the answer is } 4$ верно",
+         ["Итак", "so", "the", "answer", "is", "верно"]),
+        (r"\[ y = \mbox{since \quad then} 3 \]", ["since", "then"]),
+        # a math environment's body is math; other environments' bodies stay text
+        (r"\begin{align} x &= 2 \\ ab &= cd \text{hence} \end{align} done", ["hence", "done"]),
+        (r"\begin{align*} sin x \end{align*} ok", ["ok"]),
+        (r"\begin{itemize} \item first point \end{itemize}", ["first", "point"]),
+        # a postfix price is not a math opener: the prose between two prices stays words
+        ("стоит 5$, а потом 10$ итого", ["стоит", "а", "потом", "итого"]),
+        ("так $x = 5$, верно", ["так", "верно"]),  # a closer after a digit still closes
+        (r"2$\times$3 раза", ["раза"]),
+    ],
+)
+def test_text_in_math_environments_and_postfix_prices(text, expected):
+    assert words(text) == expected
+
+
+def test_text_in_math_counts_against_the_target():
+    ru = Problem("p", "Найдите x", "4", {"target_language": "ru"})
+    hidden = r"<think> Итак $x = 4 \text{ so the answer is four }$ </think>"
+    assert get_reward("language")(hidden, ru) == pytest.approx(1 / 6)
+    assert single_language(Candidate(hidden, ru))[0] is False
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Сложим через `numpy.sum` и проверим", ["Сложим", "через", "и", "проверим"]),
+        ("Код:\n```python\nprint(sum(xs))\n```\nготово", ["Код", "готово"]),
+        ("```python\nprint('a truncated block runs to the end')", []),  # markdown's rule
+        ("см. https://docs.python.org/3/library и www.example.com тоже", ["см", "и", "тоже"]),
+        ("a ` lone backtick stays", ["lone", "backtick", "stays"]),
+        ("``a`b`` then", ["then"]),  # a run of two closes at the next run of two
+    ],
+)
+def test_code_and_urls_are_not_words(text, expected):
+    assert words(text) == expected
+
+
+def test_code_and_urls_do_not_count_against_a_non_english_target():
+    ru = Problem("p", "Сложите числа", "6", {"target_language": "ru"})
+    cot = ("<think> Используем `numpy.sum`, см. https://numpy.org/doc/stable/reference:\n"
+           "```python\nimport numpy as np\nprint(np.sum([1, 2, 3]))\n```\nполучаем 6 </think>")
+    assert get_reward("language")(cot, ru) == 1.0
+    assert single_language(Candidate(cot, ru)) == (True, "")
+
+
+def test_unclosed_backticks_stay_linear():
+    import time
+
+    started = time.perf_counter()
+    for opener in ("` ", "`` ", "a` b``` "):
+        words(opener * 50_000 + "done")
+    assert time.perf_counter() - started < 5

@@ -15,7 +15,8 @@ never `meta["language"]`, which is a coding problem's programming language):
 Reasoning without words (`47+8=55, 55-9=46`) mixes no language: both give it 1.0, as for
 reasoning all in the target language. (Scored None, which counts 0 in the total, any word at all,
 a filler `wait` included, would have earned the reward.) Both return None only when there is no
-reasoning at all. Math (`$x$`, `\cdot`) and single-letter variables are not words. Words,
+reasoning at all. Math (`$x$`, `\cdot`; but not the prose of a `\text{...}` in it), code,
+URLs and single-letter variables are not words. Words,
 scripts and the target language are defined in `r1kit.language`; a library detector plugs in as
 the `labeler` of `make_language` / `make_language_threshold`. A `meta["target_language"]` the
 labeler cannot produce (`fr` for the script labeler) is a `UserError`, not a reward of 0.
@@ -27,14 +28,16 @@ from collections.abc import Callable
 
 from r1kit.errors import UserError
 from r1kit.language import (
+    LINGUA_LANGUAGES,
     Labeler,
+    check_targets,
     checked_problem_language,
     language_consistency,
     lingua_labeler,
     reasoning_part,
     script_labels,
 )
-from r1kit.rewards import register
+from r1kit.rewards import get_reward, register
 from r1kit.tasks.base import Problem
 
 DEFAULT_THRESHOLD = 0.95
@@ -51,6 +54,7 @@ def make_language(labeler: Labeler = script_labels) -> Callable[[str, Problem], 
             return 1.0 if reasoning.strip() else None
         return share
 
+    language.labeler = labeler  # for `check_reward_targets`
     return language
 
 
@@ -73,6 +77,7 @@ def make_language_threshold(
         share = proportion(completion, problem)
         return None if share is None else float(share >= threshold)
 
+    language_threshold.labeler = labeler
     return language_threshold
 
 
@@ -112,3 +117,21 @@ def make_language_reward(name: str):
     labeler = lingua_labeler()
     return make_language(labeler) if form == "language" else make_language_threshold(
         labeler=labeler)
+
+
+def check_reward_targets(problems, names, key: str = "rewards.weights", context: str = "") -> None:
+    """Every `target_language` of `problems` is one the language rewards among `names` (those
+    with a `labeler`) can label words with, else a `UserError` saying what to change (`key`: the
+    setting that names the reward); for a stage to call before it makes a folder or loads a
+    model (`check_targets`)."""
+    for name in names:
+        languages = getattr(getattr(get_reward(name), "labeler", None), "languages", None)
+        if languages is None:
+            continue
+        form, _, detector = name.partition(":")
+        lingua = f"{form}:lingua"
+        fix = "remove the target_language of such problems"
+        if not detector and form in ("language", "language_threshold"):
+            fix = (f"use {lingua!r} instead of {name!r} in {key} (the lingua detector also "
+                   f"labels {', '.join(LINGUA_LANGUAGES)}: pip install 'r1kit[lingua]'), or {fix}")
+        check_targets(problems, languages, f"the {name!r} reward", fix, context)

@@ -71,12 +71,13 @@ from r1kit.config import (
 )
 from r1kit.errors import UserError
 from r1kit.evaluation import EvalResult, evaluate
-from r1kit.filters import build_filters
+from r1kit.filters import build_filters, check_filter_targets
 from r1kit.language import language_consistency, problem_language, reasoning_part
 from r1kit.models import builtin_model_for, load_model, pick_device
 from r1kit.report import write_report_safely
 from r1kit.rewards import code as code_reward
 from r1kit.rewards import get_reward
+from r1kit.rewards.language import check_reward_targets
 from r1kit.runs import RunFolder, load_problems
 from r1kit.stages import sample as sample_stage
 from r1kit.stages import sft as sft_stage
@@ -327,8 +328,18 @@ def _check(cfg: PipelineConfig) -> None:
         log.warning(f"pipeline.preference_steps={p.preference_steps} is more than "
                     f"pipeline.final_rl_steps={p.final_rl_steps}: the preference reward counts in "
                     "every step of 07-r1")
-    # what would stop a later stage, hours in: filter names, the non-reasoning data
+    # what would stop a later stage, hours in: filter names, the non-reasoning data, a problem's
+    # target_language that a later stage's language reward or filter cannot label words with
     build_filters(list(cfg.sample.filters))
+    train = load_problems(cfg.data, cfg.eval.num_problems)[0]
+    stages = {**stage_configs(cfg, Path(cfg.run.out_dir)),
+              **distill_stage_config(cfg, Path(cfg.run.out_dir))}
+    for name, (kind, stage_cfg) in stages.items():
+        if kind == "rl":
+            check_reward_targets(train, stage_cfg.rewards.weights, "pipeline.language_form",
+                                 context=f"stage {name}: ")
+        elif kind in ("sample", "distill"):
+            check_filter_targets(train, stage_cfg.sample.filters, context=f"stage {name}: ")
     data, n = general_data(cfg)
     if data:
         load_general(data, n, cfg.run.seed)

@@ -50,11 +50,19 @@ from tqdm import tqdm
 from r1kit.checkpoint import atomic_write_text
 from r1kit.config import SampleConfig
 from r1kit.errors import UserError
-from r1kit.filters import Candidate, FilterChain, build_filters, to_cold_start
+from r1kit.filters import (
+    Candidate,
+    FilterChain,
+    build_filters,
+    check_filter_targets,
+    to_cold_start,
+)
+from r1kit.language import SCRIPT_LANGUAGES, TARGET_KEY, normalize_target
 from r1kit.models import load_model, pick_device
 from r1kit.rewards import code as code_reward
 from r1kit.rewards.extract import extract_answer
-from r1kit.rewards.scoring import RewardSpec, score
+from r1kit.rewards.language import language as language_reward
+from r1kit.rewards.scoring import RewardSpec, bounded, score
 from r1kit.rollout.hf import sample
 from r1kit.runs import RunFolder, load_problems
 from r1kit.tasks.base import Problem
@@ -63,7 +71,7 @@ from r1kit.templates import check_template, mark_prefill, render_prompt
 
 log = logging.getLogger("r1kit")
 
-SCORED = ("accuracy", "format", "language")  # rewards computed for every sample (filters, stats)
+SCORED = ("accuracy", "format")  # rewards computed for every sample (filters, stats)
 CODE = "code"  # also scored where problems have tests: a program is correct when all tests pass
 
 
@@ -116,6 +124,9 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
         # ---------------------------------------------------------------- score
         per_row = [p for p in chunk for _ in range(G)]
         scores = score(ro.texts, per_row, specs, ro.num_tokens, ro_cfg.max_new_tokens)
+        scores.per_reward["language"] = bounded(  # time-bounded as the rewards are
+            lambda pair: language_statistic(*pair), list(zip(ro.texts, per_row)),
+            LANGUAGE_TIMEOUT_S, lambda pair: None)
         t2 = time.perf_counter()
 
         # ---------------------------------------------------------------- filter and keep
@@ -154,6 +165,18 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
 
 
 # -------------------------------------------------------------------------------- pieces
+
+LANGUAGE_TIMEOUT_S = 5.0  # as a reward call (`scoring.score`'s default)
+
+
+def language_statistic(completion: str, problem: Problem) -> float | None:
+    """The `language` reward, for counts.json only; None (not measured) for a problem whose
+    target_language the script labeler has no words in (`fr`): a statistic must not stop the
+    run as the reward would (the filters that need a label are checked when the run starts)."""
+    if normalize_target(problem.meta.get(TARGET_KEY)) not in (None, *SCRIPT_LANGUAGES):
+        return None
+    return language_reward(completion, problem)
+
 
 
 def keep_for_prompt(candidates: list[Candidate], chain: FilterChain, max_per_prompt: int,
@@ -221,6 +244,7 @@ def _inputs(cfg: SampleConfig) -> tuple[FilterChain, list[Problem], list[dict]]:
                     "sample.general_data (builtin or a JSONL file)")
     general = load_general(s.general_data, s.general_samples, cfg.run.seed) if s.general_data else []
     problems = [train[i] for i in picked]
+    check_filter_targets(problems, s.filters)  # not at the first batch holding such a problem
     code_reward.configure_for(problems, cfg.code)
     return chain, problems, general
 

@@ -42,6 +42,7 @@ from r1kit.models import builtin_model_for, prepare_torch
 from r1kit.report import write_report_safely
 from r1kit.rewards import code as code_reward
 from r1kit.rewards import get_reward, import_reward_modules
+from r1kit.rewards.language import check_reward_targets
 from r1kit.rewards.scoring import RewardSpec, score
 from r1kit.rollout import check as check_engine
 from r1kit.rollout import make_engine
@@ -88,6 +89,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     specs = [RewardSpec(name, _weight(name, w)) for name, w in cfg.rewards.weights.items()]
     for spec in specs:
         get_reward(spec.name)
+    check_reward_targets(train_set, cfg.rewards.weights)  # not at the first batch with one
     _check_active_last(cfg.rewards.active_last, cfg.rewards.weights)
     if "code" not in cfg.rewards.weights and code_reward.any_tests(train_set):
         log.warning("the training problems have tests, but rewards.weights has no `code` reward: "

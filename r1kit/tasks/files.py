@@ -12,7 +12,8 @@ program in the sandbox by the `code` reward) instead of an answer, and optionall
 `language` is the programming language, never the natural language of the reasoning: that is
 the optional `target_language` of any problem (an ISO 639-1 code the language reward can label
 words with, `en`, `ru`, `zh`, or with `language:lingua` also `fr`, `de`, `es`, `it`, `pt`; else
-the prompt's language, `r1kit.language`), checked on load too.
+the prompt's language, `r1kit.language`), checked on load too: case and a region or script
+subtag are ignored (`EN`, `en-US`, `zh-Hans`), and an empty one is no target.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from r1kit.errors import UserError
-from r1kit.language import TARGET_KEY, TARGET_LANGUAGES, check_language
+from r1kit.language import TARGET_KEY, TARGET_LANGUAGES, check_language, normalize_target
 from r1kit.tasks.base import Problem
 
 
@@ -208,8 +209,9 @@ def _to_problems(
             raise UserError(f"{where}: field {prompt_key!r} is empty")
         if has_tests:
             _check_code_fields(record, where)
-        if record.get(TARGET_KEY) is not None:
-            # any built-in labeler's (the reward is not known here; it checks its own when scoring)
+        target = normalize_target(record.get(TARGET_KEY))  # `EN`, `en-US`: en; "": none
+        if target not in (None, *TARGET_LANGUAGES):
+            # any built-in labeler's (the stage checks those it is configured with, on start)
             check_language(record[TARGET_KEY], TARGET_LANGUAGES, f"{where}: field {TARGET_KEY!r}")
         answer = record.get(answer_key, "")
         if isinstance(answer, (int, float)) and not isinstance(answer, bool):
@@ -235,6 +237,8 @@ def _to_problems(
             raise UserError(f"{where}: duplicate id {pid!r} (first at {first_seen[pid]})")
         first_seen[pid] = where
         meta = {k: v for k, v in record.items() if k not in (prompt_key, answer_key, "id")}
+        if TARGET_KEY in meta:
+            meta[TARGET_KEY] = target
         problems.append(Problem(id=pid, prompt=prompt, answer=answer, meta=meta))
     if not problems:
         raise UserError(f"{name}: file is empty (no problems)")

@@ -52,6 +52,7 @@ class _Problems(Sequence):
     """The datasets' problems one after another, each generated (once) when it is read."""
 
     has_tests = False  # graded by the library's scorers (`code_reward.any_tests` asks)
+    has_targets = False  # no target_language (`language.check_targets` asks, rather than read all)
 
     def __init__(self, parts: list[tuple[str, object, int]], split: str, seed: int):
         self.parts, self.split, self.seed, self.made = parts, split, seed, {}
