@@ -178,7 +178,6 @@ def language_statistic(completion: str, problem: Problem) -> float | None:
     return language_reward(completion, problem)
 
 
-
 def keep_for_prompt(candidates: list[Candidate], chain: FilterChain, max_per_prompt: int,
                     cold_start: bool, tally: dict, readable: bool = True) -> list[dict]:
     """The SFT rows kept from one prompt's samples; every sample is counted in `tally`, as kept or

@@ -135,7 +135,8 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     engine = make_engine(cfg.rollout.engine, cfg.model.path, vllm_mode=cfg.rollout.vllm_mode,
                          vllm_server_url=cfg.rollout.vllm_server_url,
                          vllm_gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
-                         vllm_max_model_len=cfg.rollout.vllm_max_model_len, seed=cfg.run.seed + d.rank)
+                         vllm_max_model_len=cfg.rollout.vllm_max_model_len,
+                         seed=cfg.run.seed + d.rank)
     if engine.needs_sync:  # (FSDP gathers every layer for it: only where it does something)
         _sync_engine(engine, policy, d)
     tracker = Tracker(run.path, cfg.run.report_to if d.main else [], config=to_dict(cfg),
@@ -408,9 +409,8 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         # the sampler's log-probs equal the training forward's in float32 only (in bf16 the
         # decode steps round differently: ratios off 1 by up to 0.1 before any update, which
         # GSPO's 3e-4 clip range turns into clipped sequences)
-        exact = all(p.dtype == torch.float32 for p in policy.parameters())
-        if (rl.updates_per_rollout > 1 and rl.reuse_sampling_logprobs and exact
-                and ro.logprobs is not None):
+        if (rl.updates_per_rollout > 1 and rl.reuse_sampling_logprobs and ro.logprobs is not None
+                and all(p.dtype == torch.float32 for p in policy.parameters())):
             old = ro.logprobs[rows, :t_used].to(device)  # kept by the sampler: no pi_old pass
         elif rl.updates_per_rollout > 1:
             policy.eval()
@@ -523,8 +523,8 @@ def _watch_for_stuck_rewards(state: dict, group_equal, scores, patience: int,
             "higher temperature, restores variance."
         )
     # each reward's one value on this rank, or "varied"; stuck where every rank has None or 0.0
-    here = {name: next(iter(set(v))) if len(set(v)) == 1 else "varied"
-            for name, v in scores.per_reward.items()}
+    distinct = {name: set(v) for name, v in scores.per_reward.items()}
+    here = {name: next(iter(v)) if len(v) == 1 else "varied" for name, v in distinct.items()}
     ranks = distributed.gather(here, d)
     for name in scores.per_reward:
         values = {r[name] for r in ranks}
