@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             pipeline.main(cfg, resume=args.resume)
     except UserError as e:
         _leave_process_group()
+        _after_the_first_rank()
         print(f"r1kit {args.stage}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -226,6 +227,16 @@ def _leave_process_group() -> None:
         from r1kit.distributed import abandon
 
         abandon()
+
+
+def _after_the_first_rank() -> None:
+    """Under torchrun, the other ranks wait a moment before printing an error: the same error
+    (a bad data file) then comes once, from the first rank, as torchrun stops the others when it
+    exits (it looks every 0.1 s); an error of one rank alone is still printed."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        import time
+
+        time.sleep(2.0)
 
 
 def _os_error(stage: str, e: OSError) -> int:
