@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import random
+from pathlib import Path
 
 import pytest
 
@@ -72,6 +73,9 @@ def test_words(text, expected):
 )
 def test_detect_word_language(word, language):
     assert detect_word_language(word) == language
+
+
+TINY_BASE = Path(__file__).resolve().parents[1] / "r1kit" / "assets" / "tiny-base"
 
 
 def test_language_consistency_on_hand_made_texts():
@@ -601,7 +605,8 @@ def test_targets_the_configured_labelers_cannot_give_stop_a_stage_before_its_fol
     for args in (["zero", "--set", "rewards.weights={accuracy: 1.0, language: 0.5}"],
                  ["sample"],  # single_language is among the default filters
                  ["pipeline"],  # its 04-dev2 and 07-r1 reward the script `language` by default
-                 ["pipeline", "--set", "pipeline.language_form=language:lingua"]):  # filters
+                 ["pipeline", "--set", "pipeline.language_form=language:lingua"],  # filters
+                 ["distill", "--teacher", str(TINY_BASE), "--students", "tiny-llama"]):
         assert cli(args + common) == 2, args
         assert not out.exists(), args
 

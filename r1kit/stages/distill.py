@@ -38,7 +38,7 @@ from r1kit.config import (
     SFTDataConfig,
 )
 from r1kit.errors import UserError
-from r1kit.filters import build_filters
+from r1kit.filters import build_filters, check_filter_targets
 from r1kit.models import check_trainable_dtype, prepare_torch, resolve_dtype
 from r1kit.runs import RunFolder, load_problems
 from r1kit.sft_dataset import write_sft_dataset
@@ -160,6 +160,8 @@ def check(cfg: DistillConfig) -> None:
     check_lr(cfg.sft)
     check_report_to(cfg.run.report_to)
     build_filters(list(s.filters))  # an unknown filter name fails here
+    # a target_language single_language cannot label stops now, not when sampling reaches it
+    check_filter_targets(load_problems(cfg.data, 0)[0], s.filters)
     configure_code(cfg)
 
 
