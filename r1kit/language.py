@@ -375,6 +375,16 @@ def problem_language(problem, labeler: Labeler = script_labels) -> str:
                                                                               labeler)
 
 
+def reasoning_share(completion: str, problem) -> float | None:
+    """The statistic `train/language` and the pipeline table report: the share of the problem's
+    target language in the completion's reasoning, by script labels; None where the reasoning
+    has no words, or the target is one scripts cannot tell (`fr`: not measured, not 0)."""
+    target = problem_language(problem)
+    if target not in SCRIPT_LANGUAGES:
+        return None
+    return language_consistency(reasoning_part(completion), target)
+
+
 TARGET_LANGUAGES = tuple(dict.fromkeys(SCRIPT_LANGUAGES + LINGUA_LANGUAGES))
 """The targets a built-in labeler can produce (the lingua ones with `language:lingua`)."""
 

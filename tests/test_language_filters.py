@@ -704,3 +704,12 @@ def test_unclosed_backticks_stay_linear():
     for opener in ("` ", "`` ", "a` b``` "):
         words(opener * 50_000 + "done")
     assert time.perf_counter() - started < 5
+
+
+def test_the_language_statistic_leaves_out_targets_scripts_cannot_tell():
+    from r1kit.language import reasoning_share
+
+    fr = Problem("p", "Compute 1+1", "2", {"target_language": "fr"})
+    assert reasoning_share("<think>bonjour le monde</think>", fr) is None  # not 0: not measured
+    assert reasoning_share("<think>hello world</think>", Problem("p", "Compute 1+1", "2")) == 1.0
+    assert reasoning_share("<think>привет мир</think>", Problem("p", "Compute 1+1", "2")) == 0.0

@@ -72,7 +72,7 @@ from r1kit.config import (
 from r1kit.errors import UserError
 from r1kit.evaluation import EvalResult, evaluate
 from r1kit.filters import build_filters, check_filter_targets
-from r1kit.language import language_consistency, problem_language, reasoning_part
+from r1kit.language import reasoning_share
 from r1kit.models import builtin_model_for, load_model, pick_device
 from r1kit.report import write_report_safely
 from r1kit.rewards import code as code_reward
@@ -419,8 +419,7 @@ def table_row(label: str, res: EvalResult, problems: list, *, summary: bool) -> 
     `format_rate` is the share in the summary format if `summary`, else R1-Zero's."""
     texts = res.completions
     per_row = [problems[i // res.k] for i in range(len(texts))]
-    shares = [language_consistency(reasoning_part(t), problem_language(p))
-              for t, p in zip(texts, per_row)]
+    shares = [reasoning_share(t, p) for t, p in zip(texts, per_row)]
     shares = [s for s in shares if s is not None]
     formats = {"format": res.format_rate, "summary_format": res.summary_format_rate}
     return {

@@ -35,7 +35,7 @@ from r1kit import distributed, grpo, lora, memory, trainable
 from r1kit.config import ZeroConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.evaluation import evaluate
-from r1kit.language import language_consistency, problem_language, reasoning_part
+from r1kit.language import reasoning_share
 from r1kit.logprobs import completion_logprobs, one_forward
 from r1kit.metrics import reflection_rate
 from r1kit.models import builtin_model_for, prepare_torch
@@ -493,8 +493,7 @@ def _rollout_metrics(ro: Rollouts, scores, rewards, group_equal, problems: list)
     """
     m = scores.means()
     n_tok = torch.tensor(ro.num_tokens, dtype=torch.float32)
-    shares = [language_consistency(reasoning_part(t), problem_language(p))
-              for t, p in zip(ro.texts, problems)]
+    shares = [reasoning_share(t, p) for t, p in zip(ro.texts, problems)]
     shares = [s for s in shares if s is not None]
     m.update({
         "train/completion_tokens": n_tok.mean().item(),
