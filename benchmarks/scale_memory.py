@@ -81,7 +81,8 @@ def run_update(folder: str, data: str, device: str, lora_r: int, strategy: str =
     from r1kit import lora
 
     model, _ = _setup(folder, str(dev))
-    model = lora.apply(model, LoraConfig(r=lora_r, alpha=2.0 * lora_r))
+    if lora_r:  # (r = 0: full fine-tuning)
+        model = lora.apply(model, LoraConfig(r=lora_r, alpha=2.0 * lora_r))
     model = distributed.wrap(model, d)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
