@@ -97,12 +97,13 @@ def load_model(path: str, dtype: str = "float32", device: torch.device | str = "
     local = Path(path).expanduser()
     if (local / "adapter_config.json").is_file() and not (local / "config.json").is_file():
         return _load_adapter(local, dtype, device)
-    if is_local_path(path) and not local.exists():  # not a hub name: no minute of retries
+    in_folder = is_local_path(path)
+    if in_folder and not local.exists():  # not a hub name: no minute of retries
         hub = (f" (taken for a local path because ./{path.split('/')[0]} exists; for the hub's "
                "model of that name, run from another folder)") if (
             path.count("/") == 1 and not path.startswith((".", "/", "~"))) else ""
         raise UserError(f"{path}: no such folder{hub}")
-    if is_local_path(path) and not (local / "config.json").is_file():
+    if in_folder and not (local / "config.json").is_file():
         raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
     if local.exists():  # an absolute name_or_path: what a LoRA adapter records as its base
         path = str(local.expanduser().resolve())

@@ -39,7 +39,7 @@ from r1kit.config import (
 )
 from r1kit.errors import UserError
 from r1kit.filters import build_filters, check_filter_targets
-from r1kit.models import check_trainable_dtype, prepare_torch, resolve_dtype
+from r1kit.models import check_trainable_dtype, is_local_path, prepare_torch, resolve_dtype
 from r1kit.runs import RunFolder, load_problems
 from r1kit.sft_dataset import write_sft_dataset
 from r1kit.stages.pipeline import configure_code, run_stage
@@ -177,8 +177,8 @@ def resolve_teacher(path: str) -> str:
     if p.exists():
         raise UserError(f"teacher {path}: not a model folder (no config.json), nor a run folder "
                         "with final/, nor a pipeline folder with 07-r1/final")
-    if path.startswith((".", "/", "~")) or path.count("/") != 1 or p.parent.is_dir():
-        raise UserError(f"teacher {path}: no such folder")  # (runs/typo: not a hub ORG/NAME)
+    if is_local_path(path) or path.count("/") != 1:  # a teacher on the hub is ORG/NAME
+        raise UserError(f"teacher {path}: no such folder")
     return path
 
 
