@@ -203,11 +203,30 @@ class RLConfig(_Checked):
                            choices=("token_mean", "seq_mean_token_mean", "constant"))
     scale_by_std: bool = opt(True, "divide advantages by the group std (False = Dr. GRPO)")
     ratio_level: str = opt("token", "token | sequence (GSPO)", choices=("token", "sequence"))
+    rollout_correction: str = opt(
+        "off", "importance weights pi_old / pi_sampler on the surrogate, for the gap between the "
+        "sampler's log-probs and the training forward's (vLLM's kernels, bf16): off | "
+        "token_truncate | token_mask | sequence_truncate | sequence_mask (truncate caps the "
+        "weight at rollout_correction_max; mask drops tokens or whole sequences outside "
+        "[rollout_correction_min, rollout_correction_max])",
+        choices=("off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
+    )
+    rollout_correction_max: float = opt(2.0, "the correction's upper bound C", above=0)
+    rollout_correction_min: float = opt(0.0, "the correction's lower bound (truncate: the least "
+                                        "weight; mask: weights below it drop)", low=0)
     dynamic_sampling: bool = opt(True, "drop groups whose rewards are all equal from the loss "
                                  "(DAPO's filter; without its resampling to refill the batch)")
     overlong_filter: bool = opt(False, "mask the loss of truncated completions (DAPO)")
     max_bad_steps: int = opt(3, "stop after this many consecutive non-finite steps", low=1)
     stuck_steps: int = opt(5, "warn when every group has had equal rewards this many steps", low=1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rollout_correction_min >= self.rollout_correction_max:
+            raise UserError("config keys 'rl.rollout_correction_min' and "
+                            "'rl.rollout_correction_max': the lower bound must be below the "
+                            f"upper; got {self.rollout_correction_min} and "
+                            f"{self.rollout_correction_max}")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,9 @@ Deliberate departures from the papers, and choices where they are silent:
 - Clipping is asymmetric (`eps_low`, `eps_high`, DAPO clip-higher); no dual clip, no entropy term.
 - The k3 KL is per token, computed as `expm1(d) - d` (exact and never negative in floating
   point), aggregated exactly like the surrogate, and unclamped.
+- The rollout correction (`rollout_weights`) is truncated or masked importance sampling of
+  pi_old over the sampler's own log-probs (vLLM's kernels, bf16 decoding), with TRL's four modes;
+  it multiplies the surrogate only, as in TRL, not the KL term.
 - GSPO is implemented in its GSPO-token form (stop-gradient sequence ratio times
   `exp(lp - sg[lp])`), so it composes with every aggregation; with `seq_mean_token_mean` it is
   GSPO eq. 5 exactly. A KL term may be added, which GSPO itself does not do.
@@ -32,6 +35,7 @@ from torch import Tensor
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "constant")
 RATIO_LEVELS = ("token", "sequence")
+CORRECTIONS = ("off", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
 def group_advantages(
@@ -75,6 +79,46 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     return torch.expm1(log_ref_ratio) - log_ref_ratio  # (B*G, T)
 
 
+def rollout_weights(old_logprobs: Tensor, sampler_logprobs: Tensor, completion_mask: Tensor,
+                    mode: str, c_max: float, c_min: float = 0.0) -> Tensor:
+    """Importance weights `pi_old / pi_sampler` of each sampled token, `(B*G, T)`, no gradient.
+
+    The completions were drawn by the rollout engine, whose log-probs differ from the training
+    forward's (vLLM's kernels, bf16 decoding), so the surrogate's samples are off-policy even
+    when mu = 1. `token_*` weighs each token by its own ratio, `sequence_*` every token of a row by
+    the row's ratio (the product over its valid tokens). `*_truncate` clamps the weight to
+    `[c_min, c_max]` (truncated IS); `*_mask` sets weights outside it to 0 (masked IS).
+    Padding, and a token whose sampler log-prob is NaN (an engine could not give it), get
+    weight 1 (the loss masks padding anyway).
+
+    >>> old = torch.tensor([[0.0, -1.0]]); sampler = torch.tensor([[-1.0, -1.0]])
+    >>> rollout_weights(old, sampler, torch.ones(1, 2), "token_truncate", c_max=2.0)
+    tensor([[2., 1.]])
+    >>> rollout_weights(old, sampler, torch.ones(1, 2), "sequence_mask", c_max=2.0)
+    tensor([[0., 0.]])
+    """
+    _check_choice("rollout correction", mode, CORRECTIONS[1:])
+    if not 0 <= c_min < c_max:
+        raise ValueError(f"the correction's bounds need 0 <= c_min < c_max; got {c_min}, {c_max}")
+    if old_logprobs.shape != sampler_logprobs.shape or old_logprobs.shape != completion_mask.shape:
+        raise ValueError(f"old_logprobs {tuple(old_logprobs.shape)}, sampler_logprobs "
+                         f"{tuple(sampler_logprobs.shape)} and completion_mask "
+                         f"{tuple(completion_mask.shape)} must share one (B*G, T) shape")
+    mask = completion_mask.bool()  # (B*G, T)
+    known = mask & ~sampler_logprobs.isnan()  # (B*G, T)
+    diff = torch.where(known, old_logprobs.detach() - sampler_logprobs, 0.0)  # (B*G, T)
+    if mode.startswith("sequence"):
+        diff = diff.sum(dim=1, keepdim=True).expand_as(diff)  # (B*G, T): the row's log-ratio
+    ratio = torch.exp(diff)  # (B*G, T); inf where the log-ratio overflows: capped or masked below
+    if mode.endswith("truncate"):
+        ratio = ratio.clamp(min=c_min, max=c_max)
+    else:
+        ratio = torch.where((ratio >= c_min) & (ratio <= c_max), ratio, 0.0)
+    if mode.startswith("token"):
+        ratio = torch.where(known, ratio, 1.0)
+    return torch.where(mask, ratio, 1.0)  # (B*G, T)
+
+
 def loss_denominator(completion_mask: Tensor, aggregation: str) -> float:
     """The denominator `aggregation` divides the summed loss by, for this whole batch.
 
@@ -101,6 +145,7 @@ def policy_loss(
     max_tokens: int | None = None,
     ratio_level: str = "token",
     loss_denominator: float | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Clipped GRPO surrogate plus `beta` times the k3 KL, to minimise (R1-SPEC §1.1, §1.4).
 
@@ -116,6 +161,8 @@ def policy_loss(
 
     `ratio_level="sequence"` (GSPO) uses `s_i = exp(mean of valid log-ratios of row i)` for
     every token of the row and clips it per sequence.
+
+    `is_weights` (`(B*G, T)`, from `rollout_weights()`) multiply the surrogate per token.
 
     Returns `(loss, metrics)`. `metrics["pg_loss"]` is the surrogate part of `loss`, with the
     same denominator, so both sum over micro-batches; `clip_frac` (share of valid tokens whose
@@ -141,6 +188,9 @@ def policy_loss(
     if ref_logprobs is not None and ref_logprobs.shape != logprobs.shape:
         raise ValueError(f"ref_logprobs {tuple(ref_logprobs.shape)} must have the shape of "
                          f"logprobs {tuple(logprobs.shape)}")
+    if is_weights is not None and is_weights.shape != logprobs.shape:
+        raise ValueError(f"is_weights {tuple(is_weights.shape)} must have the shape of "
+                         f"logprobs {tuple(logprobs.shape)}")
     if advantages.shape != logprobs.shape[:1]:
         raise ValueError(
             f"advantages must be ({logprobs.shape[0]},), one per row; got {tuple(advantages.shape)}"
@@ -161,6 +211,8 @@ def policy_loss(
     unclipped = -adv * ratio  # (B*G, T)
     clipped = -adv * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)  # (B*G, T)
     pg_per_token = torch.maximum(unclipped, clipped)  # (B*G, T)
+    if is_weights is not None:  # the sampler's samples, reweighted to pi_old's
+        pg_per_token = pg_per_token * is_weights.detach().to(pg_per_token.dtype)
 
     denominator = loss_denominator
     if denominator is None:

@@ -9,6 +9,7 @@ import statistics
 import pytest
 import torch
 
+from r1kit import grpo
 from r1kit.grpo import (
     AGGREGATIONS,
     group_advantages,
@@ -434,3 +435,58 @@ def test_reference_logprobs_of_another_shape_are_refused():
         with pytest.raises(ValueError, match="ref_logprobs"):
             policy_loss(lp, lp, torch.ones(4), torch.ones(4, 5), ref_logprobs=-torch.rand(shape),
                         beta=0.1)
+
+
+# ----------------------------------------------------------------------------- rollout correction
+
+
+def test_rollout_weights_by_hand_in_every_mode():
+    old = torch.tensor([[-1.0, -2.0, -1.0], [-1.0, -1.0, 0.0]])
+    sampler = torch.tensor([[-2.0, -1.0, -1.0], [-1.5, -1.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    e = math.e
+    tok = torch.tensor([[e, 1 / e, 1.0], [e**0.5, 1.0, 1.0]])  # padding: 1
+    got = grpo.rollout_weights(old, sampler, mask, "token_truncate", c_max=2.0, c_min=0.5)
+    torch.testing.assert_close(got, tok.clamp(0.5, 2.0).masked_fill(mask == 0, 1.0))
+    got = grpo.rollout_weights(old, sampler, mask, "token_mask", c_max=2.0, c_min=0.5)
+    torch.testing.assert_close(got, torch.tensor([[0.0, 0.0, 1.0], [e**0.5, 1.0, 1.0]]))
+    # sequence: the row's ratio is the product over its valid tokens (e * 1/e * 1, and e^0.5)
+    got = grpo.rollout_weights(old, sampler, mask, "sequence_truncate", c_max=1.5)
+    torch.testing.assert_close(got, torch.tensor([[1.0, 1.0, 1.0], [1.5, 1.5, 1.0]]))
+    got = grpo.rollout_weights(old, sampler, mask, "sequence_mask", c_max=1.5)
+    torch.testing.assert_close(got, torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 1.0]]))
+
+
+def test_rollout_weights_leave_unknown_tokens_alone_and_survive_overflow():
+    old = torch.tensor([[0.0, 0.0, -1.0]])
+    sampler = torch.tensor([[float("nan"), -1000.0, -1.0]])  # exp(1000) overflows to inf
+    mask = torch.ones(1, 3)
+    got = grpo.rollout_weights(old, sampler, mask, "token_truncate", c_max=3.0)
+    torch.testing.assert_close(got, torch.tensor([[1.0, 3.0, 1.0]]))
+    got = grpo.rollout_weights(old, sampler, mask, "sequence_mask", c_max=3.0)
+    torch.testing.assert_close(got, torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="c_min < c_max"):
+        grpo.rollout_weights(old, old, mask, "token_mask", c_max=1.0, c_min=1.0)
+    with pytest.raises(ValueError, match="unknown rollout correction 'off'"):
+        grpo.rollout_weights(old, old, mask, "off", c_max=2.0)
+    with pytest.raises(ValueError, match="one \\(B\\*G, T\\) shape"):
+        grpo.rollout_weights(old, old[:, :2], mask, "token_mask", c_max=2.0)
+
+
+def test_policy_loss_weighs_the_surrogate_not_the_kl():
+    lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    adv, mask, ref = torch.tensor([1.0]), torch.ones(1, 2), torch.tensor([[-1.5, -1.5]])
+    kw = {"ref_logprobs": ref, "beta": 0.1}
+    plain, _ = grpo.policy_loss(lp, lp.detach(), adv, mask, **kw)
+    ones, _ = grpo.policy_loss(lp, lp.detach(), adv, mask, is_weights=torch.ones(1, 2), **kw)
+    torch.testing.assert_close(ones, plain)
+    w = torch.tensor([[0.0, 2.0]])
+    loss, m = grpo.policy_loss(lp, lp.detach(), adv, mask, is_weights=w, **kw)
+    # surrogate at ratio 1: -A per token, weighted (0 and 2), token mean; the KL term unchanged
+    kl = float(grpo.kl_k3(lp.detach(), ref).mean())
+    assert m["pg_loss"] == pytest.approx(-1.0)
+    assert loss.item() == pytest.approx(-1.0 + 0.1 * kl)
+    (g,) = torch.autograd.grad(loss - 0.1 * grpo.kl_k3(lp, ref).mean(), lp)
+    torch.testing.assert_close(g, torch.tensor([[0.0, -1.0]]))  # the dropped token: no gradient
+    with pytest.raises(ValueError, match="is_weights"):
+        grpo.policy_loss(lp, lp.detach(), adv, mask, is_weights=torch.ones(2))

@@ -4,6 +4,7 @@ ids, engine selection and its errors. The engine itself runs only where vLLM and
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from r1kit.errors import UserError
+from r1kit.logprobs import completion_logprobs
 from r1kit.rollout import HFEngine, check, make_engine
 from r1kit.rollout.hf import sample
 from r1kit.rollout.vllm import sampling_kwargs, to_rollouts, vllm_weight_names
@@ -92,6 +94,19 @@ def test_rollouts_from_token_ids_match_the_hf_layout():
     assert ro.truncated == [False, True, False, True] and ro.group_size == 2
     with pytest.raises(ValueError):
         to_rollouts(prompts, [comps[0], comps[1][:1]], 2, pad_id=0, tokenizer=tok, stop=[])
+    assert ro.logprobs is None  # none asked for
+
+    # with the sampled tokens' log-probs (rl.rollout_correction): laid out like the tokens; one
+    # the engine could not give is NaN (left uncorrected); a count that does not match is refused
+    lps = [[[-0.5, -1.0, None], [-2.0]], [[-0.1, -0.2], [-1.0, -1.0, -1.0, float("nan")]]]
+    ro = to_rollouts(prompts, comps, 2, pad_id=tok.pad_token_id, tokenizer=tok, stop=[],
+                     logprobs=lps)
+    assert ro.logprobs[0, :2].tolist() == [-0.5, -1.0] and math.isnan(ro.logprobs[0, 2])
+    assert ro.logprobs[1].tolist() == [-2.0, 0.0, 0.0, 0.0]
+    assert math.isnan(ro.logprobs[3, 3])
+    lps[1][0] = [-0.1]
+    with pytest.raises(UserError, match="1 log-probs for a completion of 2 tokens"):
+        to_rollouts(prompts, comps, 2, pad_id=0, tokenizer=tok, stop=[], logprobs=lps)
 
 
 def test_engine_selection_and_clear_errors():
@@ -110,7 +125,7 @@ def test_engine_selection_and_clear_errors():
 def test_vllm_greedy_equals_hf_and_weights_sync():
     model = AutoModelForCausalLM.from_pretrained(BASE).cuda().eval()
     tok = AutoTokenizer.from_pretrained(BASE)
-    engine = make_engine("vllm", BASE, vllm_gpu_memory_utilization=0.2)
+    engine = make_engine("vllm", BASE, vllm_gpu_memory_utilization=0.2, logprobs=True)
     prompts = ["User: Compute 12+30. Assistant: <think>"]
     prompts = prompts + ["User: Compute 7+5. Assistant: <think>"]  # greedy: vLLM allows n = 1
     ours = engine.sample(model, tok, prompts, 1, max_new_tokens=16, temperature=0)
@@ -118,6 +133,14 @@ def test_vllm_greedy_equals_hf_and_weights_sync():
     assert ours.num_tokens[0] > 0 and ours.completion_ids.shape[0] == 2
     # bf16 kernels may part ways late; the first tokens agree
     assert ours.completion_ids[0, :4].tolist() == ref.completion_ids[0, :4].tolist()
+    # the sampled tokens' log-probs (rl.rollout_correction) are the policy's, up to bf16
+    drawn = engine.sample(model, tok, prompts, 4, max_new_tokens=16, temperature=1.0,
+                          generator=torch.Generator().manual_seed(0))
+    mask = drawn.completion_mask.bool()
+    with torch.no_grad():
+        lp, _ = completion_logprobs(model, drawn.prompt_ids.cuda(), drawn.prompt_mask.cuda(),
+                                    drawn.completion_ids.cuda(), drawn.completion_mask.cuda())
+    assert (lp.cpu() - drawn.logprobs)[mask].abs().mean() < 0.05
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()

@@ -21,11 +21,12 @@ from r1kit.stages.zero import Timer, update_policy
 from r1kit.templates import render_prompt
 
 
-def _update_with(model, ro, advantages, micro_batch_size, aggregation, mu=1, metrics=None):
+def _update_with(model, ro, advantages, micro_batch_size, aggregation, mu=1, metrics=None,
+                 **rl_sets):
     model = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     rl = RLConfig(micro_batch_size=micro_batch_size, aggregation=aggregation, beta=0.0,
-                  updates_per_rollout=mu)
+                  updates_per_rollout=mu, **rl_sets)
     rows = torch.arange(len(ro))
     m = update_policy(model, None, opt, ro, advantages, ro.completion_mask, rows, rl,
                       RolloutConfig(), 16, Timer())
@@ -69,6 +70,57 @@ def test_micro_batching_does_not_change_the_update(tiny_base):
         _update_with(model, ro, advantages, 16, "token_mean", mu=mu, metrics=m)
     for key in ("train/loss", "train/pg_loss", "train/grad_norm", "train/entropy"):
         assert logged[1][key] == pytest.approx(logged[0][key], rel=1e-6), key
+
+
+def test_rollout_correction_reweighs_the_sampler_samples(tiny_base):
+    """rl.rollout_correction: the hf engine's float32 log-probs are the training forward's, so the
+    correction changes nothing; log-probs from another sampler (as vLLM's, here shifted by hand)
+    are capped or dropped, and a step whose every token is dropped moves nothing."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    prompts = [render_prompt(f"Compute {a}+3-2") for a in (11, 25)]
+    ro = sample(model, tok, prompts, 4, max_new_tokens=12,
+                generator=torch.Generator().manual_seed(0))
+    advantages = grpo.group_advantages(torch.tensor([float(len(t) % 3) for t in ro.texts]), 4)
+    plain = _update_with(model, ro, advantages, 8, "token_mean", grad_clip=1e9)
+    for mu in (1, 2):
+        m = {}
+        torch.manual_seed(0)
+        want = _update_with(model, ro, advantages, 8, "token_mean", mu=mu)
+        torch.manual_seed(0)
+        got = _update_with(model, ro, advantages, 8, "token_mean", mu=mu, metrics=m,
+                           rollout_correction="token_truncate")
+        for a, b in zip(got.parameters(), want.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        assert m["train/rollout_logprob_gap"] < 1e-4
+        assert m["train/rollout_is_weight"] == pytest.approx(1.0, abs=1e-4)
+        assert m["train/rollout_is_changed"] == 0
+
+    # a sampler that put 1 nat less on every token: pi_old / pi_sampler = e, capped at 2
+    off = dataclasses.replace(ro, logprobs=ro.logprobs - 1.0)
+    m = {}
+    capped = _update_with(model, off, advantages, 8, "token_mean", metrics=m,
+                          rollout_correction="token_truncate", grad_clip=1e9)
+    assert m["train/rollout_is_weight"] == pytest.approx(2.0, rel=1e-4)
+    assert m["train/rollout_is_changed"] == 1.0
+    assert m["train/rollout_logprob_gap"] == pytest.approx(1.0, rel=1e-3)
+    # at ratio 1 the surrogate's gradient is linear in the weights: twice the plain step (SGD,
+    # no clipping)
+    for a, b, c in zip(capped.parameters(), plain.parameters(), model.parameters()):
+        torch.testing.assert_close(a - c, 2 * (b - c), rtol=1e-3, atol=1e-6)
+    m = {}
+    dropped = _update_with(model, off, advantages, 8, "token_mean", metrics=m,
+                           rollout_correction="sequence_mask")
+    assert m["train/rollout_is_weight"] == 0 and m["train/rollout_is_changed"] == 1.0
+    for a, b in zip(dropped.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+
+    # vLLM's log-probs are its kernels': never taken as pi_old, even in float32 with mu > 1
+    vllm = dataclasses.replace(RolloutConfig(), engine="vllm")
+    opt = torch.optim.SGD(copy.deepcopy(model).parameters(), lr=0.0)
+    m = update_policy(copy.deepcopy(model), None, opt, off, advantages, off.completion_mask,
+                      torch.arange(len(off)), RLConfig(updates_per_rollout=2), vllm, 16, Timer())
+    assert m["train/ratio_mean"] == pytest.approx(1.0, abs=1e-4)  # not e: pi_old recomputed
 
 
 def test_a_bad_later_minibatch_reports_the_ones_already_applied(tiny_base, monkeypatch):

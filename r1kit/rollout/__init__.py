@@ -54,7 +54,9 @@ def check(engine: str, vllm_mode: str = "colocate", *, strategy: str = "ddp",
 def make_engine(engine: str, model_path: str, *, vllm_mode: str = "colocate",
                 vllm_server_url: str = "http://localhost:8000",
                 vllm_gpu_memory_utilization: float = 0.3, vllm_max_model_len: int = 0,
-                seed: int = 0):
+                seed: int = 0, logprobs: bool = False):
+    """The engine for these settings. `logprobs`: the vLLM engines also return each sampled
+    token's log-prob (the HF engine always keeps them), for `rl.rollout_correction`."""
     check(engine, vllm_mode)
     if engine == "hf":
         return HFEngine()
@@ -63,6 +65,7 @@ def make_engine(engine: str, model_path: str, *, vllm_mode: str = "colocate",
 
     model_path = resolve_model_path(model_path)  # `builtin` -> its folder, for vLLM to load
     if vllm_mode == "server":
-        return vllm.VLLMServer(vllm_server_url, model_path)
+        return vllm.VLLMServer(vllm_server_url, model_path, logprobs=logprobs)
     return vllm.VLLMColocated(model_path, gpu_memory_utilization=vllm_gpu_memory_utilization,
-                              max_model_len=vllm_max_model_len or None, seed=seed)
+                              max_model_len=vllm_max_model_len or None, seed=seed,
+                              logprobs=logprobs)

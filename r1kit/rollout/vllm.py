@@ -16,20 +16,24 @@ ones from the model's `generation_config.json` (e.g. a repetition penalty), and 
 come from another distribution than the policy the trainer scores. A PEFT policy is sent with its
 adapters merged out of place in float32 (`merged_weights`): merging into bf16 weights and
 unmerging again after every step would drift the frozen base, which is also the KL reference.
-Known gap: no importance-sampling correction for the gap between vLLM's bf16 kernels and the
-training forward (TRL's `vllm_importance_sampling_correction`).
+With `rl.rollout_correction` on, the engine is asked for each sampled token's log-prob
+(`logprobs=0`, `logprobs_mode="processed_logprobs"`: after temperature, as TRL asks for them; a
+server must be started with `--logprobs-mode processed_logprobs`), and the trainer weighs the
+surrogate by pi_old / pi_vllm (`grpo.rollout_weights`), TRL's `vllm_importance_sampling_*`.
 
 Everything that needs no GPU is a pure function tested on CPU: the sampling-argument mapping, the
 weight-name mapping (DDP / torch.compile / PEFT prefixes), and building `Rollouts` from token ids.
 vLLM is an optional extra (`pip install r1kit[vllm]`); asking for it without it installed, or
-without CUDA, is a clear error. Sampled log-probs are not taken from vLLM: its kernels and bf16
-differ from the training forward, so pi_old is recomputed by the trainer when mu > 1.
+without CUDA, is a clear error. vLLM's sampled log-probs are not used as pi_old: its kernels and bf16
+differ from the training forward, so pi_old is recomputed by the trainer when mu > 1; they only
+serve the correction.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import random
 import urllib.error
@@ -97,10 +101,12 @@ def merged_weights(policy) -> list[tuple[str, torch.Tensor]]:
 
 
 def to_rollouts(prompt_ids: list[list[int]], completions: list[list[tuple[list[int], bool]]],
-                group_size: int, *, pad_id: int, tokenizer, stop: list[str]) -> Rollouts:
+                group_size: int, *, pad_id: int, tokenizer, stop: list[str],
+                logprobs: list[list[list[float]]] | None = None) -> Rollouts:
     """`Rollouts` from vLLM's output: for each prompt its token ids, and for each of its G
     completions (token ids, ended by EOS or a stop string). Prompts are left-padded, completions
-    right-padded, as the HF engine returns them."""
+    right-padded, as the HF engine returns them. `logprobs`, shaped like `completions`: each
+    sampled token's log-prob (0 on padding in `Rollouts.logprobs`)."""
     P = max(len(p) for p in prompt_ids)
     rows = [(p, c, done) for p, group in zip(prompt_ids, completions) for c, done in group]
     if len(rows) != len(prompt_ids) * group_size:
@@ -114,10 +120,24 @@ def to_rollouts(prompt_ids: list[list[int]], completions: list[list[tuple[list[i
     for i, (p, c, _) in enumerate(rows):
         p_ids[i, P - len(p):], p_mask[i, P - len(p):] = torch.tensor(p, dtype=torch.long), 1
         c_ids[i, : len(c)], c_mask[i, : len(c)] = torch.tensor(c, dtype=torch.long), 1
+    lps = None
+    if logprobs is not None:
+        flat = [lp for group in logprobs for lp in group]
+        lps = torch.zeros((n, T), dtype=torch.float32)  # (N, T)
+        for i, ((_, c, _), lp) in enumerate(zip(rows, flat, strict=True)):
+            if len(lp) != len(c):
+                raise UserError(f"vLLM returned {len(lp)} log-probs for a completion of {len(c)} "
+                                "tokens; rl.rollout_correction needs one per sampled token (a "
+                                "vLLM with logprobs_mode), or set rl.rollout_correction=off")
+            # one vLLM could not give (None, NaN) is NaN here: that token is left uncorrected
+            lps[i, : len(c)] = torch.tensor(
+                [x if x is not None and not math.isnan(x) else math.nan for x in lp],
+                dtype=torch.float32)
     texts = [_cut_at_stop(tokenizer.decode(c, skip_special_tokens=True), stop) for _, c, _ in rows]
     return Rollouts(prompt_ids=p_ids, prompt_mask=p_mask, completion_ids=c_ids,
                     completion_mask=c_mask, texts=texts, num_tokens=[len(c) for _, c, _ in rows],
-                    truncated=[not done for _, _, done in rows], group_size=group_size)
+                    truncated=[not done for _, _, done in rows], group_size=group_size,
+                    logprobs=lps)
 
 
 def require_vllm() -> None:
@@ -134,8 +154,9 @@ class VLLMColocated:
     needs_sync = True
 
     def __init__(self, model_path: str, *, gpu_memory_utilization: float, max_model_len: int | None,
-                 seed: int):
+                 seed: int, logprobs: bool = False):
         require_vllm()
+        self.logprobs = logprobs
         # the engine in this process, so that its model can take the policy's weights in place
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
@@ -145,8 +166,9 @@ class VLLMColocated:
         # checkpoint, or seeded by the run) are put back, so that a resume stays exact.
         dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         states = (random.getstate(), torch.get_rng_state(), torch.cuda.get_rng_state_all())
+        extra = {"logprobs_mode": "processed_logprobs"} if logprobs else {}
         self.llm = LLM(model=model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                       max_model_len=max_model_len, seed=seed, enable_prefix_caching=True)
+                       max_model_len=max_model_len, seed=seed, enable_prefix_caching=True, **extra)
         random.setstate(states[0])
         torch.set_rng_state(states[1])
         torch.cuda.set_rng_state_all(states[2])
@@ -162,15 +184,20 @@ class VLLMColocated:
         # shared seed would give every prompt's j-th completion the same random draws
         params = [SamplingParams(**sampling_kwargs(
             group_size, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            stop=list(stop), seed=None if seed is None else seed + i * group_size))
+            stop=list(stop), seed=None if seed is None else seed + i * group_size),
+            **({"logprobs": 0} if self.logprobs else {}))
             for i in range(len(prompts))]
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], params,
                                  use_tqdm=False)
         groups = [[(list(c.token_ids), c.finish_reason == "stop") for c in o.outputs]
                   for o in outs]
+        lps = None
+        if self.logprobs:  # per position {token id: Logprob}; the sampled token is always there
+            lps = [[[pos[t].logprob for pos, t in zip(c.logprobs, c.token_ids)]
+                    for c in o.outputs] for o in outs]
         return to_rollouts(ids, groups, group_size, pad_id=_pad_id(tokenizer),
-                           tokenizer=tokenizer, stop=list(stop))
+                           tokenizer=tokenizer, stop=list(stop), logprobs=lps)
 
     @torch.no_grad()
     def sync(self, policy) -> None:
@@ -186,8 +213,9 @@ class VLLMServer:
 
     main_rank_only = True  # the server's weights come from one trainer rank
 
-    def __init__(self, url: str, model_name: str):
+    def __init__(self, url: str, model_name: str, logprobs: bool = False):
         self.url, self.model_name, self.client = url.rstrip("/"), model_name, None
+        self.logprobs = logprobs
         self.served = None  # the model name the server answers to (its /v1/models)
 
     def _request(self, path: str, payload: dict | None = None):
@@ -217,12 +245,19 @@ class VLLMServer:
             models = self._request("/v1/models").get("data") or [{"id": self.model_name}]
             self.served = models[0]["id"]
         payload = {"model": self.served, "prompt": ids, "return_token_ids": True, **kw}
+        if self.logprobs:
+            payload["logprobs"] = 0  # the sampled token's own log-prob, no alternatives
         choices = self._request("/v1/completions", payload)["choices"]  # prompt-major: n each
         choices.sort(key=lambda c: c["index"])
-        groups = [[(c["token_ids"], c["finish_reason"] == "stop")
-                   for c in choices[i * group_size:(i + 1) * group_size]] for i in range(len(ids))]
+        per_prompt = [choices[i * group_size:(i + 1) * group_size] for i in range(len(ids))]
+        groups = [[(c["token_ids"], c["finish_reason"] == "stop") for c in cs]
+                  for cs in per_prompt]
+        lps = None
+        if self.logprobs:
+            lps = [[(c.get("logprobs") or {}).get("token_logprobs") or [] for c in cs]
+                   for cs in per_prompt]
         return to_rollouts(ids, groups, group_size, pad_id=_pad_id(tokenizer),
-                           tokenizer=tokenizer, stop=list(stop))
+                           tokenizer=tokenizer, stop=list(stop), logprobs=lps)
 
     @torch.no_grad()
     def sync(self, policy) -> None:

@@ -136,7 +136,8 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
                          vllm_server_url=cfg.rollout.vllm_server_url,
                          vllm_gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
                          vllm_max_model_len=cfg.rollout.vllm_max_model_len,
-                         seed=cfg.run.seed + d.rank)
+                         seed=cfg.run.seed + d.rank,
+                         logprobs=rl.rollout_correction != "off")
     if engine.needs_sync:  # (FSDP gathers every layer for it: only where it does something)
         _sync_engine(engine, policy, d)
     tracker = Tracker(run.path, cfg.run.report_to if d.main else [], config=to_dict(cfg),
@@ -371,6 +372,12 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         "c_ids": ro.completion_ids[rows, :t_used], "c_mask": mask[rows, :t_used],
         "adv": advantages[rows],
     }
+    correct = rl.rollout_correction != "off"
+    if correct:
+        if ro.logprobs is None:
+            raise RuntimeError("rl.rollout_correction needs the sampler's log-probs; the rollout "
+                               "engine kept none")
+        data["sampler_lp"] = ro.logprobs[rows, :t_used]
     device = next(policy.parameters()).device
     data = {k: v.to(device) for k, v in data.items()}
     n = len(rows)
@@ -410,6 +417,7 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         # decode steps round differently: ratios off 1 by up to 0.1 before any update, which
         # GSPO's 3e-4 clip range turns into clipped sequences)
         if (rl.updates_per_rollout > 1 and rl.reuse_sampling_logprobs and ro.logprobs is not None
+                and rollout_cfg.engine == "hf"  # vLLM's (for the correction) are its kernels'
                 and all(p.dtype == torch.float32 for p in policy.parameters())):
             old = ro.logprobs[rows, :t_used].to(device)  # kept by the sampler: no pi_old pass
         elif rl.updates_per_rollout > 1:
@@ -440,13 +448,23 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         for idx, weight, last in distributed.micro_steps(chunks, d, filler=torch.arange(G)):
             with distributed.grad_sync(policy, d, last):
                 lp, ent = logprobs_of(policy, idx, with_entropy=True)  # (n_mb, T')
+                # mu = 1: pi_old is the policy before this update, i.e. lp itself
+                old_mb = old[idx] if old is not None else lp.detach()
+                weights = grpo.rollout_weights(
+                    old_mb, data["sampler_lp"][idx], data["c_mask"][idx], rl.rollout_correction,
+                    c_max=rl.rollout_correction_max, c_min=rl.rollout_correction_min,
+                ) if correct else None
                 loss, m = grpo.policy_loss(
-                    lp, old[idx] if old is not None else lp.detach(), data["adv"][idx],
+                    lp, old_mb, data["adv"][idx],
                     data["c_mask"][idx], ref_logprobs=ref_lp[idx] if ref_lp is not None else None,
                     beta=rl.beta, eps_low=rl.eps_low, eps_high=rl.eps_high,
                     aggregation=rl.aggregation, max_tokens=max_tokens,
                     ratio_level=rl.ratio_level, loss_denominator=max(denom, 1.0),
+                    is_weights=weights,
                 )
+                if correct:
+                    m.update(_correction_metrics(weights, old_mb, data["sampler_lp"][idx],
+                                                 data["c_mask"][idx], rl))
                 (loss * (weight * distributed.loss_scale(d))).backward()
             if weight == 0:
                 continue
@@ -482,6 +500,23 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
     sums["ok"] = ok and math.isfinite(sums.get("train/loss", 0.0))
     sums["applied"] = len(grad_norms)  # optimizer steps taken (minibatches)
     return sums
+
+
+def _correction_metrics(weights, old, sampler_lp, c_mask, rl) -> dict:
+    """Token means of the rollout correction: its weight, the share of tokens whose weight it
+    capped (truncate) or dropped (mask), and the mean |pi_old - pi_sampler| log-prob gap."""
+    cm = c_mask.float()
+    n = cm.sum().clamp(min=1)
+    if rl.rollout_correction.endswith("mask"):
+        changed = weights == 0
+    else:
+        changed = (weights == rl.rollout_correction_max) | (weights == rl.rollout_correction_min)
+    return {
+        "rollout_is_weight": ((weights * cm).sum() / n).item(),
+        "rollout_is_changed": ((changed.float() * cm).sum() / n).item(),
+        "rollout_logprob_gap": (((old.detach() - sampler_lp).abs().nan_to_num() * cm).sum()
+                                / n).item(),
+    }
 
 
 def _rollout_metrics(ro: Rollouts, scores, rewards, group_equal, problems: list) -> dict:
