@@ -215,7 +215,11 @@ class RLConfig(_Checked):
     rollout_correction_min: float = opt(0.0, "the correction's lower bound (truncate: the least "
                                         "weight; mask: weights below it drop)", low=0)
     dynamic_sampling: bool = opt(True, "drop groups whose rewards are all equal from the loss "
-                                 "(DAPO's filter; without its resampling to refill the batch)")
+                                 "(DAPO's filter; rl.dynamic_sampling_rounds refills the batch)")
+    dynamic_sampling_rounds: int = opt(
+        1, "dynamic_sampling: sample up to this many batches of B prompts a step until B groups "
+        "with unequal rewards are kept, and update on the first B (DAPO's refill, verl's "
+        "max_num_gen_batches); 1 = filter only", low=1)
     overlong_filter: bool = opt(False, "mask the loss of truncated completions (DAPO)")
     max_bad_steps: int = opt(3, "stop after this many consecutive non-finite steps", low=1)
     stuck_steps: int = opt(5, "warn when every group has had equal rewards this many steps", low=1)

@@ -132,3 +132,35 @@ def test_degenerate_inputs_are_clear_errors_and_a_tokenizer_without_pad_works(ti
     for top_p, kept in ((0.5, 1), (0.75, 2), (0.76, 3)):  # 0.5 reached by the first token
         tokens, _ = _sample_next(logits, 1.0, top_p, torch.Generator().manual_seed(0))
         assert len(set(tokens.tolist())) == kept, top_p
+
+
+def test_rollouts_concat_pads_prompts_left_and_completions_right(tiny_base):
+    from r1kit.rewards.scoring import Scores
+    from r1kit.rollout.hf import Rollouts
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    gen = torch.Generator().manual_seed(0)
+    a = sample(model, tok, [render_prompt("Compute 1+2")], 2, max_new_tokens=4, generator=gen)
+    b = sample(model, tok, [render_prompt("Compute 10+20-3*4+55")], 2, max_new_tokens=9,
+               generator=gen)
+    both = Rollouts.concat([a, b], pad_id=tok.pad_token_id)
+    assert both.texts == a.texts + b.texts and both.num_tokens == a.num_tokens + b.num_tokens
+    P, T = b.prompt_ids.shape[1], b.completion_ids.shape[1]
+    assert a.prompt_ids.shape[1] < P and a.completion_ids.shape[1] < T
+    assert both.prompt_ids.shape == (4, P) and both.completion_ids.shape == (4, T)
+    # the same log-probs from the padded rows as from the rows alone
+    lp_both, _ = completion_logprobs(model, both.prompt_ids, both.prompt_mask,
+                                     both.completion_ids, both.completion_mask)
+    for part, rows in ((a, slice(0, 2)), (b, slice(2, 4))):
+        lp, _ = completion_logprobs(model, part.prompt_ids, part.prompt_mask,
+                                    part.completion_ids, part.completion_mask)
+        t = part.completion_ids.shape[1]
+        torch.testing.assert_close(lp_both[rows, :t], lp, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(both.logprobs[rows, :t], part.logprobs)
+    assert (both.logprobs[:2, a.completion_ids.shape[1]:] == 0).all()
+
+    s = Scores.concat([Scores([1.0], {"code": [1.0]}, {"code": 0}, {"code": ["passed"]}),
+                       Scores([0.0], {"code": [None]}, {"code": 1}, {"code": ["timeout"]})])
+    assert (s.total, s.per_reward, s.failures, s.reasons) == (
+        [1.0, 0.0], {"code": [1.0, None]}, {"code": 1}, {"code": ["passed", "timeout"]})

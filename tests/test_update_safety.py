@@ -153,6 +153,12 @@ def _always_zero(completion: str, problem) -> float:
     return 0.0
 
 
+@register("test_half_varied")
+def _half_varied(completion: str, problem) -> float:
+    """Equal rewards in every group of an odd answer: those groups carry no signal."""
+    return float(len(completion) % 3) if int(problem.answer) % 2 == 0 else 1.0
+
+
 def _cfg(tmp_path, model, name, **sets):
     base = [f"model.path={model}", f"run.out_dir={tmp_path}", f"run.name={name}",
             "rl.prompts_per_step=2", "rl.group_size=4", "rollout.max_new_tokens=8",
@@ -203,6 +209,25 @@ def test_stuck_rewards_warn_loudly(tiny_base, tmp_path, caplog):
     assert [r["train/lr"] for r in rows] == pytest.approx(
         [cosine_lr(s, 4, 1, 1e-4, 1e-5) for s in range(4)])
     assert rows[-1]["train/lr"] == pytest.approx(1e-5)
+
+
+def test_dynamic_sampling_refills_the_batch(tiny_base, tmp_path):
+    """rl.dynamic_sampling_rounds > 1 (DAPO): more prompts are sampled until B groups with unequal
+    rewards are kept; the update takes B of them."""
+    def run(name, rounds):
+        cfg = _cfg(tmp_path, tiny_base, name, **{
+            "rl.steps": 4, "rl.prompts_per_step": 4, "rl.dynamic_sampling_rounds": rounds,
+            "rewards.weights": "{test_half_varied: 1.0}", "run.checkpoint_every": 0})
+        zero.main(cfg)
+        return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+
+    refilled = run("refill", 6)
+    assert all(r["train/groups_kept"] == 1.0 for r in refilled)  # every step: B groups
+    assert max(r["train/sampling_rounds"] for r in refilled) > 1
+    # without the refill, some steps train on fewer groups than B
+    plain = run("plain", 1)
+    assert "train/sampling_rounds" not in plain[0]
+    assert min(1 - r["train/zero_adv_groups"] for r in plain) < 1
 
 
 def test_rl_turns_dropout_off_so_the_ratio_is_not_noise(tiny_base):

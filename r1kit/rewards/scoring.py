@@ -68,6 +68,16 @@ class Scores:
         """The reasons given for completion `i`, by reward name."""
         return {name: r[i] for name, r in self.reasons.items() if r[i] is not None}
 
+    @classmethod
+    def concat(cls, parts: list[Scores]) -> Scores:
+        """The completions of `parts` in order (scored by the same rewards)."""
+        return cls(
+            total=[t for p in parts for t in p.total],
+            per_reward={k: [v for p in parts for v in p.per_reward[k]] for k in parts[0].per_reward},
+            failures={k: sum(p.failures.get(k, 0) for p in parts)
+                      for k in {k for p in parts for k in p.failures}},
+            reasons={k: [r for p in parts for r in p.reasons[k]] for k in parts[0].reasons})
+
     def means(self) -> dict[str, float]:
         """Flat metrics: `reward/total`, `reward/NAME` (None skipped; NaN if all None), and
         `reward/NAME_failures` (a count).

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
 from r1kit.logprobs import cache_kwarg
@@ -45,6 +46,32 @@ class Rollouts:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @classmethod
+    def concat(cls, parts: list[Rollouts], pad_id: int) -> Rollouts:
+        """The rows of `parts` in order; prompts left-padded and completions right-padded (with
+        `pad_id`, log-probs with 0) to the longest."""
+        P = max(r.prompt_ids.shape[1] for r in parts)
+        T = max(r.completion_ids.shape[1] for r in parts)
+
+        def cat(name: str, width: int, left: bool, value) -> torch.Tensor:
+            return torch.cat([F.pad(t, (width - t.shape[1], 0) if left else (0, width - t.shape[1]),
+                                    value=value) for t in (getattr(r, name) for r in parts)])
+
+        has_lp = all(r.logprobs is not None for r in parts)
+        return cls(
+            prompt_ids=cat("prompt_ids", P, True, pad_id), prompt_mask=cat("prompt_mask", P, True, 0),
+            completion_ids=cat("completion_ids", T, False, pad_id),
+            completion_mask=cat("completion_mask", T, False, 0),
+            texts=[t for r in parts for t in r.texts],
+            num_tokens=[n for r in parts for n in r.num_tokens],
+            truncated=[t for r in parts for t in r.truncated], group_size=parts[0].group_size,
+            logprobs=cat("logprobs", T, False, 0.0) if has_lp else None)
+
+
+def pad_id(tokenizer) -> int:
+    """The id rollouts are padded with: the tokenizer's pad token, else its EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 _ENDERS: dict[tuple, torch.Tensor] = {}  # (tokenizer, stop chars) -> which tokens may end a stop
@@ -173,7 +200,7 @@ def sample(
 ) -> Rollouts:
     """Sample `group_size` completions for each prompt (rows grouped contiguously)."""
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     if not prompts or group_size < 1:
         raise ValueError(f"need at least one prompt and group_size >= 1; got {len(prompts)} "
                          f"prompts, group_size={group_size}")
@@ -181,7 +208,7 @@ def sample(
     if not all(ids):
         raise ValueError(f"prompt {[len(i) for i in ids].index(0)} has no tokens")
     P = max(map(len, ids))  # left-padded here, so a tokenizer without a pad token works too
-    p_ids = torch.tensor([[pad_id] * (P - len(i)) + i for i in ids], device=device)  # (B, P)
+    p_ids = torch.tensor([[pad] * (P - len(i)) + i for i in ids], device=device)  # (B, P)
     p_mask = torch.tensor([[0] * (P - len(i)) + [1] * len(i) for i in ids], device=device)
     T = max_new_tokens
     cache, cache_kw, logits, pos = _prefill(model, p_ids, p_mask, group_size, P + T)
@@ -198,7 +225,7 @@ def sample(
         attn = torch.ones(n, P + T, dtype=p_mask.dtype, device=device)  # (N, P+T)
         attn[:, :P] = p_mask.repeat_interleave(group_size, dim=0)
 
-    out_ids = torch.full((n, T), pad_id, dtype=torch.long, device=device)  # (N, T)
+    out_ids = torch.full((n, T), pad, dtype=torch.long, device=device)  # (N, T)
     out_lp = torch.zeros((n, T), dtype=torch.float32, device=device)  # (N, T)
     lengths = torch.full((n,), T, dtype=torch.long, device=device)  # (N,)
     rows = torch.arange(n, device=device)  # batch slot -> row
@@ -208,7 +235,7 @@ def sample(
         tokens, logp = _sample_next(logits, temperature, top_p, generator)  # (L,), (L,)
         # written for every slot, no boolean indexing: on a GPU each mask index is a host sync;
         # finished slots write padding over padding
-        out_ids[rows, step] = torch.where(alive, tokens, pad_id)
+        out_ids[rows, step] = torch.where(alive, tokens, pad)
         out_lp[rows, step] = torch.where(alive, logp, 0.0)
         ends = eos[tokens] & alive  # (L,)
         if enders is None:

@@ -42,7 +42,7 @@ import urllib.request
 import torch
 
 from r1kit.errors import UserError
-from r1kit.rollout.hf import Rollouts, _cut_at_stop
+from r1kit.rollout.hf import Rollouts, _cut_at_stop, pad_id
 
 _PREFIXES = ("module.", "_orig_mod.", "base_model.model.")  # DDP, torch.compile, PEFT
 
@@ -196,7 +196,7 @@ class VLLMColocated:
         if self.logprobs:  # per position {token id: Logprob}; the sampled token is always there
             lps = [[[pos[t].logprob for pos, t in zip(c.logprobs, c.token_ids)]
                     for c in o.outputs] for o in outs]
-        return to_rollouts(ids, groups, group_size, pad_id=_pad_id(tokenizer),
+        return to_rollouts(ids, groups, group_size, pad_id=pad_id(tokenizer),
                            tokenizer=tokenizer, stop=list(stop), logprobs=lps)
 
     @torch.no_grad()
@@ -256,7 +256,7 @@ class VLLMServer:
         if self.logprobs:
             lps = [[(c.get("logprobs") or {}).get("token_logprobs") or [] for c in cs]
                    for cs in per_prompt]
-        return to_rollouts(ids, groups, group_size, pad_id=_pad_id(tokenizer),
+        return to_rollouts(ids, groups, group_size, pad_id=pad_id(tokenizer),
                            tokenizer=tokenizer, stop=list(stop), logprobs=lps)
 
     @torch.no_grad()
@@ -274,7 +274,3 @@ class VLLMServer:
             for name, tensor in named:
                 self.client.update_named_param(name, tensor)
         self.client.reset_prefix_cache()
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

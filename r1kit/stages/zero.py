@@ -2,9 +2,10 @@
 
 One step, top to bottom, each phase timed:
     generate  B prompts x G completions with the rollout engine (pi_old = the current policy)
-    score     every completion with the weighted rule-based rewards
-    advantage group-relative advantages; dynamic sampling drops groups with equal rewards (it
-              does not sample more to refill the batch, as DAPO does: a step keeps what it has)
+    score     every completion with the weighted rule-based rewards; with
+              rl.dynamic_sampling_rounds > 1, more batches of B prompts until B groups with
+              unequal rewards are kept (DAPO's refill)
+    advantage group-relative advantages; dynamic sampling drops groups with equal rewards
     logprobs  pi_old (only when mu > 1, and not when the hf sampler kept them) and the reference
               (only when beta > 0), without grad
     update    mu minibatch updates of the clipped surrogate (+ k3 KL), micro-batched
@@ -43,10 +44,10 @@ from r1kit.report import write_report_safely
 from r1kit.rewards import code as code_reward
 from r1kit.rewards import get_reward, import_reward_modules
 from r1kit.rewards.language import check_reward_targets
-from r1kit.rewards.scoring import RewardSpec, score
+from r1kit.rewards.scoring import RewardSpec, Scores, score
 from r1kit.rollout import check as check_engine
 from r1kit.rollout import make_engine
-from r1kit.rollout.hf import Rollouts
+from r1kit.rollout.hf import Rollouts, pad_id
 from r1kit.runs import RunFolder, load_problems
 from r1kit.sft import cosine_lr
 from r1kit.templates import mark_prefill, render_prompt
@@ -167,34 +168,50 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         t_step = time.perf_counter()
         lr = sched.get_last_lr()[0]  # this step's rate (the scheduler moves on after the update)
 
-        # ---------------------------------------------------------------- generate
-        with timer("generate"):
-            problems = _next_problems(state, train_set, rl.prompts_per_step, cfg.run.seed)[mine]
-            prompts = [render_prompt(p.prompt, cfg.data.template, tokenizer) for p in problems]
-            problems = [mark_prefill(p, text) for p, text in zip(problems, prompts)]
-            policy.eval()
-            with distributed.gathered(policy, d) as model:
-                ro = engine.sample(model, tokenizer, prompts, G,
-                                   max_new_tokens=cfg.rollout.max_new_tokens,
-                                   temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                   stop=cfg.rollout.stop, generator=gen)
-        # ---------------------------------------------------------------- score
-        with timer("score"):
-            per_row = [p for p in problems for _ in range(G)]
-            active = [spec for spec in specs if state["step"] >= rl.steps - int(
-                cfg.rewards.active_last.get(spec.name, rl.steps))]
-            scores = score(ro.texts, per_row, active, ro.num_tokens, cfg.rollout.max_new_tokens,
-                           timeout_s=cfg.rewards.timeout_s)
-            rewards = torch.tensor(scores.total, dtype=torch.float32)  # (B*G,)
+        # ---------------------------------------------------------------- generate and score
+        active = [spec for spec in specs if state["step"] >= rl.steps - int(
+            cfg.rewards.active_last.get(spec.name, rl.steps))]
+        batches, kept_groups = [], 0
+        n_rounds = rl.dynamic_sampling_rounds if rl.dynamic_sampling else 1
+        for r in range(n_rounds):
+            with timer("generate"):
+                problems = _next_problems(state, train_set, rl.prompts_per_step, cfg.run.seed)
+                problems = problems[mine]
+                prompts = [render_prompt(p.prompt, cfg.data.template, tokenizer) for p in problems]
+                problems = [mark_prefill(p, text) for p, text in zip(problems, prompts)]
+                policy.eval()
+                with distributed.gathered(policy, d) as model:
+                    ro = engine.sample(model, tokenizer, prompts, G,
+                                       max_new_tokens=cfg.rollout.max_new_tokens,
+                                       temperature=cfg.rollout.temperature,
+                                       top_p=cfg.rollout.top_p, stop=cfg.rollout.stop,
+                                       generator=gen)
+            with timer("score"):
+                per_row = [p for p in problems for _ in range(G)]
+                scores = score(ro.texts, per_row, active, ro.num_tokens,
+                               cfg.rollout.max_new_tokens, timeout_s=cfg.rewards.timeout_s)
+            batches.append((ro, scores, per_row))
+            totals = torch.tensor(scores.total).view(-1, G)  # (B, G)
+            kept_groups += int((totals != totals[:, :1]).any(dim=1).sum())
+            # DAPO's refill: another batch of prompts while any rank has kept fewer than B
+            # groups (every rank samples in step: FSDP gathers the layers on all of them)
+            if r + 1 == n_rounds or not distributed.all_any(kept_groups < B, d):
+                break
+        ro, scores, per_row = _concat_batches(batches, pad_id(tokenizer))
+        rewards = torch.tensor(scores.total, dtype=torch.float32)  # (n*B*G,)
         # ---------------------------------------------------------------- advantage
-        advantages = grpo.group_advantages(rewards, G, scale_by_std=rl.scale_by_std)  # (B*G,)
-        group_equal = (rewards.view(B, G) == rewards.view(B, G)[:, :1]).all(dim=1)  # (B,)
-        keep = ~group_equal if rl.dynamic_sampling else torch.ones(B, dtype=torch.bool)
+        advantages = grpo.group_advantages(rewards, G, scale_by_std=rl.scale_by_std)  # (n*B*G,)
+        group_equal = (rewards.view(-1, G) == rewards.view(-1, G)[:, :1]).all(dim=1)  # (n*B,)
+        keep = ~group_equal if rl.dynamic_sampling else torch.ones_like(group_equal)
+        keep &= keep.cumsum(0) <= B  # at most B groups: the first ones kept (DAPO)
         rows = keep.repeat_interleave(G).nonzero().squeeze(-1)  # kept rows
-        mask = ro.completion_mask.clone()  # (B*G, T)
+        mask = ro.completion_mask.clone()  # (n*B*G, T)
         if rl.overlong_filter:
             mask[torch.tensor(ro.truncated)] = 0
         metrics = _rollout_metrics(ro, scores, rewards, group_equal, per_row)
+        if rl.dynamic_sampling_rounds > 1:  # batches sampled, and the share of B updated on
+            metrics["train/sampling_rounds"] = float(len(batches))
+            metrics["train/groups_kept"] = float(keep.sum()) / B
 
         # ---------------------------------------------------------------- update
         finite = not distributed.all_any(not rewards.isfinite().all(), d)
@@ -500,6 +517,15 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
     sums["ok"] = ok and math.isfinite(sums.get("train/loss", 0.0))
     sums["applied"] = len(grad_norms)  # optimizer steps taken (minibatches)
     return sums
+
+
+def _concat_batches(batches: list, pad_id: int):
+    """One step's sampled batches (`Rollouts`, `Scores`, problems per row) as one."""
+    if len(batches) == 1:
+        return batches[0]
+    return (Rollouts.concat([ro for ro, _, _ in batches], pad_id),
+            Scores.concat([sc for _, sc, _ in batches]),
+            [p for _, _, rows in batches for p in rows])
 
 
 def _correction_metrics(weights, old, sampler_lp, c_mask, rl) -> dict:
