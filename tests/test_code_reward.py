@@ -165,6 +165,20 @@ def test_problem_files_carry_tests_with_clear_errors(tmp_path):
             load_jsonl(path)
 
 
+def test_extract_program_reads_indented_tilde_and_titled_fences():
+    listed = ("<answer>\n1. The function:\n   ```python\n   def f(x):\n       return 2 * x\n"
+              "   ```\n</answer>")
+    assert code_task.extract_program(listed) == "def f(x):\n    return 2 * x"
+    titled = "<answer>\n```python title=sol.py\ndef f(x): return 1\n```\n</answer>"
+    assert code_task.extract_program(titled) == "def f(x): return 1"
+    tilde = "<answer> ~~~python\ndef f(x): return '```'\n~~~ </answer>"
+    assert code_task.extract_program(tilde) == "def f(x): return '```'"
+    tilde_then_py = "<answer> ~~~\nA\n~~~ and ```py\nB\n``` then ~~~\nC\n~~~</answer>"
+    assert code_task.extract_program(tilde_then_py) == "B"  # the last python-tagged one
+    prose = "I put code in ```python fences like this:\n```python\ndef f(): return 3\n```"
+    assert code_task.extract_program(prose) == "def f(): return 3"  # a mention opens no block
+
+
 def test_refuses_to_start_without_bubblewrap_and_leaves_no_run_folder(monkeypatch, tmp_path,
                                                                       capsys):
     monkeypatch.setitem(sb._PROBES, sb.find_python(), "bwrap is not installed")
