@@ -156,6 +156,10 @@ def test_problem_files_carry_tests_with_clear_errors(tmp_path):
         ({"tests": [3]}, "field 'tests' item 0 must be a string"),
         ({"tests": ["assert f(1) == 2", "print(1)"]}, "field 'tests' item 1"),
         ({"tests": ["assert f(1) =="]}, "not valid Python"),
+        ({"tests": ["assert f(1) == 2", "assert await f()"]},
+         r"field 'tests' item 1 \('assert await f\(\)'\): its expression does not compile"),
+        ({"tests": [f"assert f() == {'x' * 100_000!r}"]},
+         "field 'tests' item 0 .*: its expected value is 100002 characters long, over the 100000"),
         ({"entry_point": "two words"}, "field 'entry_point'"),
         ({"language": "cpp"}, "only 'python' can be run"),
     ]
@@ -177,6 +181,25 @@ def test_extract_program_reads_indented_tilde_and_titled_fences():
     assert code_task.extract_program(tilde_then_py) == "B"  # the last python-tagged one
     prose = "I put code in ```python fences like this:\n```python\ndef f(): return 3\n```"
     assert code_task.extract_program(prose) == "def f(): return 3"  # a mention opens no block
+
+
+def test_killed_programs_score_under_1_and_the_correct_filter_agrees_with_eval(sandbox_ready):
+    from r1kit.filters import Candidate, correct
+    from r1kit.rewards.scoring import Verdict
+    from r1kit.tasks.base import Problem
+
+    problem = Problem("p", "Write f", "", {"tests": ["assert f(2) == 4", "assert f(3) == 6"]})
+    code_reward.configure(CodeConfig(unsafe_allow_unsandboxed=not BWRAP, wall_s=2.0, cpu_s=1))
+    spin = "import atexit\ndef _spin():\n    while True: pass\natexit.register(_spin)\n"
+    texts = [f"<answer> ```python\n{head}def f(x): return 2*x\n``` </answer>"
+             for head in ("", spin)]
+    good, hung = code_reward.run_tests(texts, [problem] * 2)
+    assert (float(good), good.reason) == (1.0, "passed")
+    assert (float(hung), hung.reason) == (pytest.approx(2 / 3), "timeout")
+    assert correct(Candidate(texts[0], problem)) == (True, "")
+    assert correct(Candidate(texts[1], problem)) == (False, "tests fail (timeout)")
+    # a score of 1 with any other reason (a precomputed value) is not kept either
+    assert not correct(Candidate("", problem, scores={"code": Verdict(1.0, "timeout")}))[0]
 
 
 def test_refuses_to_start_without_bubblewrap_and_leaves_no_run_folder(monkeypatch, tmp_path,
