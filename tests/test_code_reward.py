@@ -152,7 +152,7 @@ def test_problem_files_carry_tests_with_clear_errors(tmp_path):
     assert p.meta["tests"] == ["assert double(2) == 4"] and p.answer == ""
     bad = [
         ({"tests": "assert f(1) == 2"}, "field 'tests' must be a non-empty list"),
-        ({"tests": []}, "field 'tests' must be a non-empty list"),
+        ({"tests": []}, "must be a non-empty list of assert statements, got an empty list"),
         ({"tests": [3]}, "field 'tests' item 0 must be a string"),
         ({"tests": ["assert f(1) == 2", "print(1)"]}, "field 'tests' item 1"),
         ({"tests": ["assert f(1) =="]}, "not valid Python"),
@@ -167,6 +167,19 @@ def test_problem_files_carry_tests_with_clear_errors(tmp_path):
         path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **change}) + "\n")
         with pytest.raises(UserError, match=f"code.jsonl:2: .*{message}"):
             load_jsonl(path)
+
+
+def test_problem_csv_files_carry_tests_as_a_json_cell(tmp_path):
+    from r1kit.tasks.files import load_data_file
+
+    path = tmp_path / "code.csv"
+    path.write_text('prompt,tests\nWrite double,"[""assert double(2) == 4""]"\n'
+                    'Write triple,assert triple(1) == 3\n')
+    with pytest.raises(UserError, match="code.csv:3: field 'tests' must be a JSON list"):
+        load_data_file(path)
+    path.write_text(path.read_text().splitlines()[0] + "\n" + path.read_text().splitlines()[1])
+    [p] = load_data_file(path)
+    assert p.meta["tests"] == ["assert double(2) == 4"]
 
 
 def test_extract_program_reads_indented_tilde_and_titled_fences():
