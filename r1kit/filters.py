@@ -85,14 +85,15 @@ def not_truncated(c: Candidate) -> Verdict:
 
 def correct(c: Candidate) -> Verdict:
     """Keeps a completion whose `accuracy` reward is 1; for a problem with tests (code), whose
-    program passes every test (the `code` reward, in the sandbox).
+    program passed: every test, and it finished (the `code` reward's reason, as `r1kit eval`
+    counts; a program killed after its last test scores under 1 and is dropped).
 
     >>> correct(Candidate("<think>6*7</think> <answer>42</answer>", Problem("p", "6*7?", "42")))
     (True, '')
     """
     if code_reward.has_tests(c.problem):
         value = _reward(c, "code")
-        if value == 1.0:
+        if value == 1.0 and getattr(value, "reason", "passed") == "passed":
             return True, ""
         return False, f"tests fail ({getattr(value, 'reason', 'no verdict')})"
     value = _reward(c, "accuracy")

@@ -13,8 +13,10 @@ tests/test_sandbox_adversarial.py:
   dropped; new session; nested user namespaces disabled; killed with its parent. Started by root,
   bubblewrap itself runs as `nobody`, so the process limit applies (it does not to root);
 - limits, set by the harness before the program runs: CPU seconds, address space, processes, file
-  size, open files, no core files; the parent kills the whole process group at the wall-clock
-  limit or when the output passes its cap, and bubblewrap's PID 1 takes every leftover with it;
+  size, open files, no core files; the parent kills the whole process group when the harness
+  exits, at the wall-clock limit, or when the output passes its cap (the program's own output
+  and the harness's records have separate caps, so long values never count against the program),
+  and bubblewrap's PID 1 takes every leftover with it;
 - grading outside the program's reach: a test `assert EXPR == LITERAL` is split in the parent; only
   `EXPR` goes into the sandbox, whose harness reports the value as literal source (the dict a
   Counter equals, 1e999 for inf: `lit` in HARNESS), and the parent compares it with the literal,
@@ -37,7 +39,8 @@ Where bubblewrap cannot run, `Sandbox` refuses with a `UserError` unless `allow_
 then programs run as plain child processes with the same grading and rlimits, in a fresh temporary
 directory; started by root they run as `nobody` with the process limit, otherwise as you and
 without it (it would count all of your processes). That contains bugs but not attacks (it can read
-your files and use the network), and a warning is logged loudly.
+your files and use the network), and a warning is logged loudly. There is no PID namespace then: a
+process the program starts in a new session (`setsid`) escapes the group kill and outlives the run.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from r1kit.errors import UserError
@@ -67,7 +70,7 @@ log = logging.getLogger("r1kit")
 REASONS = ("passed", "wrong_answer", "runtime_error", "timeout", "memory_limit", "output_limit",
            "syntax_error", "no_code", "sandbox_error")
 _TRUE = object()  # expected value of a bare `assert EXPR`: the sandbox judges `EXPR is True`
-_MAX_REPR = 30_000  # longest value text the parent will parse (the output cap: 256 kB)
+MAX_VALUE_CHARS = 100_000  # longest value text compared; a longer expected literal is refused
 _ERROR_KINDS = ("runtime_error", "memory_limit", "output_limit")  # what the harness reports
 
 
@@ -79,7 +82,7 @@ class Limits:
     cpu_s: int = 2
     memory_mb: int = 256
     processes: int = 16
-    output_bytes: int = 256_000  # harness records included: several long values must fit
+    output_bytes: int = 256_000  # the program's own output; the harness's records have their own
     file_bytes: int = 1_000_000
     tmp_bytes: int = 4_000_000
     open_files: int = 64
@@ -87,17 +90,22 @@ class Limits:
 
 @dataclass(frozen=True)
 class TestOutcome:
-    """The result of one program against its tests."""
+    """The result of one program against its tests. `finished` is False for a run that did not
+    end on its own after its tests: killed (wall or CPU time, output cap) or exited early."""
 
     passed: int
     total: int
     reason: str
     detail: str = ""
     seconds: float = 0.0
+    finished: bool = True
 
     @property
     def fraction(self) -> float:
-        return self.passed / self.total if self.total else 0.0
+        """The share of tests passed, a run that did not finish counting as one more failed test:
+        a program that reports every value and then hangs or floods scores total/(total+1), never
+        1, which only "passed" scores."""
+        return self.passed / (self.total + (not self.finished)) if self.total else 0.0
 
 
 @dataclass(frozen=True)
@@ -105,10 +113,18 @@ class ParsedTest:
     expr: str
     expected: object  # a Python literal, or _TRUE
 
+    @property
+    def harness_expr(self) -> str:
+        """The expression the harness evaluates (a bare assert passes on any truthy value, as in
+        Python)."""
+        return f"(True if ({self.expr}) else False)" if self.expected is _TRUE else self.expr
+
 
 def parse_test(test: str) -> ParsedTest:
     """Split `assert EXPR == LITERAL` into the expression run in the sandbox and the literal kept in
-    the parent; any other single `assert` is judged `EXPR is True`. ValueError if not an assert.
+    the parent; any other single `assert` is judged `EXPR is True`. ValueError if it is not one
+    assert, its expression does not compile as the harness compiles it (`assert await f()`), or
+    its expected value is longer than `MAX_VALUE_CHARS`, so that it could never pass.
 
     >>> parse_test("assert f(2) == 8")
     ParsedTest(expr='f(2)', expected=8)
@@ -120,8 +136,20 @@ def parse_test(test: str) -> ParsedTest:
     except SyntaxError as e:
         raise ValueError(f"not valid Python ({e.msg})") from None
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
-        raise ValueError("a test must be one `assert` statement")
-    node = tree.body[0].test
+        raise ValueError("a test must be one assert statement")
+    parsed = _split(tree.body[0].test)
+    try:  # the harness compiles it alone, in eval mode: `await` or `yield` cannot be there
+        compile(parsed.harness_expr, "<test>", "eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
+        raise ValueError(f"its expression does not compile on its own "
+                         f"({getattr(e, 'msg', None) or type(e).__name__})") from None
+    if parsed.expected is not _TRUE and len(repr(parsed.expected)) > MAX_VALUE_CHARS:
+        raise ValueError(f"its expected value is {len(repr(parsed.expected))} characters long, "
+                         f"over the {MAX_VALUE_CHARS} the sandbox compares")
+    return parsed
+
+
+def _split(node: ast.expr) -> ParsedTest:
     if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq):
         for side, other in ((node.comparators[0], node.left), (node.left, node.comparators[0])):
             try:
@@ -132,8 +160,9 @@ def parse_test(test: str) -> ParsedTest:
 
 
 # The trusted harness, run as `python -I -S -c HARNESS` with the job on stdin. It sets the limits,
-# runs the program in a fresh namespace, evaluates each test expression and reports on fd 1, one
-# nonce-tagged JSON record per line. It holds no expected values.
+# runs the program in a fresh namespace, evaluates each test expression and reports on the fd 1 it
+# started with, one nonce-tagged JSON record per line; the program's own fd 1 and 2 go to the
+# other pipe, so its output and the records have separate caps. It holds no expected values.
 HARNESS = r"""
 import errno, json, os, resource, sys
 def kind(e):
@@ -175,20 +204,28 @@ def lit(v, depth=0):
         return "nan"  # no int or float literal equals it
     return repr(v)
 def main():
+    out = os.dup(1)  # the records' pipe; the program's print and os.write(1) go to the other
+    os.dup2(2, 1)
     job = json.loads(sys.stdin.read())
     sys.stdin.close()
-    write, dumps, tag, cap = os.write, json.dumps, job["nonce"], job["max_repr"]
-    def emit(*record):  # UTF-8 as is (6 bytes per escaped CJK character would eat the output cap)
+    write, dumps, tag, cap = os.write, json.dumps, job["nonce"], job["max_value"]
+    def emit(*record):  # UTF-8 as is (6 bytes per escaped CJK character would eat the cap)
         line = "\n" + tag + " " + dumps(record, ensure_ascii=False) + "\n"
-        write(1, line.encode("utf-8", "backslashreplace"))
+        write(out, line.encode("utf-8", "backslashreplace"))
     for name, soft, hard in job["rlimits"]:
         resource.setrlimit(getattr(resource, name), (soft, hard))
     try:
         code = compile(job["program"], "<program>", "exec")
-        tests = [compile(t, "<test>", "eval") for t in job["tests"]]
     except (SyntaxError, ValueError) as e:
         emit("syntax_error", type(e).__name__ + ": " + str(e)[:200])
         return
+    tests = []
+    for i, t in enumerate(job["tests"]):
+        try:  # the parent compiled it too: only a different Python version gets here
+            tests.append(compile(t, "<test>", "eval"))
+        except (SyntaxError, ValueError) as e:
+            emit("bad_test", i, type(e).__name__ + ": " + str(e)[:200])
+            return
     ns = {"__name__": "solution", "__builtins__": __builtins__}
     try:
         exec(code, ns)
@@ -289,21 +326,19 @@ class Sandbox:
         except ValueError as e:
             return TestOutcome(0, len(tests), "sandbox_error", f"bad test: {e}")
         nonce = secrets.token_hex(16)
-        exprs = [f"(True if ({p.expr}) else False)" if p.expected is _TRUE else p.expr
-                 for p in parsed]  # a bare assert passes on any truthy value, as in Python
-        job = json.dumps({"program": program, "tests": exprs, "nonce": nonce,
-                          "max_repr": _MAX_REPR, "rlimits": self._rlimits()}).encode()
+        job = json.dumps({"program": program, "tests": [p.harness_expr for p in parsed],
+                          "nonce": nonce, "max_value": MAX_VALUE_CHARS,
+                          "rlimits": self._rlimits()}).encode()
         workdir = None if self.sandboxed else tempfile.mkdtemp(prefix="r1kit-unsafe-")
         if workdir and os.geteuid() == 0:
             os.chown(workdir, 65534, 65534)  # the program runs as nobody
         try:
-            output, killed, rc = self._execute(job, workdir)
+            records, output, killed, rc = self._execute(job, workdir, _records_cap(len(tests)))
         finally:
             if workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
-        outcome = grade(output, nonce, parsed, killed, rc)
-        return TestOutcome(outcome.passed, outcome.total, outcome.reason, outcome.detail,
-                           time.monotonic() - t0)
+        outcome = grade(records, nonce, parsed, killed, rc, output)
+        return replace(outcome, seconds=time.monotonic() - t0)
 
     def _rlimits(self) -> list[tuple[str, int, int]]:
         lim = self.limits
@@ -322,11 +357,14 @@ class Sandbox:
             return run
         return bwrap_argv(self.python, self.limits.tmp_bytes) + run
 
-    def _execute(self, job: bytes, workdir: str | None) -> tuple[bytes, str, int]:
-        """Run the harness; return (output, why it was killed or "", exit status)."""
+    def _execute(self, job: bytes, workdir: str | None,
+                 records_cap: int) -> tuple[bytes, bytes, str, int]:
+        """Run the harness; return (its records, the program's own output, why it was killed or
+        "", exit status). The process group is killed in the end, whether or not the harness
+        finished: what the program started does not outlive its run."""
         as_nobody = os.geteuid() == 0  # never root: for bubblewrap (see above) or unsandboxed
         proc = subprocess.Popen(
-            self._argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            self._argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd=workdir or "/",
             start_new_session=True, close_fds=True,
             **({"user": 65534, "group": 65534, "extra_groups": []} if as_nobody else {}),
@@ -337,33 +375,51 @@ class Sandbox:
             proc.stdin.close()
         except BrokenPipeError:
             pass
-        chunks, size, killed = [], 0, ""
+        caps = {proc.stdout: records_cap, proc.stderr: self.limits.output_bytes}
+        got = {stream: bytearray() for stream in caps}
+        killed, exited = "", False
         with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            while True:
+            for stream in caps:
+                sel.register(stream, selectors.EVENT_READ)
+            while sel.get_map() and not killed:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 and not exited:
                     killed = "timeout"
                     break
-                if not sel.select(timeout=left):
+                ready = sel.select(timeout=0 if exited else min(left, 0.1))
+                if not ready:
+                    if exited:  # all it wrote is read; a process it left holds the pipes open
+                        break
+                    exited = _exited(proc)
                     continue
-                chunk = os.read(proc.stdout.fileno(), 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > self.limits.output_bytes:
-                    killed = "output_limit"
-                    break
-        if killed:
-            _kill_group(proc)
+                for key, _ in ready:
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        continue
+                    got[key.fileobj] += chunk
+                    if len(got[key.fileobj]) > caps[key.fileobj]:
+                        killed = "output_limit"
+        _kill_group(proc)  # before reaping proc, so that its group id cannot have been reused
         try:
             rc = proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # cannot happen after SIGKILL unless the kernel stalls
             _kill_group(proc)
             rc = proc.wait()
         proc.stdout.close()
-        return b"".join(chunks), killed, rc
+        proc.stderr.close()
+        return bytes(got[proc.stdout]), bytes(got[proc.stderr]), killed, rc
+
+
+def _records_cap(tests: int) -> int:
+    """Bytes of harness records for `tests` tests: a value of `MAX_VALUE_CHARS` characters at
+    up to 6 bytes each (a JSON-escaped control character), plus the record around it."""
+    return tests * (6 * (MAX_VALUE_CHARS + 1) + 300) + 4096
+
+
+def _exited(proc: subprocess.Popen) -> bool:
+    """Whether `proc` has exited, without reaping it (its pid, the group's id, stays taken)."""
+    return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -418,13 +474,15 @@ def bwrap_problem(python: str) -> str | None:
     return _PROBES[python]
 
 
-def grade(output: bytes, nonce: str, tests: list[ParsedTest], killed: str, rc: int) -> TestOutcome:
-    """Grade the harness's records in the parent, comparing values with the expected literals."""
+def grade(output: bytes, nonce: str, tests: list[ParsedTest], killed: str, rc: int,
+          program_output: bytes = b"") -> TestOutcome:
+    """Grade the harness's records (`output`) in the parent, comparing values with the expected
+    literals; `program_output` is what the program printed (where bubblewrap's errors go)."""
     total = len(tests)
     values: dict[int, str] = {}
     errors: dict[int, str] = {}
     prefix = nonce + " "
-    program_error = syntax = None
+    program_error = syntax = bad_test = None
     done = tampered = False
     for line in output.decode("utf-8", errors="replace").split("\n"):
         if not line.startswith(prefix):
@@ -452,40 +510,48 @@ def grade(output: bytes, nonce: str, tests: list[ParsedTest], killed: str, rc: i
             program_error = (record[1], record[2])
         elif kind == "syntax_error" and n == 2 and syntax is None and isinstance(record[1], str):
             syntax = record[1]
+        elif kind == "bad_test" and n == 3 and fresh and bad_test is None and isinstance(
+                record[2], str):
+            bad_test = f"test {record[1]} does not compile in the sandbox's Python: {record[2]}"
         elif kind == "done" and n == 1 and not done:
             done = True
         else:
             tampered = True
     passed = sum(1 for i, t in enumerate(tests) if i in values and _matches(values[i], t.expected))
     if killed:  # (a record cut off by the kill is no tampering)
-        return TestOutcome(passed, total, killed, f"killed: {killed}")
+        return TestOutcome(passed, total, killed, f"killed: {killed}", finished=False)
     if tampered:
         return TestOutcome(0, total, "runtime_error", "harness output tampered with")
     if syntax is not None:
         return TestOutcome(0, total, "syntax_error", syntax)
+    if bad_test is not None:  # the problem's fault, not the program's
+        return TestOutcome(0, total, "sandbox_error", bad_test)
     if program_error is not None:
         return TestOutcome(0, total, program_error[0], program_error[1])
     # SIGXCPU at the soft CPU limit; SIGKILL at the hard one (a program that ignores SIGXCPU).
     if rc in (128 + signal.SIGXCPU, -signal.SIGXCPU, 128 + signal.SIGKILL, -signal.SIGKILL):
-        return TestOutcome(passed, total, "timeout", "CPU time limit")
+        return TestOutcome(passed, total, "timeout", "CPU time limit", finished=False)
     if not done:
         detail = f"exited (status {rc}) before the tests finished"
-        if rc != 0 and not values and not errors and b"bwrap:" in output:
-            return TestOutcome(0, total, "sandbox_error", output.decode(errors="replace")[-300:])
-        return TestOutcome(passed, total, "runtime_error", detail)
+        if rc != 0 and not values and not errors and b"bwrap:" in program_output:
+            return TestOutcome(0, total, "sandbox_error",
+                               program_output.decode(errors="replace")[-300:])
+        return TestOutcome(passed, total, "runtime_error", detail, finished=False)
     if passed == total:
         return TestOutcome(passed, total, "passed")
     if errors:
         kinds = [e.split("|", 1) for e in errors.values()]
         reason = next((k for k, _ in kinds if k != "runtime_error"), "runtime_error")
         return TestOutcome(passed, total, reason, kinds[0][1])
-    return TestOutcome(passed, total, "wrong_answer")
+    long = next((i for i, v in values.items() if len(v) > MAX_VALUE_CHARS), None)
+    detail = "" if long is None else f"test {long}: value over {MAX_VALUE_CHARS} characters"
+    return TestOutcome(passed, total, "wrong_answer", detail)
 
 
 def _matches(text: str, expected: object) -> bool:
     if expected is _TRUE:
         return text == "True"
-    if len(text) > _MAX_REPR:
+    if len(text) > MAX_VALUE_CHARS:
         return False
     try:
         value = ast.literal_eval(text)

@@ -152,10 +152,14 @@ def test_problem_files_carry_tests_with_clear_errors(tmp_path):
     assert p.meta["tests"] == ["assert double(2) == 4"] and p.answer == ""
     bad = [
         ({"tests": "assert f(1) == 2"}, "field 'tests' must be a non-empty list"),
-        ({"tests": []}, "field 'tests' must be a non-empty list"),
+        ({"tests": []}, "must be a non-empty list of assert statements, got an empty list"),
         ({"tests": [3]}, "field 'tests' item 0 must be a string"),
         ({"tests": ["assert f(1) == 2", "print(1)"]}, "field 'tests' item 1"),
         ({"tests": ["assert f(1) =="]}, "not valid Python"),
+        ({"tests": ["assert f(1) == 2", "assert await f()"]},
+         r"field 'tests' item 1 \('assert await f\(\)'\): its expression does not compile"),
+        ({"tests": [f"assert f() == {'x' * 100_000!r}"]},
+         "field 'tests' item 0 .*: its expected value is 100002 characters long, over the 100000"),
         ({"entry_point": "two words"}, "field 'entry_point'"),
         ({"language": "cpp"}, "only 'python' can be run"),
     ]
@@ -163,6 +167,52 @@ def test_problem_files_carry_tests_with_clear_errors(tmp_path):
         path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **change}) + "\n")
         with pytest.raises(UserError, match=f"code.jsonl:2: .*{message}"):
             load_jsonl(path)
+
+
+def test_problem_csv_files_carry_tests_as_a_json_cell(tmp_path):
+    from r1kit.tasks.files import load_data_file
+
+    path = tmp_path / "code.csv"
+    path.write_text('prompt,tests\nWrite double,"[""assert double(2) == 4""]"\n'
+                    'Write triple,assert triple(1) == 3\n')
+    with pytest.raises(UserError, match="code.csv:3: field 'tests' must be a JSON list"):
+        load_data_file(path)
+    path.write_text(path.read_text().splitlines()[0] + "\n" + path.read_text().splitlines()[1])
+    [p] = load_data_file(path)
+    assert p.meta["tests"] == ["assert double(2) == 4"]
+
+
+def test_extract_program_reads_indented_tilde_and_titled_fences():
+    listed = ("<answer>\n1. The function:\n   ```python\n   def f(x):\n       return 2 * x\n"
+              "   ```\n</answer>")
+    assert code_task.extract_program(listed) == "def f(x):\n    return 2 * x"
+    titled = "<answer>\n```python title=sol.py\ndef f(x): return 1\n```\n</answer>"
+    assert code_task.extract_program(titled) == "def f(x): return 1"
+    tilde = "<answer> ~~~python\ndef f(x): return '```'\n~~~ </answer>"
+    assert code_task.extract_program(tilde) == "def f(x): return '```'"
+    tilde_then_py = "<answer> ~~~\nA\n~~~ and ```py\nB\n``` then ~~~\nC\n~~~</answer>"
+    assert code_task.extract_program(tilde_then_py) == "B"  # the last python-tagged one
+    prose = "I put code in ```python fences like this:\n```python\ndef f(): return 3\n```"
+    assert code_task.extract_program(prose) == "def f(): return 3"  # a mention opens no block
+
+
+def test_killed_programs_score_under_1_and_the_correct_filter_agrees_with_eval(sandbox_ready):
+    from r1kit.filters import Candidate, correct
+    from r1kit.rewards.scoring import Verdict
+    from r1kit.tasks.base import Problem
+
+    problem = Problem("p", "Write f", "", {"tests": ["assert f(2) == 4", "assert f(3) == 6"]})
+    code_reward.configure(CodeConfig(unsafe_allow_unsandboxed=not BWRAP, wall_s=2.0, cpu_s=1))
+    spin = "import atexit\ndef _spin():\n    while True: pass\natexit.register(_spin)\n"
+    texts = [f"<answer> ```python\n{head}def f(x): return 2*x\n``` </answer>"
+             for head in ("", spin)]
+    good, hung = code_reward.run_tests(texts, [problem] * 2)
+    assert (float(good), good.reason) == (1.0, "passed")
+    assert (float(hung), hung.reason) == (pytest.approx(2 / 3), "timeout")
+    assert correct(Candidate(texts[0], problem)) == (True, "")
+    assert correct(Candidate(texts[1], problem)) == (False, "tests fail (timeout)")
+    # a score of 1 with any other reason (a precomputed value) is not kept either
+    assert not correct(Candidate("", problem, scores={"code": Verdict(1.0, "timeout")}))[0]
 
 
 def test_refuses_to_start_without_bubblewrap_and_leaves_no_run_folder(monkeypatch, tmp_path,

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -192,3 +194,103 @@ def test_a_full_cache_never_loses_this_batchs_hits():
     assert [o.reason for o in outcomes] == ["wrong_answer", "wrong_answer", "wrong_answer",
                                             "wrong_answer", "wrong_answer"]
     assert len(box._cache) == 2
+
+
+def test_a_program_killed_after_its_last_value_never_scores_as_passed():
+    """Killed (wall, CPU, output cap) or gone before `done`, a run that reported every right value
+    did not finish: its share counts that as one more failed test."""
+    tests = [parse_test(t) for t in TESTS]
+    values = _records("n", ("value", 0, "5"), ("value", 1, "8"), ("value", 2, "23"))
+    done = values + _records("n", ("done",))
+    for records, killed, rc, reason in [(done, "timeout", -9, "timeout"),
+                                        (values, "output_limit", -9, "output_limit"),
+                                        (done, "", -signal.SIGXCPU, "timeout"),
+                                        (values, "", 1, "runtime_error")]:
+        o = grade(records, "n", tests, killed, rc)
+        assert (o.passed, o.reason, o.fraction) == (3, reason, 0.75), (killed, rc)
+    assert grade(done, "n", tests, "", 0).fraction == 1.0
+    one = grade(_records("n", ("value", 0, "5")), "n", tests, "timeout", -9)
+    assert one.fraction == 0.25  # one of three tests, and the unfinished run
+
+
+def test_hang_flood_or_thread_after_the_last_test_is_not_passed():
+    box = Sandbox(FAST, allow_unsandboxed=True)  # benign programs: the unsafe fallback may run them
+    tests = ["assert f(2) == 4", "assert f(3) == 6"]
+    body = "def f(x):\n    return 2 * x\n"
+    programs = {
+        "import atexit\ndef _spin():\n    while True: pass\natexit.register(_spin)\n": "timeout",
+        "import atexit, os\natexit.register(lambda: os.write(1, b'x' * 10**6))\n": "output_limit",
+        ("import threading, time\n"
+         "threading.Thread(target=time.sleep, args=(100,)).start()\n"): "timeout",
+    }
+    for (program, reason), o in zip(programs.items(),
+                                    box.run_many([(p + body, tests) for p in programs])):
+        assert (o.passed, o.reason, o.fraction) == (2, reason, 2 / 3), program
+
+
+def test_tests_that_cannot_compile_alone_are_refused_and_reported_apart_from_the_program():
+    for test in ("assert await f()", "assert (yield)", "assert f() == (yield)"):
+        with pytest.raises(ValueError, match="does not compile on its own"):
+            parse_test(test)
+    # A test the sandbox's Python cannot compile (another version) is the problem's fault.
+    tests = [parse_test(t) for t in TESTS]
+    o = grade(_records("n", ("bad_test", 1, "SyntaxError: x")), "n", tests, "", 0)
+    assert (o.reason, o.passed) == ("sandbox_error", 0) and "test 1 does not compile" in o.detail
+
+
+def test_the_harness_reports_a_test_it_cannot_compile(monkeypatch):
+    box = Sandbox(FAST, allow_unsandboxed=True)
+    monkeypatch.setattr(sb, "parse_test", lambda t: sb.ParsedTest(t, 1))  # as if it compiled
+    o = box.run("def f():\n    return 1", ["f()", "await f()"])
+    assert o.reason == "sandbox_error" and "test 1 does not compile in the sandbox" in o.detail
+    assert box.run("def f(:", ["f()", "await f()"]).reason == "syntax_error"  # the program's
+
+
+def test_expected_values_longer_than_the_sandbox_compares_are_refused():
+    fits = "x" * (sb.MAX_VALUE_CHARS - 2)  # its repr adds the quotes
+    assert parse_test(f"assert f() == {fits!r}").expected == fits
+    with pytest.raises(ValueError, match=f"over the {sb.MAX_VALUE_CHARS}"):
+        parse_test(f"assert f() == {fits + 'x'!r}")
+
+
+def test_long_values_do_not_count_against_the_programs_output_cap():
+    box = Sandbox(FAST, allow_unsandboxed=True)
+    big = list(range(8000))  # about 47,000 characters
+    assert box.run("def f(n):\n    return list(range(n))",
+                   [f"assert f(8000) == {big!r}"]).reason == "passed"
+    tests = [f"assert g({i}) == {'ab' * (10_000 + 1000 * i)!r}" for i in range(14)]  # 20-46k
+    o = box.run("def g(i):\n    return 'ab' * (10_000 + 1000 * i)", tests)
+    assert (o.passed, o.reason) == (14, "passed")
+    flood = box.run("print('x' * 300_000)\ndef g(i):\n    return 'ab' * (10_000 + 1000 * i)",
+                    tests)
+    assert flood.reason == "output_limit"  # the program's own output keeps its cap
+    o = box.run(f"def f():\n    return {'y' * sb.MAX_VALUE_CHARS!r} + 'y'", ["assert f() == 'y'"])
+    assert o.reason == "wrong_answer" and "value over" in o.detail
+
+
+def _survivors(mark: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if mark.encode() in (proc / "cmdline").read_bytes():
+                found.append(proc.name)
+        except OSError:
+            continue
+    return found
+
+
+def test_unsandboxed_children_die_when_the_program_finishes(monkeypatch):
+    monkeypatch.setitem(sb._PROBES, find_python(), "forced for this test")
+    box = Sandbox(FAST, allow_unsandboxed=True)
+    started = ("import subprocess\n"
+               "subprocess.Popen(['sleep', '{mark}'])\n"  # holds the output pipes open too
+               "subprocess.Popen(['sleep', '{mark}'], stdout=subprocess.DEVNULL, "
+               "stderr=subprocess.DEVNULL)\n"
+               "def f(x):\n    return 3 * x + 2")
+    mark = "77.4243"
+    t0 = time.monotonic()
+    o = box.run(started.format(mark=mark), TESTS)
+    assert (o.reason, o.finished) == ("passed", True)
+    assert time.monotonic() - t0 < FAST.wall_s  # not held to the wall limit by the pipes
+    time.sleep(0.2)
+    assert _survivors(mark) == []

@@ -3,8 +3,11 @@
 predefined test cases"].
 
 The program is the last fenced code block inside the answer (`r1kit.tasks.code.extract_program`).
-The reward is the share of tests passed, or 1/0 for all-or-nothing (`code.all_or_nothing`); the
-problem must carry `meta["tests"]` (a list of `assert` strings), else it is `None` (not scorable).
+The reward is the share of tests passed, or 1/0 for all-or-nothing (`code.all_or_nothing`); a
+program that did not finish (killed at the wall or CPU limit or the output cap, or exited before
+its last test) counts one more failed test, passed/(total+1), so only reason `passed` scores 1
+(`TestOutcome.fraction`). The problem must carry `meta["tests"]` (a list of `assert` strings),
+else the reward is `None` (not scorable).
 Each value carries its reason (passed, wrong_answer, runtime_error, timeout, memory_limit,
 output_limit, syntax_error, no_code), which the run logs per completion and as shares in metrics.
 

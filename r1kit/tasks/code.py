@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import random
 import re
+import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from r1kit.tasks.arithmetic import is_heldout
@@ -31,7 +33,9 @@ from r1kit.tasks.base import Problem
 
 TEST_POINTS = (0, 1, 2, 5, 10)  # the first two are given in the prompt
 
-_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\r?\n(.*?)```", re.DOTALL)
+# A fence of 3+ backticks or tildes, its info string, its code up to the same fence again.
+_FENCE_RE = re.compile(r"(?P<fence>`{3,}|~{3,})(?P<info>[^\n`]*)\n(?P<code>.*?)(?P=fence)",
+                       re.DOTALL)
 _PYTHON_TAGS = ("python", "py", "python3", "py3")
 _ANSWER_RE = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.DOTALL)
 
@@ -136,6 +140,8 @@ def extract_program(completion: str) -> str | None:
     Empty blocks do not count, and blocks tagged python (py, python3, py3) come first: a
     program's sample output, in an untagged block after it, is not the program (a corrected
     program in an untagged block after a tagged draft loses to the draft: models tag code).
+    Fences are ``` or ~~~; the language is the first word of the info string (```python
+    title=sol.py); a block indented as a whole (a fence inside a list item) is dedented.
 
     >>> extract_program("<think> x </think> <answer> ```python\\ndef f(x): return x\\n``` </answer>")
     'def f(x): return x'
@@ -143,9 +149,22 @@ def extract_program(completion: str) -> str | None:
     True
     """
     answers = _ANSWER_RE.findall(completion)
-    blocks = _FENCE_RE.findall(answers[-1] if answers else completion)
-    if not blocks:
-        return None
-    blocks = [(lang, code.strip("\r\n")) for lang, code in blocks if code.strip()]
+    blocks = [(lang, textwrap.dedent(code).strip("\r\n"))
+              for lang, code in _fenced_blocks(answers[-1] if answers else completion)
+              if code.strip()]
     python = [code for lang, code in blocks if lang.lower() in _PYTHON_TAGS]
     return (python or [code for _, code in blocks] or [None])[-1]
+
+
+def _fenced_blocks(text: str) -> Iterator[tuple[str, str]]:
+    """(language, code) of each fenced block. A fence opens mid-line (`<answer> ```python`) only
+    with one word after it: prose that mentions ``` with more words is no block."""
+    pos = 0
+    while match := _FENCE_RE.search(text, pos):
+        info = match["info"].split()
+        line_start = text.rfind("\n", 0, match.start()) + 1
+        if len(info) > 1 and text[line_start:match.start()].strip():
+            pos = match.start() + len(match["fence"])
+            continue
+        yield (info[0] if info else ""), match["code"]
+        pos = match.end()

@@ -7,8 +7,10 @@ for prompt and answer are configurable (`problem`/`solution` in many datasets). 
 the data is a `UserError` naming the file, line (or row) and key.
 
 A coding problem carries `tests` (a non-empty list of `assert` statements, run against the
-program in the sandbox by the `code` reward) instead of an answer, and optionally `entry_point`
-(the function name) and `language` (only "python"); they go to `Problem.meta`, checked on load.
+program in the sandbox by the `code` reward; in a CSV, a cell holding that list as JSON) instead
+of an answer, and optionally `entry_point` (the function name) and `language` (only "python");
+they go to `Problem.meta`, checked on load: each test must compile as the sandbox runs it, and
+its expected value fit the values the sandbox compares (`r1kit.sandbox.MAX_VALUE_CHARS`).
 `language` is the programming language, never the natural language of the reasoning: that is
 the optional `target_language` of any problem (an ISO 639-1 code the language reward can label
 words with, `en`, `ru`, `zh`, or with `language:lingua` also `fr`, `de`, `es`, `it`, `pt`; else
@@ -97,7 +99,8 @@ def file_format(path: str | Path) -> str | None:
 def load_data_file(path: str | Path, prompt_key: str = "prompt",
                    answer_key: str = "answer") -> list[Problem]:
     """Problems from a `.json` array (or JSON lines), a `.csv` file (every cell text, as
-    written: `007` stays `007`) or, through `datasets`, a `.parquet` file; the text formats also
+    written: `007` stays `007`; a `tests` cell holds a JSON list) or, through `datasets`, a
+    `.parquet` file; the text formats also
     gzip, bz2 or xz compressed. JSON numbers keep their exact value. Errors name the file and
     the line or item. Ids default to `STEM-N` (N: the line, or the item from 0)."""
     path = Path(path)
@@ -125,6 +128,12 @@ def load_data_file(path: str | Path, prompt_key: str = "prompt",
             if None in row or None in row.values():  # more or fewer cells than the header
                 raise UserError(f"{where}: {len(reader.fieldnames or [])} columns in the header, "
                                 "a different number on this line")
+            if "tests" in row:  # cells are text: the list of tests is written as JSON
+                try:
+                    row["tests"] = json.loads(row["tests"])
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{where}: field 'tests' must be a JSON list of assert "
+                                    f"statements in a CSV cell ({e.msg})") from None
     elif text.lstrip().startswith("["):  # a JSON array of objects
         try:
             items = json.loads(text)
@@ -252,8 +261,9 @@ def _check_code_fields(record: Mapping, where: str) -> None:
 
     tests = record["tests"]
     if not isinstance(tests, list) or not tests:
+        got = "an empty list" if tests == [] else _type_name(tests)
         raise UserError(f"{where}: field 'tests' must be a non-empty list of assert statements, "
-                        f"got {_type_name(tests)}")
+                        f"got {got}")
     for j, test in enumerate(tests):
         if not isinstance(test, str):
             raise UserError(f"{where}: field 'tests' item {j} must be a string, "
