@@ -226,6 +226,9 @@ class RLConfig(_Checked):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.dynamic_sampling_rounds > 1 and not self.dynamic_sampling:
+            raise UserError("config key 'rl.dynamic_sampling_rounds' refills the batch after "
+                            "dynamic sampling's filter; it needs rl.dynamic_sampling=true")
         if self.rollout_correction_min >= self.rollout_correction_max:
             raise UserError("config keys 'rl.rollout_correction_min' and "
                             "'rl.rollout_correction_max': the lower bound must be below the "

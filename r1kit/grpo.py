@@ -22,7 +22,10 @@ Deliberate departures from the papers, and choices where they are silent:
   point), aggregated exactly like the surrogate, and unclamped.
 - The rollout correction (`rollout_weights`) is truncated or masked importance sampling of
   pi_old over the sampler's own log-probs (vLLM's kernels, bf16 decoding), with TRL's four modes;
-  it multiplies the surrogate only, as in TRL, not the KL term.
+  it multiplies the surrogate per token, as in TRL, not the KL term. With GSPO, a `token_*`
+  weight scales its own token's gradient (TRL's sequence ratio spreads their mean over the row).
+- The KL gradient is the plain k3 one: it is not multiplied by the ratio pi / pi_old (TRL's
+  `use_bias_correction_kl`, on by default there; the two agree on-policy, at ratio 1).
 - GSPO is implemented in its GSPO-token form (stop-gradient sequence ratio times
   `exp(lp - sg[lp])`), so it composes with every aggregation; with `seq_mean_token_mean` it is
   GSPO eq. 5 exactly. A KL term may be added, which GSPO itself does not do.

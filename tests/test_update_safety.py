@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from r1kit import grpo
 from r1kit.config import RLConfig, RolloutConfig, ZeroConfig, load_config
+from r1kit.errors import UserError
 from r1kit.rewards import register
 from r1kit.rollout.hf import sample
 from r1kit.sft import cosine_lr
@@ -228,6 +229,18 @@ def test_dynamic_sampling_refills_the_batch(tiny_base, tmp_path):
     plain = run("plain", 1)
     assert "train/sampling_rounds" not in plain[0]
     assert min(1 - r["train/zero_adv_groups"] for r in plain) < 1
+
+    # with the overlong filter, a group whose every completion was truncated updates nothing,
+    # whatever its rewards: it does not count towards B
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0])  # groups of 2: unequal, unequal, equal
+    truncated = [True, True, True, False, False, False]
+    for overlong, useful in ((False, [True, True, False]), (True, [False, True, False])):
+        rl = RLConfig(overlong_filter=overlong)
+        assert zero._useful_groups(rewards, truncated, 2, rl).tolist() == useful
+
+    with pytest.raises(UserError, match="needs rl.dynamic_sampling=true"):
+        _cfg(tmp_path, tiny_base, "x", **{"rl.dynamic_sampling_rounds": 2,
+                                          "rl.dynamic_sampling": "false"})
 
 
 def test_rl_turns_dropout_off_so_the_ratio_is_not_noise(tiny_base):

@@ -17,9 +17,10 @@ come from another distribution than the policy the trainer scores. A PEFT policy
 adapters merged out of place in float32 (`merged_weights`): merging into bf16 weights and
 unmerging again after every step would drift the frozen base, which is also the KL reference.
 With `rl.rollout_correction` on, the engine is asked for each sampled token's log-prob
-(`logprobs=0`, `logprobs_mode="processed_logprobs"`: after temperature, as TRL asks for them; a
-server must be started with `--logprobs-mode processed_logprobs`), and the trainer weighs the
-surrogate by pi_old / pi_vllm (`grpo.rollout_weights`), TRL's `vllm_importance_sampling_*`.
+(`logprobs=0`, `logprobs_mode="processed_logprobs"`: after temperature and top-p, as TRL asks
+for them; a server must be started with `--logprobs-mode processed_logprobs`, which is not
+checked), and the trainer weighs the surrogate by pi_old / pi_vllm (`grpo.rollout_weights`),
+TRL's `vllm_importance_sampling_*`. With top_p < 1 the vLLM log-probs are over the nucleus.
 
 Everything that needs no GPU is a pure function tested on CPU: the sampling-argument mapping, the
 weight-name mapping (DDP / torch.compile / PEFT prefixes), and building `Rollouts` from token ids.

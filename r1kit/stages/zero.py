@@ -112,7 +112,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     policy, tokenizer, resume_from = trainable.load_for_run(run, cfg, device)
     trainable.disable_dropout(policy)
     rl = cfg.rl
-    B, G = mine.stop - mine.start, rl.group_size  # this rank's prompts
+    G = rl.group_size
     ref = memory.make_reference(policy, rl.beta, lora.is_lora(policy), rl.offload_ref)
     policy = distributed.wrap(policy, d)
     opt = torch.optim.AdamW(trainable.trainable_parameters(policy), lr=rl.lr,
@@ -139,6 +139,10 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
                          vllm_max_model_len=cfg.rollout.vllm_max_model_len,
                          seed=cfg.run.seed + d.rank,
                          logprobs=rl.rollout_correction != "off")
+    if rl.rollout_correction != "off" and cfg.rollout.engine == "vllm" and cfg.rollout.top_p < 1:
+        log.warning("rl.rollout_correction with rollout.top_p < 1: vLLM's log-probs are taken over "
+                    "the top-p nucleus, the training forward's over the whole vocabulary, so the "
+                    "weights are below 1 by the nucleus mass (sequence modes: its product)")
     if engine.needs_sync:  # (FSDP gathers every layer for it: only where it does something)
         _sync_engine(engine, policy, d)
     tracker = Tracker(run.path, cfg.run.report_to if d.main else [], config=to_dict(cfg),
@@ -171,7 +175,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         # ---------------------------------------------------------------- generate and score
         active = [spec for spec in specs if state["step"] >= rl.steps - int(
             cfg.rewards.active_last.get(spec.name, rl.steps))]
-        batches, kept_groups = [], 0
+        batches, useful = [], 0  # groups this rank could update on
         n_rounds = rl.dynamic_sampling_rounds if rl.dynamic_sampling else 1
         for r in range(n_rounds):
             with timer("generate"):
@@ -191,11 +195,13 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
                 scores = score(ro.texts, per_row, active, ro.num_tokens,
                                cfg.rollout.max_new_tokens, timeout_s=cfg.rewards.timeout_s)
             batches.append((ro, scores, per_row))
-            totals = torch.tensor(scores.total).view(-1, G)  # (B, G)
-            kept_groups += int((totals != totals[:, :1]).any(dim=1).sum())
-            # DAPO's refill: another batch of prompts while any rank has kept fewer than B
-            # groups (every rank samples in step: FSDP gathers the layers on all of them)
-            if r + 1 == n_rounds or not distributed.all_any(kept_groups < B, d):
+            if n_rounds == 1:
+                break
+            # DAPO's refill: another batch of prompts (on every rank, in step: FSDP gathers the
+            # layers on all of them) until the ranks together hold B groups to update on
+            useful += int(_useful_groups(torch.tensor(scores.total), ro.truncated, G, rl).sum())
+            counts = distributed.gather(useful, d)
+            if sum(counts) >= rl.prompts_per_step or r + 1 == n_rounds:
                 break
         ro, scores, per_row = _concat_batches(batches, pad_id(tokenizer))
         rewards = torch.tensor(scores.total, dtype=torch.float32)  # (n*B*G,)
@@ -203,15 +209,19 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         advantages = grpo.group_advantages(rewards, G, scale_by_std=rl.scale_by_std)  # (n*B*G,)
         group_equal = (rewards.view(-1, G) == rewards.view(-1, G)[:, :1]).all(dim=1)  # (n*B,)
         keep = ~group_equal if rl.dynamic_sampling else torch.ones_like(group_equal)
-        keep &= keep.cumsum(0) <= B  # at most B groups: the first ones kept (DAPO)
+        if n_rounds > 1:  # at most B groups over the ranks, each rank's first ones (DAPO)
+            keep = _useful_groups(rewards, ro.truncated, G, rl)
+            quota = rl.prompts_per_step - sum(counts[: d.rank])
+            keep &= keep.cumsum(0) <= max(0, quota)
         rows = keep.repeat_interleave(G).nonzero().squeeze(-1)  # kept rows
         mask = ro.completion_mask.clone()  # (n*B*G, T)
         if rl.overlong_filter:
             mask[torch.tensor(ro.truncated)] = 0
         metrics = _rollout_metrics(ro, scores, rewards, group_equal, per_row)
-        if rl.dynamic_sampling_rounds > 1:  # batches sampled, and the share of B updated on
+        if n_rounds > 1:  # batches sampled, and the share of B updated on (over the ranks)
             metrics["train/sampling_rounds"] = float(len(batches))
-            metrics["train/groups_kept"] = float(keep.sum()) / B
+            metrics["train/groups_kept"] = distributed.all_sum(
+                float(keep.sum()), d) / rl.prompts_per_step
 
         # ---------------------------------------------------------------- update
         finite = not distributed.all_any(not rewards.isfinite().all(), d)
@@ -517,6 +527,16 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
     sums["ok"] = ok and math.isfinite(sums.get("train/loss", 0.0))
     sums["applied"] = len(grad_norms)  # optimizer steps taken (minibatches)
     return sums
+
+
+def _useful_groups(rewards, truncated: list[bool], G: int, rl) -> torch.Tensor:
+    """(groups,) which groups carry a gradient: rewards not all equal, and with the overlong
+    filter on, some completion not truncated (a fully masked group updates nothing)."""
+    grouped = rewards.view(-1, G)  # (groups, G)
+    useful = (grouped != grouped[:, :1]).any(dim=1)
+    if rl.overlong_filter:
+        useful &= ~torch.tensor(truncated).view(-1, G).all(dim=1)
+    return useful
 
 
 def _concat_batches(batches: list, pad_id: int):
