@@ -210,6 +210,7 @@ def test_stuck_rewards_warn_loudly(tiny_base, tmp_path, caplog):
     assert [r["train/lr"] for r in rows] == pytest.approx(
         [cosine_lr(s, 4, 1, 1e-4, 1e-5) for s in range(4)])
     assert rows[-1]["train/lr"] == pytest.approx(1e-5)
+    assert all(r["train/reward_std"] == 0 for r in rows)  # exactly, not float32's 1e-8
 
 
 def test_dynamic_sampling_refills_the_batch(tiny_base, tmp_path):

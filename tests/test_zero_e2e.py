@@ -67,6 +67,12 @@ def test_zero_trains_logs_and_saves(tiny_base, tmp_path):
     evals = [json.loads(line)["tag"] for line in (run / "eval.jsonl").read_text().splitlines()]
     assert evals == ["base", "step2", "final"]
     assert (run / "config.yaml").is_file() and (run / "completions.jsonl").is_file()
+    # each logged completion: its total and each reward's value, the total their weighted sum
+    weights = cfg.rewards.weights
+    for row in map(json.loads, (run / "completions.jsonl").read_text().splitlines()):
+        assert set(row["rewards"]) == set(weights)
+        assert row["reward"] == pytest.approx(
+            sum(weights[k] * (v or 0.0) for k, v in row["rewards"].items()))
     assert (run / "checkpoints" / "latest").read_text() == "step-000004"
     # The reference is reset to the policy after step 3, so step 4's rollouts (sampled by that
     # very policy) have zero KL to it, while steps 2-3 had drifted from the base model.

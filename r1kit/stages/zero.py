@@ -274,7 +274,9 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
             per_rank = math.ceil(cfg.run.log_completions / d.world)
             logged = [
                 {"step": state["step"], "id": per_row[i].id, "answer": per_row[i].answer,
-                 "completion": ro.texts[i], "reward": scores.total[i], **_reasons(scores, i)}
+                 "completion": ro.texts[i], "reward": scores.total[i],
+                 "rewards": {k: v[i] for k, v in scores.per_reward.items()},
+                 **_reasons(scores, i)}
                 for i in range(0, len(ro), max(1, len(ro) // per_rank))][:per_rank]
             run.append_many("completions.jsonl", [
                 r for rows in distributed.gather(logged, d) for r in rows
@@ -581,7 +583,7 @@ def _rollout_metrics(ro: Rollouts, scores, rewards, group_equal, problems: list)
         "train/completion_tokens_max": n_tok.max().item(),
         "train/truncated": sum(ro.truncated) / len(ro),
         "train/zero_adv_groups": group_equal.float().mean().item(),
-        "train/reward_std": rewards.std().item(),
+        "train/reward_std": rewards.double().std().item(),  # (float32 leaves 1e-8 when equal)
         "train/reflection": reflection_rate(ro.texts),
         "train/language": sum(shares) / len(shares) if shares else math.nan,
     })
