@@ -3,8 +3,9 @@
 #   bash benchmarks/gpu_check.sh            # results under ${OUT:-benchmarks/out/gpu_check}
 # 1. the gpu-marked tests (CUDA training path; vLLM engine where vLLM is importable);
 # 2. the CUDA training path on the tiny model: 5 GRPO steps of `r1kit zero` (model.dtype=auto:
-#    bf16 where the GPU has it), and, where vLLM is importable, 5 more with rollout.engine=vllm
-#    (colocated; weights synced after every update);
+#    bf16 where the GPU has it; rl.rollout_correction=token_truncate logs the sampler's log-prob
+#    gap), and, where vLLM is importable, 5 more with rollout.engine=vllm (colocated; weights
+#    synced after every update; the gap between vLLM's log-probs and the training forward's);
 # 3. rollout tokens/s (benchmarks/rollout_cuda.py): r1kit's HF engine vs `generate` on CUDA, for
 #    the tiny base (fp32) and a random 71M-parameter Llama (bf16), and, where vLLM is importable,
 #    vLLM on the same prompts and settings.
@@ -33,14 +34,19 @@ timeout 240 "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider $(grep -l "mark.gp
 echo "== CUDA training path: r1kit zero, 5 steps"
 timeout 180 "$PY" -m r1kit.cli zero --config recipes/tiny/zero.yaml --set run.device=cuda \
     --set rl.steps=5 --set eval.num_problems=20 --set eval.every=0 --set run.checkpoint_every=0 \
+    --set rl.rollout_correction=token_truncate \
     --set run.out_dir="$OUT" --set run.name=zero-cuda 2>&1 | tail -15 | tee "$OUT/zero_cuda.txt" || true
+grep -ho '"train/rollout_logprob_gap": [0-9.e-]*' "$OUT/zero-cuda/metrics.jsonl" \
+    | tee "$OUT/zero_cuda_gap.txt" || true
 
 if "$PY" -c "import vllm" 2>/dev/null; then
   echo "== GRPO with vLLM rollouts (colocated): r1kit zero, 5 steps"
   timeout 240 "$PY" -m r1kit.cli zero --config recipes/tiny/zero.yaml --set run.device=cuda \
       --set rollout.engine=vllm --set rl.steps=5 --set eval.num_problems=20 --set eval.every=0 \
-      --set run.checkpoint_every=0 --set run.out_dir="$OUT" --set run.name=zero-vllm 2>&1 \
-      | tail -15 | tee "$OUT/zero_vllm.txt" || true
+      --set run.checkpoint_every=0 --set rl.rollout_correction=token_truncate \
+      --set run.out_dir="$OUT" --set run.name=zero-vllm 2>&1 | tail -15 | tee "$OUT/zero_vllm.txt" || true
+  grep -ho '"train/rollout_logprob_gap": [0-9.e-]*' "$OUT/zero-vllm/metrics.jsonl" \
+      | tee "$OUT/zero_vllm_gap.txt" || true
 fi
 
 echo "== rollout tokens/s on CUDA (benchmarks/rollout_cuda.py)"
