@@ -3,14 +3,15 @@
 Each stage has one small dataclass made of sections. A config is built from the defaults, then a
 YAML file (holding only overrides), then `--set section.key=value` overrides, in that order.
 Every field carries a help string; `r1kit <stage> --help` prints them all. Unknown keys and values
-of the wrong type are `UserError`s that name the key.
+of the wrong type (a list's items and a mapping's values too, as annotated: `list[str]`) are
+`UserError`s that name the key, and the file and line when a --config file gave it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,13 +35,24 @@ def opt(default, help: str, *, low=None, above=None, high=None, choices=None):
     return field(default=default, metadata=meta)
 
 
+class ConfigError(UserError):
+    """A `UserError` about config key `key` (dotted), which `load_config` locates in its file."""
+
+    def __init__(self, message: str, key: str):
+        super().__init__(message)
+        self.key = key
+
+    def __reduce__(self):  # pickled whole (torchrun's ranks share errors), not as args alone
+        return type(self), (str(self), self.key)
+
+
 class _Checked:
-    """Every field's range and choices are checked when a config is made, from Python too (a
-    file or `--set` is checked earlier, with the key's full name)."""
+    """Every field's type (as annotated), range and choices are checked when a config is made,
+    from Python too, as `Class.field` (a file or `--set` is checked earlier, with the key's full
+    name)."""
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            _check_range(getattr(self, f.name), f.metadata, f"{type(self).__name__}.{f.name}")
+        _check_fields(self, type(self).__name__)
 
 
 def section(cls, help: str):
@@ -66,7 +78,7 @@ class BaseConfig(_Checked):
                              "build is the same recipe, not bit-identical to a cpu one)")
     vocab_size: int = opt(1024, "BPE vocabulary size before the tag tokens", low=1)
     corpus_docs: int = opt(200_000, "number of worked solutions in the pretraining corpus", low=1)
-    tasks: list = opt(
+    tasks: list[str] = opt(
         ["arithmetic"], "tasks of the corpus, documents split evenly: arithmetic, code "
         "(worked one-line programs, r1kit/tasks/code.py; the builtin:code base)",
     )
@@ -90,7 +102,7 @@ class RunConfig(_Checked):
     checkpoint_every: int = opt(25, "write a resumable checkpoint every N steps (0 = only at end)",
                                 low=0)
     log_completions: int = opt(4, "completions per step written to completions.jsonl", low=0)
-    report_to: list = opt(
+    report_to: list[str] = opt(
         ["tensorboard"],
         "metric writers besides metrics.jsonl: tensorboard (the run folder's tb/), wandb "
         "(pip install 'r1kit[wandb]'; offline without an API key); [] = none",
@@ -107,14 +119,29 @@ class ModelConfig(_Checked):
         False, "recompute activations in backward: less memory, ~30% more compute (training stages)"
     )
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.path.strip():  # else the loader's error would be `: not a model folder`
+            raise UserError("config key 'model.path' is empty: give a model folder, a hub name or "
+                            "builtin")
+
 
 @dataclass(frozen=True)
 class LoraConfig(_Checked):
     r: int = opt(0, "LoRA rank; 0 = full fine-tuning (peft: pip install 'r1kit[lora]')", low=0)
     alpha: float = opt(32.0, "LoRA scaling alpha (the update is scaled by alpha / r)", above=0)
-    dropout: float = opt(0.0, "dropout on the LoRA input", low=0, high=0.99)
-    target_modules: list = opt(["all-linear"], "module names to adapt; all-linear = every linear "
-                                               "layer but the output head")
+    dropout: float = opt(0.0, "dropout on the LoRA input, in SFT only (RL turns dropout off, so "
+                         "that the importance ratio is not noise)", low=0, high=0.99)
+    target_modules: list[str] = opt(["all-linear"], "module names to adapt; all-linear = every "
+                                                    "linear layer but the output head")
+
+    def __post_init__(self):
+        super().__post_init__()
+        given = [f"lora.{f.name}" for f in dataclasses.fields(self)
+                 if f.name != "r" and getattr(self, f.name) != _default(f)]
+        if self.r == 0 and given:  # `--lora alpha=16` alone would quietly train every weight
+            raise UserError(f"config key 'lora.r' must be > 0 to train adapters "
+                            f"({', '.join(given)} given); without it the whole model trains")
 
 
 @dataclass(frozen=True)
@@ -163,7 +190,7 @@ class RolloutConfig(_Checked):
     temperature: float = opt(1.0, "sampling temperature for RL rollouts (R1-Zero: 1.0)", low=0)
     top_p: float = opt(1.0, "nucleus sampling for rollouts", above=0, high=1)
     max_new_tokens: int = opt(64, "completion budget; longer completions are truncated", low=1)
-    stop: list = opt(["</answer>"], "strings that end a completion (besides EOS)")
+    stop: list[str] = opt(["</answer>"], "strings that end a completion (besides EOS)")
 
 
 @dataclass(frozen=True)
@@ -229,6 +256,7 @@ class RLConfig(_Checked):
         if self.dynamic_sampling_rounds > 1 and not self.dynamic_sampling:
             raise UserError("config key 'rl.dynamic_sampling_rounds' refills the batch after "
                             "dynamic sampling's filter; it needs rl.dynamic_sampling=true")
+        _check_min_lr(self, "rl")
         if self.rollout_correction_min >= self.rollout_correction_max:
             raise UserError("config keys 'rl.rollout_correction_min' and "
                             "'rl.rollout_correction_max': the lower bound must be below the "
@@ -238,15 +266,16 @@ class RLConfig(_Checked):
 
 @dataclass(frozen=True)
 class RewardsConfig(_Checked):
-    weights: dict = opt(
+    weights: dict[str, float] = opt(
         {"accuracy": 1.0, "format": 0.1},
-        "reward name -> weight; the total is the weighted sum (R1-SPEC §2.2)",
+        "reward name -> weight; the total is the weighted sum (R1-SPEC §2.2). A --config file's "
+        "mapping replaces the whole default one; --set rewards.weights.NAME=W adds or changes one",
     )
     timeout_s: float = opt(5.0, "per-call time limit; a reward over it scores as a failure",
                            above=0)
-    modules: list = opt([], "Python modules to import first, whose @register calls add rewards "
-                        "(e.g. [myrewards] for ./myrewards.py)")
-    active_last: dict = opt(
+    modules: list[str] = opt([], "Python modules to import first, whose @register calls add "
+                             "rewards (e.g. [myrewards] for ./myrewards.py)")
+    active_last: dict[str, int] = opt(
         {}, "reward name -> N: that reward counts only in the last N steps (R1-SPEC §3.2: the "
         "preference reward, reward_model:PATH, ran in the last 400 of 1,700 steps)",
     )
@@ -324,6 +353,17 @@ class SFTTrainConfig(_Checked):
     weight_decay: float = opt(0.0, "AdamW weight decay", low=0)
     grad_clip: float = opt(1.0, "max global gradient norm", above=0)
 
+    def __post_init__(self):
+        super().__post_init__()
+        _check_min_lr(self, "sft")
+
+
+def _check_min_lr(s, section: str) -> None:
+    """The cosine decays from `lr` to `min_lr`: a higher `min_lr` would climb instead."""
+    if s.min_lr > s.lr:
+        raise UserError(f"config keys '{section}.min_lr' and '{section}.lr': need "
+                        f"{section}.min_lr <= {section}.lr; got min_lr={s.min_lr}, lr={s.lr}")
+
 
 @dataclass(frozen=True)
 class SFTConfig(_Checked):
@@ -363,7 +403,7 @@ class RejectionSamplingConfig(_Checked):
                           low=1)
     max_per_prompt: int = opt(1, "distinct kept completions per prompt at most (0 = no limit)",
                               low=0)
-    filters: list = opt(
+    filters: list[str] = opt(
         ["not_truncated", "correct", "well_formed", "single_language", "no_repetition",
          "short_paragraphs"],
         "filters applied in order (r1kit/filters.py): not_truncated, correct, well_formed, "
@@ -421,7 +461,7 @@ class DistillStagesConfig(_Checked):
         "", "teacher (required): a model folder, a run folder with final/, or a pipeline folder "
         "(its 07-r1/final)",
     )
-    students: list = opt(
+    students: list[str] = opt(
         ["tiny-qwen", "tiny-llama"],
         "students: presets tiny-qwen | tiny-llama (r1kit/students.py), model folders or hub names",
     )
@@ -516,7 +556,8 @@ class PipelineStagesConfig(_Checked):
         False, "08-distill: distil R1 into pipeline.students by SFT (r1kit distill, R1-SPEC §3.5); "
         "their rows join the table",
     )
-    students: list = opt(["tiny-qwen", "tiny-llama"], "08-distill: presets, model folders or hub names")
+    students: list[str] = opt(["tiny-qwen", "tiny-llama"],
+                              "08-distill: presets, model folders or hub names")
     distill_prompts: int = opt(3000, "08-distill: train prompts sampled from R1", low=1)
     distill_samples: int = opt(4, "08-distill: completions per prompt (at most one kept per prompt)",
                                low=1)
@@ -568,79 +609,130 @@ class PipelineConfig(_Checked):
 
 # ----------------------------------------------------------------------------- machinery
 
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               list: "a list", dict: "a mapping"}
+
+
+@functools.cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _is(value: Any, tp: type) -> bool:
+    """Whether `value` is a `tp` (a key of `_TYPE_NAMES`) as a config holds it: a bool is no
+    number (True would pass for 1), an int is a float (1 for 1.0)."""
+    if tp in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if tp is float else tp)
+
+
+def _check_type(value: Any, tp: Any, key: str, what: str = "") -> None:
+    """Refuse `value` unless it is of the annotated type `tp`: a section (its dataclass), bool,
+    int, float, str, list[T] or dict[str, T], whose items are checked too."""
+    what = what or f"config key '{key}'"
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{what} must be a {tp.__name__} section, got {value!r}", key)
+        if not isinstance(value, _Checked):  # a section without checks of its own (CorpusStyle)
+            _check_fields(value, key)
+        return
+    origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+    if origin not in _TYPE_NAMES:
+        raise TypeError(f"unsupported config type {tp} for {key}")
+    if not _is(value, origin):
+        raise ConfigError(f"{what} must be {_TYPE_NAMES[origin]}, got {value!r}", key)
+    if origin is list and args:
+        for i, item in enumerate(value, 1):
+            _check_type(item, args[0], key, f"{what} item {i}")
+    if origin is dict and args:
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{what} key {k!r} must be a string", key)
+            _check_type(v, args[1], f"{key}.{k}")
+
+
+def _check_fields(obj, name: str) -> None:
+    """The type, range and choices of every field of dataclass `obj`, named `name.field`."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{name}.{f.name}"
+        _check_type(value, _hints(type(obj))[f.name], key)
+        _check_range(value, f.metadata, key)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
+    """A file's or --set's `value` of config key `key`, typed `tp`, with YAML's leniencies: a
+    number for a string (`name: 2025`), one string for a list (`--set rollout.stop=</answer>`),
+    numbers for floats (`_floats`). A number among a list's strings is refused, not turned into
+    text: it is more likely a mistake (a token id in rollout.stop, a layer index in
+    lora.target_modules) than a name."""
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise UserError(f"config key '{key}' is a section; give a mapping, got {value!r}")
+            raise ConfigError(f"config key '{key}' is a section; give a mapping, got {value!r}",
+                              key)
         return _build(tp, value, key + ".")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise UserError(f"config key '{key}' must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise UserError(f"config key '{key}' must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+    origin = typing.get_origin(tp) or tp
+    if origin is str and _is(value, float):
+        value = str(value)
+    if origin is list and isinstance(value, str):
+        value = [value]
+    value = _floats(value, tp)
+    _check_type(value, tp, key)
+    return value
+
+
+def _floats(value: Any, tp: Any) -> Any:
+    """`value` with floats where `tp` has them, a mapping's values too: YAML 1.1 reads 5e-5 (no
+    dot) as a string, and 1 is an int."""
+    origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+    if tp is float and isinstance(value, str):
+        try:
             return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 5e-5 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UserError(f"config key '{key}' must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise UserError(f"config key '{key}' must be a string, got {value!r}")
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"config key '{key}' must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is list or origin is list:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise UserError(f"config key '{key}' must be a list, got {value!r}")
-        return list(value)
-    if origin in (typing.Union, types.UnionType):
-        return value
-    raise TypeError(f"unsupported config type {tp} for {key}")
+        except ValueError:
+            return value
+    if tp is float and _is(value, float):
+        return float(value)
+    if origin is dict and args and isinstance(value, dict):
+        return {k: _floats(v, args[1]) for k, v in value.items()}
+    if origin is list and args and isinstance(value, list):
+        return [_floats(v, args[0]) for v in value]
+    return value
 
 
 def _build(cls, values: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in values:
         if k not in names:
-            raise UserError(
-                f"unknown config key '{prefix}{k}'; known keys here: {', '.join(sorted(names))}"
-            )
+            raise ConfigError(f"unknown config key '{prefix}{k}'; known keys here: "
+                              f"{', '.join(sorted(names))}", f"{prefix}{k}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in values:
-            kwargs[f.name] = _coerce(values[f.name], hints[f.name], prefix + f.name)
+            kwargs[f.name] = _coerce(values[f.name], _hints(cls)[f.name], prefix + f.name)
             _check_range(kwargs[f.name], f.metadata, prefix + f.name)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UserError as e:  # a check across keys (RLConfig's min_lr and lr): the section's
+        raise ConfigError(str(e), prefix.rstrip(".")) from None
 
 
 def _check_range(value: Any, meta, key: str) -> None:
     low, above, high, choices = (meta.get(k) for k in ("low", "above", "high", "choices"))
     bounded = (low, above, high) != (None, None, None)
     if bounded and isinstance(value, float) and not math.isfinite(value):
-        raise UserError(f"config key '{key}' must be a finite number, got {value!r}")
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}", key)
     if choices is not None and value not in choices:
-        raise UserError(f"config key '{key}' must be one of {', '.join(map(str, choices))}; "
-                        f"got {value!r}")
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(map(str, choices))}; "
+                          f"got {value!r}", key)
     if low is not None and value < low:
-        raise UserError(f"config key '{key}' must be at least {low}, got {value!r}")
+        raise ConfigError(f"config key '{key}' must be at least {low}, got {value!r}", key)
     if above is not None and value <= above:
-        raise UserError(f"config key '{key}' must be more than {above}, got {value!r}")
+        raise ConfigError(f"config key '{key}' must be more than {above}, got {value!r}", key)
     if high is not None and value > high:
-        raise UserError(f"config key '{key}' must be at most {high}, got {value!r}")
+        raise ConfigError(f"config key '{key}' must be at most {high}, got {value!r}", key)
 
 
 def to_dict(cfg) -> dict:
@@ -658,37 +750,42 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 
 def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
-    """Defaults <- YAML file <- `key.sub=value` overrides; returns a frozen `cls`."""
+    """Defaults <- YAML file <- `key.sub=value` overrides; returns a frozen `cls`. An error about
+    a key the file gave names the file and the key's line."""
+    if isinstance(overrides, str):  # would be read letter by letter
+        raise UserError("load_config: give the overrides as a list of 'key=value' strings, not "
+                        f"one string ({overrides!r})")
     tree: dict = to_dict(cls())
+    lines: dict[str, int] = {}
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{p}: no such config file")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{p}: invalid YAML ({e})") from None
-        except UnicodeDecodeError as e:
-            raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"{p}: the top level must be a mapping of sections")
-        _merge(tree, loaded, str(p))
+        loaded, lines = _read_yaml(Path(path))
+        _merge(tree, loaded, cls)
+    given = []
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override '{item}' must look like section.key=value")
         key, raw = item.split("=", 1)
-        tp = _field_type(cls, key.strip())
+        key = key.strip()
+        tp = _field_type(cls, key)
         if tp is str:  # text as typed: YAML would cut `exp #1` at the '#', read 0123 as octal
             value = raw
         else:
             try:
-                value = yaml.safe_load(raw) if raw.strip() else ""
+                value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
             except yaml.YAMLError as e:
                 if tp in (list, dict) or typing.get_origin(tp) in (list, dict):
-                    raise UserError(f"--set {item}: invalid value ({e.problem})") from None
+                    problem = getattr(e, "problem", None) or " ".join(str(e).split())
+                    raise UserError(f"--set {item}: invalid value ({problem})") from None
                 value = raw
-        _set_dotted(tree, key.strip(), value)
-    return _build(cls, tree)
+        _set_dotted(tree, key, value)
+        given.append(key)
+    try:
+        return _build(cls, tree)
+    except ConfigError as e:
+        line = _line_of(e.key, lines, given)
+        if line is None:
+            raise
+        raise UserError(f"{Path(path)}:{line}: {e}") from None
 
 
 def _field_type(cls, dotted: str):
@@ -697,19 +794,106 @@ def _field_type(cls, dotted: str):
         fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
         if name not in fields:
             return None
-        tp = typing.get_type_hints(cls).get(name)
+        tp = _hints(cls).get(name)
         if i == len(parts) - 1:
             return tp
         cls = tp
     return None
 
 
-def _merge(base: dict, new: dict, where: str, prefix: str = "") -> None:
+def _merge(tree: dict, new: dict, cls) -> None:
+    """A file's mapping into `tree`, section by section. Any other value replaces the default
+    whole, a mapping too: `rewards.weights: {code: 1.0}` in a file is all the weights, while
+    `--set rewards.weights.NAME=W` changes one (`_set_dotted`)."""
     for k, v in new.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict) and k != "weights":
-            _merge(base[k], v, where, prefix + k + ".")
+        tp = _hints(cls).get(k)
+        if dataclasses.is_dataclass(tp) and isinstance(v, dict) and isinstance(tree.get(k), dict):
+            _merge(tree[k], v, tp)
         else:
-            base[k] = v
+            tree[k] = v
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (two `rl:` blocks), of
+    which PyYAML would keep the last without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        first: dict = {}  # key -> its line
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` repeats keys on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                again = key in first
+            except TypeError:  # unhashable: SafeLoader says so below
+                continue
+            if again:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {first[key] + 1})",
+                    key_node.start_mark)
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(p: Path) -> tuple[dict, dict[str, int]]:
+    """A --config file's mapping, and the line of each of its keys (dotted, nested ones too)."""
+    if not p.is_file():
+        raise UserError(f"{p}: no such config file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    try:
+        node, loaded = _compose(text)
+    except yaml.MarkedYAMLError as e:  # one line, not PyYAML's several with a caret
+        mark, context = e.problem_mark, ""
+        if e.context and e.context_mark:
+            context = (f" ({e.context} at line {e.context_mark.line + 1}, column "
+                       f"{e.context_mark.column + 1})")
+        raise UserError(f"{p}:{mark.line + 1}:{mark.column + 1}: invalid YAML: "
+                        f"{e.problem}{context}") from None
+    except yaml.reader.ReaderError as e:  # a control character
+        raise UserError(f"{p}:{text.count(chr(10), 0, e.position) + 1}: invalid YAML: character "
+                        f"#x{e.character:04x} is not allowed") from None
+    if loaded is None:  # an empty file
+        return {}, {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{p}: the top level must be a mapping of sections")
+    return loaded, _key_lines(node)
+
+
+def _compose(text: str):
+    """(the YAML node tree of `text`, for the keys' lines; the data it holds)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        return node, None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _key_lines(node, prefix: str = "") -> dict[str, int]:
+    """Dotted key -> its line (from 1), for every key of a YAML mapping node, nested ones too."""
+    lines = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                lines[prefix + key.value] = key.start_mark.line + 1
+                lines.update(_key_lines(value, prefix + key.value + "."))
+    return lines
+
+
+def _line_of(key: str, lines: dict[str, int], given: list[str]) -> str | None:
+    """The line of the file that gave config key `key` (or the section or mapping holding it);
+    'N and --set' when --set changed keys inside it too; None when --set gave it."""
+    parts = key.split(".")
+    above = [".".join(parts[:i]) for i in range(len(parts), 0, -1)]  # key, its section, ...
+    if any(k in given for k in above):
+        return None
+    line = next((lines[k] for k in above if k in lines), None)
+    if line is None:
+        return None
+    return f"{line} and --set" if any(g.startswith(key + ".") for g in given) else str(line)
 
 
 def describe(cls, prefix: str = "", default=None) -> list[tuple[str, str, str]]:

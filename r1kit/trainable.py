@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -15,6 +16,8 @@ from r1kit.errors import UserError
 from r1kit.models import check_trainable_dtype, load_model
 from r1kit.runs import RunFolder
 from r1kit.templates import check_template
+
+log = logging.getLogger(__name__)
 
 
 def load_for_run(run: RunFolder, cfg, device):
@@ -46,12 +49,20 @@ def load_trainable(model_cfg, lora_cfg, resume_from: Path | None, device):
 def disable_dropout(model) -> None:
     """Dropout off for RL. The update computes pi_theta in training mode (activation checkpointing
     needs it), while pi_old, the reference and the sampler run without dropout, so dropout would
-    make the importance ratio noise (TRL's `disable_dropout`). SFT keeps the model's dropout."""
-    for module in model.modules():
+    make the importance ratio noise (TRL's `disable_dropout`). SFT keeps the model's dropout; a
+    LoRA dropout (peft's `lora_dropout` modules) turned off here is logged, as it was asked for."""
+    lora_p = set()
+    for name, module in model.named_modules():
         if isinstance(module, torch.nn.Dropout):
+            if "lora_dropout" in name and module.p > 0:
+                lora_p.add(module.p)
             module.p = 0.0
         if isinstance(getattr(module, "attention_dropout", None), float):  # HF attention layers
             module.attention_dropout = 0.0
+    if lora_p:
+        log.warning("lora.dropout=%s is turned off: RL trains without dropout, which would make "
+                    "the importance ratio noise (lora.dropout applies to SFT only)",
+                    ", ".join(map(str, sorted(lora_p))))
 
 
 def trainable_parameters(model) -> list:

@@ -9,8 +9,21 @@ from pathlib import Path
 import pytest
 
 from r1kit.cli import main as cli
-from r1kit.config import ZeroConfig, describe, load_config
+from r1kit.config import (
+    BaseConfig,
+    DistillConfig,
+    PipelineConfig,
+    RewardsConfig,
+    RLConfig,
+    RolloutConfig,
+    RunConfig,
+    SFTConfig,
+    ZeroConfig,
+    describe,
+    load_config,
+)
 from r1kit.errors import UserError
+from r1kit.tasks.arithmetic import CorpusStyle
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -56,7 +69,7 @@ def test_bad_yaml_file(tmp_path):
         load_config(ZeroConfig, tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("rl: [1, 2\n")
-    with pytest.raises(UserError, match="bad.yaml: invalid YAML"):
+    with pytest.raises(UserError, match=r"bad\.yaml:2:1: invalid YAML: expected"):
         load_config(ZeroConfig, bad)
     top = tmp_path / "list.yaml"
     top.write_text("- 1\n")
@@ -121,7 +134,8 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys, monkeypatch
     code = cli(["zero", "--set", "rewards.weights={accuracy: high}", "--set", "model.path=builtin",
                 "--set", f"run.out_dir={tmp_path}"])
     assert code == 2
-    assert "rewards.weights.accuracy must be a finite number, got 'high'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "config key 'rewards.weights.accuracy' must be a number, got 'high'" in err
 
     # a setting given with --resume would be ignored (the saved config.yaml rules): refused
     code = cli(["zero", "--resume", str(tmp_path / "some-run"), "--set", "rl.steps=600"])
@@ -269,3 +283,190 @@ def test_set_keeps_text_values_as_typed(tmp_path):
     latin.write_bytes("run: {name: caf\xe9}\n".encode("latin-1"))
     with pytest.raises(UserError, match="latin.yaml: not UTF-8"):
         load_config(ZeroConfig, latin)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rollout.stop=[1,2]", "config key 'rollout.stop' item 1 must be a string, got 1"),
+    ("rollout.stop=[a, [b]]", "config key 'rollout.stop' item 2 must be a string"),
+    ("run.report_to=[tensorboard, 3]", "config key 'run.report_to' item 2 must be a string"),
+    ("lora.target_modules=[1]", "config key 'lora.target_modules' item 1 must be a string"),
+    ("rewards.modules=[{a: 1}]", "config key 'rewards.modules' item 1 must be a string"),
+    ("rewards.weights={accuracy: [1]}", "config key 'rewards.weights.accuracy' must be a number"),
+    ("rewards.weights={1: 1.0}", "config key 'rewards.weights' key 1 must be a string"),
+    ("rewards.active_last={format: 2.5}",
+     "config key 'rewards.active_last.format' must be an integer"),
+])
+def test_list_and_mapping_items_are_type_checked(override, message):
+    with pytest.raises(UserError, match=message.replace("[", r"\[")):
+        load_config(ZeroConfig, None, [override])
+
+
+def test_a_bad_list_item_fails_before_a_run_folder_is_made(tmp_path, capsys):
+    small = ["--set", f"run.out_dir={tmp_path}", "--set", "rl.steps=1", "--set", "eval.k=1"]
+    assert cli(["zero", *small, "--set", "rollout.stop=[1,2]"]) == 2
+    assert "config key 'rollout.stop' item 1 must be a string" in capsys.readouterr().err
+    assert cli(["zero", *small, "--lora", "r=4,target_modules=[1]"]) == 2
+    assert "'lora.target_modules' item 1 must be a string" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_item_values_keep_their_yaml_leniency():
+    cfg = load_config(ZeroConfig, None, ["rewards.weights={accuracy: 1, format: 1e-3}",
+                                         "rewards.active_last={format: 3}"])
+    assert cfg.rewards.weights == {"accuracy": 1.0, "format": 0.001}
+    assert all(isinstance(w, float) for w in cfg.rewards.weights.values())
+    assert cfg.rewards.active_last == {"format": 3}
+    assert load_config(ZeroConfig, None, ["rollout.stop=</answer>"]).rollout.stop == ["</answer>"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: RLConfig(steps="3"), "config key 'RLConfig.steps' must be an integer, got '3'"),
+    (lambda: RLConfig(steps=3.5), "config key 'RLConfig.steps' must be an integer"),
+    (lambda: RLConfig(steps=True), "config key 'RLConfig.steps' must be an integer"),
+    (lambda: RLConfig(lr="1e-4"), "config key 'RLConfig.lr' must be a number"),
+    (lambda: RLConfig(scale_by_std="no"), "config key 'RLConfig.scale_by_std' must be true or"),
+    (lambda: RLConfig(scale_by_std=0), "config key 'RLConfig.scale_by_std' must be true or"),
+    (lambda: RunConfig(report_to="wandb"), "config key 'RunConfig.report_to' must be a list"),
+    (lambda: RunConfig(name=3), "config key 'RunConfig.name' must be a string"),
+    (lambda: RolloutConfig(stop=["a", 1]), "config key 'RolloutConfig.stop' item 2 must be a str"),
+    (lambda: RewardsConfig(weights=[1]), "config key 'RewardsConfig.weights' must be a mapping"),
+    (lambda: RewardsConfig(weights={"a": "x"}), "config key 'RewardsConfig.weights.a' must be a n"),
+    (lambda: ZeroConfig(rl={"steps": 3}), "config key 'ZeroConfig.rl' must be a RLConfig section"),
+    (lambda: ZeroConfig(rl=RunConfig()), "config key 'ZeroConfig.rl' must be a RLConfig section"),
+    (lambda: BaseConfig(corpus=CorpusStyle(slip="x")),
+     "config key 'BaseConfig.corpus.slip' must be a number"),
+])
+def test_python_built_configs_are_type_checked(make, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        make()
+
+
+def test_config_errors_survive_pickling():  # as torchrun's ranks pass them on
+    import pickle
+
+    with pytest.raises(UserError) as e:
+        RLConfig(steps="3")
+    again = pickle.loads(pickle.dumps(e.value))
+    assert (str(again), again.key) == (str(e.value), "RLConfig.steps")
+
+
+def test_python_built_configs_take_what_they_should():
+    assert RLConfig(lr=1, steps=3, scale_by_std=False).lr == 1  # an int is a number
+    assert RewardsConfig(weights={"a": 2}).weights == {"a": 2}
+    assert ZeroConfig(rl=RLConfig(steps=3)).rl.steps == 3
+
+
+def test_load_config_refuses_one_string_of_overrides():
+    with pytest.raises(UserError, match="a list of 'key=value' strings, not one string"):
+        load_config(ZeroConfig, None, "rl.steps=3")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["rl.min_lr=1e-3"], "config keys 'rl.min_lr' and 'rl.lr': need rl.min_lr <= rl.lr"),
+    (["rl.lr=1e-5", "rl.min_lr=2e-5", "rl.lr_schedule=cosine"], "need rl.min_lr <= rl.lr"),
+])
+def test_rl_min_lr_above_lr_is_refused(overrides, message):
+    with pytest.raises(UserError, match=message):
+        load_config(ZeroConfig, None, overrides)
+    assert load_config(ZeroConfig, None, ["rl.min_lr=1e-4"]).rl.min_lr == 1e-4  # = lr: fine
+
+
+def test_sft_min_lr_above_lr_is_refused_with_the_config():
+    for cls in (SFTConfig, DistillConfig, PipelineConfig):  # before any stage (or sample) runs
+        with pytest.raises(UserError, match="config keys 'sft.min_lr' and 'sft.lr': need "
+                                            "sft.min_lr <= sft.lr"):
+            load_config(cls, None, ["sft.lr=1e-6"])
+
+
+def test_lora_settings_without_r_are_refused(tmp_path, capsys):
+    with pytest.raises(UserError, match=r"config key 'lora.r' must be > 0 to train adapters "
+                                        r"\(lora.alpha, lora.dropout given\); without it the "
+                                        "whole model trains"):
+        load_config(ZeroConfig, None, ["lora.alpha=16", "lora.dropout=0.1"])
+    assert cli(["zero", "--lora", "alpha=16,dropout=0.1", "--set", f"run.out_dir={tmp_path}"]) == 2
+    assert "config key 'lora.r' must be > 0" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    # r given elsewhere, or LoRA off with its defaults (as a run's saved config.yaml has them)
+    cfg = load_config(SFTConfig, None, ["lora.alpha=16", "lora.r=8"])
+    assert (cfg.lora.r, cfg.lora.alpha) == (8, 16.0)
+    assert load_config(ZeroConfig, None, ["lora.r=0", "lora.alpha=32"]).lora.r == 0
+
+
+def test_lora_dropout_help_says_it_is_for_sft_only():
+    help = {k: h for k, _, h in describe(ZeroConfig)}["lora.dropout"]
+    assert "SFT only" in help and "RL" in help
+
+
+def test_empty_model_path_is_refused():
+    for path in ("", "  "):
+        with pytest.raises(UserError, match="config key 'model.path' is empty"):
+            load_config(ZeroConfig, None, [f"model.path={path}"])
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("rl:\n  steps: 3\n  bta: 0.1\n")
+    with pytest.raises(UserError, match=r"^.*c\.yaml:3: unknown config key 'rl\.bta'"):
+        load_config(ZeroConfig, f)
+    f.write_text("rl:\n  steps: ten\n")
+    with pytest.raises(UserError, match=r"c\.yaml:2: config key 'rl\.steps' must be an integer"):
+        load_config(ZeroConfig, f)
+    f.write_text("rollout:\n  stop:\n    - a\n    - 1\n")
+    with pytest.raises(UserError, match=r"c\.yaml:2: config key 'rollout\.stop' item 2"):
+        load_config(ZeroConfig, f)
+    f.write_text("rewards:\n  weights:\n    accuracy: 1\n    format: high\n")
+    with pytest.raises(UserError, match=r"c\.yaml:4: config key 'rewards\.weights\.format'"):
+        load_config(ZeroConfig, f)
+    f.write_text("eval: 3\n")
+    with pytest.raises(UserError, match=r"c\.yaml:1: config key 'eval' is a section"):
+        load_config(ZeroConfig, f)
+    f.write_text("rl:\n  steps: 3\n  min_lr: 0.5\n")  # a check across keys: the section's line
+    with pytest.raises(UserError, match=r"c\.yaml:1: config keys 'rl\.min_lr' and 'rl\.lr'"):
+        load_config(ZeroConfig, f)
+    with pytest.raises(UserError, match=r"c\.yaml:1 and --set: config keys 'rl\.min_lr'"):
+        load_config(ZeroConfig, f, ["rl.lr=0.1"])
+    # a key --set gives is not the file's: no file named
+    with pytest.raises(UserError, match=r"^config key 'rl\.steps' must be an integer"):
+        load_config(ZeroConfig, f, ["rl.steps=ten"])
+    with pytest.raises(UserError, match=r"^config key 'rewards\.weights\.format' must be a"):
+        load_config(ZeroConfig, f, ["rl.min_lr=0", "rewards.weights.format=x"])
+
+
+def test_yaml_duplicate_keys_are_refused(tmp_path):
+    f = tmp_path / "dup.yaml"
+    f.write_text("rl:\n  steps: 3\neval:\n  k: 2\nrl:\n  beta: 0.1\n")
+    with pytest.raises(UserError, match=r"dup\.yaml:5:1: invalid YAML: duplicate key 'rl' "
+                                        r"\(first on line 1\)"):
+        load_config(ZeroConfig, f)
+    f.write_text("rl: {steps: 3, steps: 4}\n")
+    with pytest.raises(UserError, match=r"dup\.yaml:1:16: invalid YAML: duplicate key 'steps'"):
+        load_config(ZeroConfig, f)
+    with pytest.raises(UserError, match=r"invalid value \(duplicate key 'a'"):
+        load_config(ZeroConfig, None, ["rewards.weights={a: 1, a: 2}"])
+
+
+def test_yaml_syntax_errors_are_one_line(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("rl:\n  steps: 3\n  beta: [1, 2\n")
+    with pytest.raises(UserError) as e:
+        load_config(ZeroConfig, f)
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith(f"{f}:4:1: invalid YAML: expected ',' or ']'")
+    f.write_text("rl:\n  steps: 3\n bad: 1\n")
+    with pytest.raises(UserError, match=r"bad\.yaml:3:2: invalid YAML: [^\n]+$") as e:
+        load_config(ZeroConfig, f)
+    f.write_text("rl:\n  steps: \x00\n")
+    with pytest.raises(UserError, match=r"bad\.yaml:2: invalid YAML: character #x0000 is not"):
+        load_config(ZeroConfig, f)
+    with pytest.raises(UserError, match=r"invalid value \(unacceptable character #x0000"):
+        load_config(ZeroConfig, None, ["rollout.stop=[\x00]"])
+
+
+def test_reward_weights_in_a_file_replace_the_mapping_and_set_merges(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("rewards:\n  weights: {accuracy: 2.0}\n")
+    assert load_config(ZeroConfig, f).rewards.weights == {"accuracy": 2.0}
+    cfg = load_config(ZeroConfig, f, ["rewards.weights.format=0.5"])
+    assert cfg.rewards.weights == {"accuracy": 2.0, "format": 0.5}
+    help = {k: h for k, _, h in describe(ZeroConfig)}["rewards.weights"]
+    assert "replaces" in help and "rewards.weights.NAME" in help

@@ -170,3 +170,22 @@ def test_a_relative_model_path_is_recorded_absolute(tiny_llama, tmp_path, monkey
     monkeypatch.chdir(Path(tiny_llama).parent)
     model, _ = load_model(Path(tiny_llama).name)
     assert Path(model.name_or_path).is_absolute() and Path(model.name_or_path) == Path(tiny_llama)
+
+
+def test_rl_turns_a_lora_dropout_off_with_a_warning(tiny_llama, caplog):
+    from r1kit.trainable import disable_dropout
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    policy = lora.apply(copy.deepcopy(base), LoraConfig(r=4, dropout=0.1))
+    dropouts = [m for n, m in policy.named_modules() if isinstance(m, torch.nn.Dropout)
+                and "lora_dropout" in n]
+    assert dropouts and all(m.p == 0.1 for m in dropouts)
+    with caplog.at_level("WARNING", logger="r1kit.trainable"):
+        disable_dropout(policy)
+    assert all(m.p == 0.0 for m in dropouts)
+    assert "lora.dropout=0.1 is turned off" in caplog.text
+    assert "applies to SFT only" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="r1kit.trainable"):  # no LoRA dropout: nothing to say
+        disable_dropout(lora.apply(base, LoraConfig(r=4)))
+    assert "lora.dropout" not in caplog.text
