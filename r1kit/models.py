@@ -92,6 +92,8 @@ def check_trainable_dtype(name: str, key: str = "model.dtype") -> None:
 def load_model(path: str, dtype: str = "float32", device: torch.device | str = "cpu"):
     """(model, tokenizer) from a hub name or a local folder, ready for sampling and training; a
     LoRA adapter folder (a LoRA run's `final-adapter/`) comes merged into its base model."""
+    if not str(path).strip():
+        raise UserError("the model path is empty: give a model folder, a hub name or builtin")
     path = resolve_model_path(path)
     torch_dtype = resolve_dtype(dtype, device)
     local = Path(path).expanduser()

@@ -470,3 +470,12 @@ def test_reward_weights_in_a_file_replace_the_mapping_and_set_merges(tmp_path):
     assert cfg.rewards.weights == {"accuracy": 2.0, "format": 0.5}
     help = {k: h for k, _, h in describe(ZeroConfig)}["rewards.weights"]
     assert "replaces" in help and "rewards.weights.NAME" in help
+
+
+def test_an_empty_model_path_is_refused_everywhere():
+    from r1kit.models import load_model
+    from r1kit.stages.export import resolve_source
+
+    for call in (lambda: load_model(" "), lambda: resolve_source("")):
+        with pytest.raises(UserError, match="model path is empty"):
+            call()

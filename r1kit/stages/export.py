@@ -33,6 +33,9 @@ R1_ZERO_CHAT_TEMPLATE = (
 
 def resolve_source(source: str) -> str:
     """A model folder (or hub name) from what a user may point at: run folder -> final/."""
+    if not source.strip():  # Path("") is the working directory
+        raise UserError("the model path is empty: give a model folder, a run folder, a hub name "
+                        "or builtin")
     path = Path(source).expanduser()
     if not path.exists():
         return resolve_model_path(source)  # 'builtin' or a hub name
