@@ -86,6 +86,9 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
         run = RunFolder.open(cfg, "sample")
         cfg = run.cfg
     state = _load_progress(run, chain)  # (settings changed since: an error before the model loads)
+    if cfg.rollout.engine != "hf":  # `r1kit sample` refuses it; given by a pipeline's RL stages
+        log.warning(f"rollout.engine={cfg.rollout.engine} is for RL: {run.path.name} samples with "
+                    "the hf engine")
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     device = pick_device(cfg.run.device)
