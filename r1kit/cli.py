@@ -8,6 +8,7 @@ Every stage takes `--config FILE.yaml` (overrides only) and any number of `--set
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ from r1kit.config import (
     DistillConfig,
     EvalStageConfig,
     PipelineConfig,
+    RolloutConfig,
     SampleConfig,
     SFTConfig,
     ZeroConfig,
@@ -37,9 +39,61 @@ STAGES = {
     "pipeline": (PipelineConfig, "the R1 recipe, Zero -> ... -> R1, and the per-stage table"),
 }
 
+_ENGINE = [f"rollout.{f.name}" for f in dataclasses.fields(RolloutConfig)
+           if f.name == "engine" or f.name.startswith("vllm_")]
+_HF_ONLY = "it samples with the hf engine (transformers)"
+_NO_STEPS = "it has no training steps"
+_NO_TRAINING = "it does not train"
+UNUSED = {
+    # stage -> {key of its config that it does not read: why, or what to set instead}; given
+    # with --set or --config, such a key is an error that says so, not silently ignored
+    "eval": {
+        **{f"rollout.{f.name}": "of rollout.*, only rollout.stop is read"
+           for f in dataclasses.fields(RolloutConfig) if f.name != "stop"},
+        **dict.fromkeys(_ENGINE, _HF_ONLY),
+        "rollout.temperature": "set eval.temperature instead",
+        "rollout.top_p": "set eval.top_p instead",
+        "rollout.max_new_tokens": "set eval.max_new_tokens instead",
+        "run.report_to": "it writes summary.json, no metric curves",
+        "run.checkpoint_every": _NO_STEPS, "eval.every": _NO_STEPS,
+        "run.log_completions": "samples.jsonl holds every completion",
+        "model.gradient_checkpointing": _NO_TRAINING,
+        "data.train_size": "it evaluates held-out problems only",
+    },
+    "sample": {
+        **dict.fromkeys(_ENGINE, _HF_ONLY),
+        "run.report_to": "counts.json holds its statistics",
+        "run.checkpoint_every": "its progress is saved after every batch (sample.batch_size)",
+        "run.log_completions": "sft.jsonl holds the kept completions",
+        "model.gradient_checkpointing": _NO_TRAINING,
+        "data.eval_source": "it samples training problems only",
+        "data.eval_split": "it samples training problems only",
+    },
+    "distill": {**dict.fromkeys(_ENGINE, "the teacher is sampled with the hf engine"),
+                "run.log_completions": "its students' SFT samples no completions",
+                "eval.every": "teacher and students are evaluated once each, for the table"},
+    "sft": {"run.log_completions": "it samples no completions while training"},
+    "pipeline": {  # the sizes its stages get (`dataclasses.replace` in stages/pipeline.py)
+        "rl.steps": "the RL stages' steps are pipeline.zero_steps, pipeline.reasoning_rl_steps "
+                    "and pipeline.final_rl_steps",
+        "sample.num_prompts": "the sampling stages' prompts are pipeline.cold_start_prompts, "
+                              "pipeline.rejection_prompts and pipeline.distill_prompts",
+        "sample.samples_per_prompt": "the sampling stages' samples per prompt are "
+                                     "pipeline.cold_start_samples, pipeline.rejection_samples "
+                                     "and pipeline.distill_samples",
+    },
+}
 
-def _config_help(cls) -> str:
-    rows = describe(cls)
+
+def check_used(stage: str, given: list[str]) -> None:
+    """A key given for `stage` that it does not read is an error saying why (`UNUSED`)."""
+    for key in given:
+        if key in UNUSED.get(stage, {}):
+            raise UserError(f"{key} does nothing here: {UNUSED[stage][key]}")
+
+
+def _config_help(cls, unused: dict) -> str:
+    rows = [row for row in describe(cls) if row[0] not in unused]  # (the keys the stage reads)
     width = max(len(k) for k, _, _ in rows)
     lines = ["config keys (set with --set KEY=VALUE, or in a --config YAML file):"]
     lines += [f"  {k:<{width}}  {help}  [default: {d}]" for k, d, help in rows]
@@ -53,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, (cls, help) in STAGES.items():
-        p = sub.add_parser(name, help=help, description=help, epilog=_config_help(cls),
+        p = sub.add_parser(name, help=help, description=help,
+                           epilog=_config_help(cls, UNUSED.get(name, {})),
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            allow_abbrev=False)
         p.add_argument("--config", help="YAML file of overrides" + (
@@ -152,10 +207,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"--resume continues {args.resume} with its saved config.yaml, so --set, --config "
                 f"and the other settings given with it would be ignored; to change a setting (e.g. "
                 f"rl.steps, to train longer), edit {Path(args.resume) / 'config.yaml'}")
-        if getattr(args, "models", None) and getattr(args, "model", None):
-            raise UserError("name the models either as arguments (several, compared) or with "
-                            "--model (one), not both")
         cfg = load_config(cls, args.config, overrides)  # a bad setting fails before torchrun
+        given = _given_keys(cls, args.config, overrides)
+        check_used(args.stage, given)
+        if getattr(args, "models", None) and "model.path" in given:
+            raise UserError("name the models either as arguments (several, compared) or with "
+                            "--model or model.path (one), not both")
+        if getattr(args, "out", None) and {"run.name", "run.out_dir"} & set(given):
+            raise UserError("--out names the folder the results go to; run.name and run.out_dir "
+                            "name a new run folder instead: give one or the other")
         if getattr(args, "nproc", None) is not None:  # re-run this command under torchrun
             from r1kit.distributed import Dist, check_strategy, launch, split_batch
             from r1kit.lora import enabled
@@ -194,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             from r1kit.stages import evaluate
 
             evaluate.main(cfg, models=args.models, out=args.out,
-                          template_given=_given("data.template", overrides, args.config))
+                          template_given="data.template" in given)
         elif args.stage == "distill":
             from r1kit.stages import distill
 
@@ -268,17 +328,29 @@ def _report(folder: str) -> int:
     return 0
 
 
-def _given(key: str, overrides: list[str], config: str | None) -> bool:
-    """Whether an override or the config file sets `key` (`section.name`)."""
-    if any(o.split("=", 1)[0].strip() == key for o in overrides):
-        return True
-    if not config:
-        return False
-    import yaml
+def _given_keys(cls, config: str | None, overrides: list[str]) -> list[str]:
+    """The config keys (`section.name`) that the overrides and the config file set; called after
+    `load_config` read them."""
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    if config:
+        import yaml
 
-    tree = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}  # load_config read it
-    section, name = key.split(".", 1)
-    return isinstance(tree.get(section), dict) and name in tree[section]
+        tree = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+        keys += _leaf_keys(cls(), tree)
+    return keys
+
+
+def _leaf_keys(default, tree: dict, prefix: str = "") -> list[str]:
+    """The keys of a config file's `tree`: sections of `default` are walked into; a mapping that
+    is a value (rewards.weights) is one key."""
+    keys = []
+    for name, value in tree.items():
+        section = getattr(default, name, None)
+        if isinstance(value, dict) and dataclasses.is_dataclass(section):
+            keys += _leaf_keys(section, value, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
 
 
 def _without_nproc(argv: list[str]) -> list[str]:

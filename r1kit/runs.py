@@ -3,6 +3,9 @@
 A run folder holds the resolved `config.yaml`, `metrics.jsonl` (one object per step),
 `eval.jsonl`, `completions.jsonl`, `samples/`, `checkpoints/`, the final HF model and
 `summary.json`. Every whole-file write is atomic; JSONL logs are appended line by line.
+
+Each checkpoint keeps the config it was trained with: a resume compares config.yaml, which a user
+may edit to extend the run, with it, logs what changed and refuses what it cannot continue with.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import fnmatch
 import json
 import logging
 import math
@@ -24,12 +28,24 @@ import yaml
 
 from r1kit.checkpoint import (
     atomic_write_text,
+    checkpoint_config,
     clean_temporaries,
     is_temporary,
     latest_checkpoint,
     read_json,
+    record_run_config,
 )
-from r1kit.config import DataConfig, load_config, to_dict
+from r1kit.config import (
+    DataConfig,
+    DistillConfig,
+    EvalStageConfig,
+    PipelineConfig,
+    SampleConfig,
+    SFTConfig,
+    ZeroConfig,
+    load_config,
+    to_dict,
+)
 from r1kit.errors import UserError
 from r1kit.tasks.arithmetic import is_heldout, sample_problems
 from r1kit.tasks.base import Problem
@@ -121,16 +137,20 @@ class RunFolder:
 
     @staticmethod
     def saved_config(cfg, stage: str, resume: str):
-        """The config saved in the run folder `resume`, of the type of `cfg` (`r1kit STAGE`)."""
+        """The config saved in the run folder `resume`, of the type of `cfg` (`r1kit STAGE`). A
+        bad value there (an edit to extend the run) is an error naming the key and the file."""
         path = Path(resume)
         saved = path / "config.yaml"
         if not saved.is_file():
             raise UserError(f"{path}: not a run folder (no config.yaml)")
+        made_by = _stage_of(saved)
+        if made_by not in (None, type(cfg)):
+            raise UserError(f"{path}: not a run folder of `r1kit {stage}` but of `r1kit "
+                            f"{STAGE_NAMES[made_by]}`; resume it with the command that made it")
         try:
             return load_config(type(cfg), saved)
         except UserError as e:
-            raise UserError(f"{path}: not a run folder of `r1kit {stage}` ({e}); resume it "
-                            "with the command that made it") from None
+            raise UserError(str(e) if str(e).startswith(str(saved)) else f"{saved}: {e}") from None
 
     @classmethod
     def open(
@@ -151,6 +171,12 @@ class RunFolder:
             if checkpoints and not (path / "checkpoints" / "latest").is_file():
                 log.warning(f"{path}: no checkpoint yet, so the run starts over in this folder "
                             "(with its saved config.yaml)")
+            elif checkpoints:
+                latest = latest_checkpoint(path)
+                recorded = checkpoint_config(latest)
+                check_resume_config(cfg, None if recorded is None else yaml.safe_load(recorded),
+                                    latest, path / "config.yaml")
+            record_run_config(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
             return cls(path, cfg, resumed=True, lock=lock)
         name = cfg.run.name or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
         path = Path(cfg.run.out_dir) / name
@@ -160,7 +186,9 @@ class RunFolder:
             name = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
             path = Path(cfg.run.out_dir) / name
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name))
-        atomic_write_text(path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+        atomic_write_text(path / "config.yaml", text)
+        record_run_config(path, text)
         return cls(path, cfg, resumed=False, lock=lock)
 
     def checkpoint(self) -> Path | None:
@@ -242,6 +270,77 @@ class RunFolder:
 
     def write_jsonl(self, name: str, records: list[dict]) -> None:
         atomic_write_text(self.path / name, "".join(to_json(r) + "\n" for r in records))
+
+
+STAGE_NAMES = {ZeroConfig: "zero` or `r1kit rl", SFTConfig: "sft", SampleConfig: "sample",
+               DistillConfig: "distill", PipelineConfig: "pipeline", EvalStageConfig: "eval"}
+
+
+def _stage_of(saved: Path):
+    """The config class of the stage that wrote the run config `saved`, told by its sections;
+    None when they are no stage's (a section misspelt, a file that does not parse)."""
+    try:
+        tree = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None
+    sections = set(tree) if isinstance(tree, dict) else None
+    return next((c for c in STAGE_NAMES if {f.name for f in dataclasses.fields(c)} == sections),
+                None)
+
+
+# The keys a resumed run cannot take a change of: its checkpoint's weights and optimizer state
+# were made with them (model, LoRA, FSDP or DDP; the saved optimizer keeps its own lr and weight
+# decay, so a new one would be ignored), or its data order and random streams (the seed, the
+# training data and its batching; a sampling run's batches, model and settings). The rest, e.g.
+# rl.steps and sft.epochs (to extend a run), eval.*, checkpoint_every, logging and the loss and
+# sampling settings of RL, apply from the checkpoint on.
+_TRAINED = ("model.path", "model.dtype", "lora.*", "dist.*", "run.seed")
+FIXED_ON_RESUME = {
+    ZeroConfig: (*_TRAINED, "data.source", "data.split", "data.train_size", "data.prompt_key",
+                 "data.answer_key", "data.template", "rl.lr", "rl.weight_decay"),
+    SFTConfig: (*_TRAINED, "data.train_file", "data.template", "data.max_len", "sft.batch_size",
+                "sft.lr", "sft.weight_decay"),
+    SampleConfig: ("run.seed", "model.*", "data.*", "rollout.*", "sample.*"),
+}
+
+
+def config_changes(recorded: dict, cfg, prefix: str = "") -> dict[str, tuple]:
+    """{key: (recorded value, value in `cfg`)} for every key whose value differs; keys that
+    `recorded` (written by an earlier r1kit) lacks are not compared."""
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        if not isinstance(recorded, dict) or f.name not in recorded:
+            continue
+        old, new = recorded[f.name], getattr(cfg, f.name)
+        if dataclasses.is_dataclass(new):
+            changes.update(config_changes(old, new, f"{prefix}{f.name}."))
+        elif old != new:
+            changes[prefix + f.name] = (old, new)
+    return changes
+
+
+def check_resume_config(cfg, recorded: dict | None, where: Path, saved: Path) -> None:
+    """Compare `cfg`, read from `saved` (a run's config.yaml, which may have been edited since,
+    e.g. to train longer), with `recorded`, the config `where` (the checkpoint or progress file
+    resumed from) was made with: log what changed; a change `FIXED_ON_RESUME` lists is an error."""
+    if recorded is None:
+        log.warning(f"{where} does not record the config it was made with (an earlier r1kit "
+                    f"wrote it): changes to {saved} since cannot be checked")
+        return
+    changes = config_changes(recorded, cfg)
+    shown = lambda keys: ", ".join(f"{k} {changes[k][0]!r} -> {changes[k][1]!r}" for k in keys)
+    fixed = [k for k in changes if any(fnmatch.fnmatchcase(k, pattern)
+                                       for pattern in FIXED_ON_RESUME.get(type(cfg), ()))]
+    if isinstance(cfg, ZeroConfig) and changes.get("rl.beta", (None,))[0] == 0 and not cfg.lora.r:
+        fixed.append("rl.beta")  # the checkpoint holds no reference model to take the KL to
+    if fixed:
+        them = "it" if len(fixed) == 1 else "them"
+        raise UserError(f"{saved}: {shown(fixed)} since {where} was written; a resumed run cannot "
+                        f"change {them}: what it resumes (weights, optimizer state, data order, "
+                        f"sampled batches, random streams) was made with {them}; put {them} back, "
+                        "or start a new run")
+    if changes:
+        log.warning(f"{saved}: changed since {where}: {shown(changes)}")
 
 
 def _new_folder(path: Path, taken_ok: bool) -> FolderLock | None:

@@ -238,3 +238,30 @@ def test_rl_is_the_grpo_stage_under_its_own_name(capsys):
         cli(["rl", "--help"])
     assert e.value.code == 0
     assert "--resume" in capsys.readouterr().out
+
+
+def test_an_edit_that_cannot_reach_a_started_stage_is_said(tmp_path, monkeypatch, caplog):
+    """The pipeline's config.yaml edited on resume (to train R1 longer): a stage started before
+    goes on with its own config.yaml, so the edit is said to miss it, not silently dropped."""
+    import logging
+
+    import yaml
+
+    from r1kit.config import to_dict
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(PipelineConfig, None, ["pipeline.reasoning_rl_steps=100"])
+    (tmp_path / "p" / "04-dev2").mkdir(parents=True)
+    started = pipeline.stage_configs(cfg, Path("p"))["04-dev2"][1]
+    (tmp_path / "p" / "04-dev2" / "config.yaml").write_text(yaml.safe_dump(to_dict(started)))
+    with caplog.at_level(logging.WARNING, logger="r1kit"):
+        for root in (Path("p"), tmp_path / "p"):  # the folder named either way: no change
+            stage = pipeline.stage_configs(cfg, root)["04-dev2"][1]
+            pipeline.warn_if_started_otherwise("04-dev2", stage, root / "04-dev2")
+        assert not caplog.records
+        edited = load_config(PipelineConfig, None, ["pipeline.reasoning_rl_steps=200"])
+        stage = pipeline.stage_configs(edited, Path("p"))["04-dev2"][1]
+        pipeline.warn_if_started_otherwise("04-dev2", stage, Path("p") / "04-dev2")
+    said = "04-dev2 was started with p/04-dev2/config.yaml, which the edited settings do not reach"
+    assert [r.getMessage().split(": they")[0] for r in caplog.records] == [
+        f"{said} (rl.steps 100 -> 200)"]

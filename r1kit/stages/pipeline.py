@@ -54,10 +54,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from r1kit.checkpoint import atomic_write_text
 from r1kit.config import (
@@ -78,7 +80,7 @@ from r1kit.report import write_report_safely
 from r1kit.rewards import code as code_reward
 from r1kit.rewards import get_reward
 from r1kit.rewards.language import check_reward_targets
-from r1kit.runs import RunFolder, load_problems
+from r1kit.runs import RunFolder, config_changes, load_problems
 from r1kit.stages import sample as sample_stage
 from r1kit.stages import sft as sft_stage
 from r1kit.stages import zero as rl_stage
@@ -117,6 +119,7 @@ def main(cfg: PipelineConfig, resume: str | None = None) -> dict:
     for name, (kind, stage_cfg) in stages.items():
         if name in manifest["stages"]:
             print(f"[pipeline] {name}: finished earlier, skipped")
+            warn_if_started_otherwise(name, stage_cfg, run.path / name)
             continue
         print(f"\n[pipeline] ===== {name} ({kind}) =====")
         t0 = time.time()
@@ -252,8 +255,29 @@ def stage_configs(cfg: PipelineConfig, root: Path, *, programs: bool = False
     }
 
 
+def warn_if_started_otherwise(name: str, cfg, folder: Path) -> None:
+    """A stage started earlier goes on with (or was made with) its own config.yaml: say which
+    settings the pipeline's (or distill's) config, edited since, now gives it in vain."""
+    saved = folder / "config.yaml"
+    if not saved.is_file():
+        return
+    changes = config_changes(yaml.safe_load(saved.read_text(encoding="utf-8")), cfg)
+    changes = {k: (old, new) for k, (old, new) in changes.items()  # (the folder named otherwise)
+               if k not in ("run.name", "run.out_dir") and not _same_path(old, new)}
+    if changes:
+        shown = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        log.warning(f"{name} was started with {saved}, which the edited settings do not reach "
+                    f"({shown}): they apply to the stages not started yet (edit {saved} to change "
+                    f"an unfinished {name})")
+
+
+def _same_path(a, b) -> bool:
+    return isinstance(a, str) and isinstance(b, str) and os.path.abspath(a) == os.path.abspath(b)
+
+
 def run_stage(name: str, kind: str, cfg, folder: Path) -> dict:
     """Run (or resume, or recognise as finished) one stage; its summary."""
+    warn_if_started_otherwise(name, cfg, folder)
     if kind == "distill":  # resumable part by part through its own manifest.json
         from r1kit.stages import distill as distill_stage
 

@@ -27,7 +27,8 @@ counts.json's `general` says how many.
 Resume: each batch's rows are appended and flushed before progress.json records them, so a killed
 run loses at most the batch in flight; `--resume` cuts sft.jsonl back to the recorded rows and goes
 on. Each batch samples with its own generator, seeded by run.seed and the batch index, so a resumed
-run writes the same rows as an uninterrupted one.
+run writes the same rows as an uninterrupted one. progress.json records the config too: a resume
+refuses a config.yaml edited since in the model, data, sampling or seed (`runs.FIXED_ON_RESUME`).
 
 Departures from the paper, on purpose: no generative judge for answers rules cannot check
 (DeepSeek-V3 in R1), non-reasoning data from a file or a tiny built-in generator rather than
@@ -48,7 +49,7 @@ import torch
 from tqdm import tqdm
 
 from r1kit.checkpoint import atomic_write_text
-from r1kit.config import SampleConfig
+from r1kit.config import SampleConfig, to_dict
 from r1kit.errors import UserError
 from r1kit.filters import (
     Candidate,
@@ -64,7 +65,7 @@ from r1kit.rewards.extract import extract_answer
 from r1kit.rewards.language import language as language_reward
 from r1kit.rewards.scoring import RewardSpec, bounded, score
 from r1kit.rollout.hf import sample
-from r1kit.runs import RunFolder, load_problems
+from r1kit.runs import RunFolder, check_resume_config, load_problems
 from r1kit.tasks.base import Problem
 from r1kit.tasks.general import load_general
 from r1kit.templates import check_template, mark_prefill, render_prompt
@@ -84,6 +85,10 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
         chain, problems, general = _inputs(cfg)  # bad settings fail before a run folder is made
         run = RunFolder.open(cfg, "sample")
         cfg = run.cfg
+    state = _load_progress(run, chain)  # (settings changed since: an error before the model loads)
+    if cfg.rollout.engine != "hf":  # `r1kit sample` refuses it; given by a pipeline's RL stages
+        log.warning(f"rollout.engine={cfg.rollout.engine} is for RL: {run.path.name} samples with "
+                    "the hf engine")
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     device = pick_device(cfg.run.device)
@@ -97,7 +102,6 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
     specs = [RewardSpec(name, 1.0) for name in SCORED + ((CODE,) if with_tests else ())]
     out = run.path / "sft.jsonl"
 
-    state = _load_progress(run, chain)
     _cut_rows(out, state["rows"] + state.get("general_rows", 0))
     if state["batches_done"]:
         log.warning(f"resumed {run.path} after batch {state['batches_done']} "
@@ -259,15 +263,20 @@ def _new_tally(chain: FilterChain) -> dict:
 
 
 def _load_progress(run: RunFolder, chain: FilterChain) -> dict:
-    new = {"batches_done": 0, "rows": 0, "tally": _new_tally(chain)}
+    """The progress of a resumed run (checked against config.yaml, which may have been edited
+    since), else a new one; both record the config the batches are sampled with."""
+    new = {"batches_done": 0, "rows": 0, "tally": _new_tally(chain), "config": to_dict(run.cfg)}
     saved = run.read_state("progress.json")
     if saved is None:
         return new
+    if isinstance(saved, dict):  # (an edited sample.filters: said so, not a tally's lack)
+        check_resume_config(run.cfg, saved.get("config"), run.path / "progress.json",
+                            run.path / "config.yaml")
     problem = _progress_problem(saved, new["tally"])
     if problem:  # a file edited or written by something else: not a KeyError later
         raise UserError(f"{run.path / 'progress.json'}: not the progress of this sampling run "
                         f"({problem}); start a new run")
-    return saved
+    return {**saved, "config": new["config"]}
 
 
 def _progress_problem(saved, new_tally: dict) -> str | None:
