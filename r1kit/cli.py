@@ -180,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.set)
     if getattr(args, "report_to", None):
         overrides.append(f"run.report_to=[{args.report_to}]")
-    if getattr(args, "model", None):
+    if getattr(args, "model", None) is not None:  # `--model ""` is an error, not the default
         overrides.append(f"model.path={args.model}")
-    if getattr(args, "task", None):
+    if getattr(args, "task", None) is not None:
         overrides.append(f"data.source={args.task}")
     if getattr(args, "lora", None):
         from r1kit.lora import cli_overrides

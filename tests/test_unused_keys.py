@@ -68,3 +68,12 @@ def test_models_to_compare_and_model_path_are_not_both_given(capsys):
     assert "not both" in capsys.readouterr().err
     assert cli(["eval", "--model", "a", "--out", "o", "--set", "run.name=x"]) == 2
     assert "--out names the folder" in capsys.readouterr().err
+
+
+def test_an_empty_model_or_task_flag_is_an_error_not_the_default(tmp_path, capsys):
+    # (`--model "$MODEL"` with MODEL unset used to evaluate the built-in model)
+    assert cli(["eval", "--model", "", "--set", f"run.out_dir={tmp_path}"]) == 2
+    assert "'model.path' is empty" in capsys.readouterr().err
+    assert cli(["zero", "--task", "", "--set", f"run.out_dir={tmp_path}"]) == 2
+    assert "data source ''" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
