@@ -223,13 +223,6 @@ def _save_model(model, folder: Path, state_dict: dict | None) -> None:
 
 RUN_CONFIG = "run_config.yaml"
 """In each checkpoint: the config it was trained with, which a resume compares config.yaml with."""
-_run_configs: dict[str, str] = {}  # run folder -> the config text its run in this process has
-
-
-def record_run_config(run_dir: Path, text: str) -> None:
-    """The config (YAML text) the run of `run_dir` trains with in this process (`RunFolder.open`
-    records it), for its checkpoints: config.yaml may be edited while the run goes on."""
-    _run_configs[str(Path(run_dir).resolve())] = text
 
 
 def checkpoint_config(ckpt: Path) -> str | None:
@@ -240,9 +233,9 @@ def checkpoint_config(ckpt: Path) -> str | None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, keep: int = 2,
-                    state_dict: dict | None = None):
-    """Write `checkpoints/step-N/` (HF model + `trainer_state.pt` + the run's config), then point
-    `latest` at it."""
+                    state_dict: dict | None = None, config_text: str | None = None):
+    """Write `checkpoints/step-N/` (HF model + `trainer_state.pt` + `config_text`, the YAML config
+    the run trains with, as `run_config.yaml`), then point `latest` at it."""
     ckpt_root = Path(run_dir) / "checkpoints"
     target = ckpt_root / f"step-{step:06d}"
     for torn in ckpt_root.glob(".step-*"):  # a write cut off by a kill (`atomic_dir`'s temporaries)
@@ -253,11 +246,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
         _save_model(model, tmp, state_dict)
         tokenizer.save_pretrained(tmp)
         torch.save(trainer_state, tmp / "trainer_state.pt")
-        config = _run_configs.get(str(Path(run_dir).resolve()))
-        if config is None and (Path(run_dir) / "config.yaml").is_file():  # no RunFolder open
-            config = (Path(run_dir) / "config.yaml").read_text(encoding="utf-8")
-        if config is not None:
-            (tmp / RUN_CONFIG).write_text(config, encoding="utf-8")
+        if config_text is not None:
+            (tmp / RUN_CONFIG).write_text(config_text, encoding="utf-8")
     atomic_write_text(ckpt_root / "latest", target.name)
     done = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
     for stale in done[:-keep]:

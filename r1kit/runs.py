@@ -33,7 +33,6 @@ from r1kit.checkpoint import (
     is_temporary,
     latest_checkpoint,
     read_json,
-    record_run_config,
 )
 from r1kit.config import (
     DataConfig,
@@ -176,7 +175,6 @@ class RunFolder:
                 recorded = checkpoint_config(latest)
                 check_resume_config(cfg, None if recorded is None else yaml.safe_load(recorded),
                                     latest, path / "config.yaml")
-            record_run_config(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
             return cls(path, cfg, resumed=True, lock=lock)
         name = cfg.run.name or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
         path = Path(cfg.run.out_dir) / name
@@ -186,10 +184,15 @@ class RunFolder:
             name = f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
             path = Path(cfg.run.out_dir) / name
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=name))
-        text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-        atomic_write_text(path / "config.yaml", text)
-        record_run_config(path, text)
-        return cls(path, cfg, resumed=False, lock=lock)
+        run = cls(path, cfg, resumed=False, lock=lock)
+        atomic_write_text(path / "config.yaml", run.config_text)
+        return run
+
+    @property
+    def config_text(self) -> str:
+        """The config this run trains with, as YAML: config.yaml when the run began, and in each
+        checkpoint (config.yaml may be edited while the run goes on)."""
+        return yaml.safe_dump(to_dict(self.cfg), sort_keys=False)
 
     def checkpoint(self) -> Path | None:
         """The checkpoint a resumed run continues from; None for a new run, or a resumed one

@@ -70,7 +70,7 @@ def trainable_parameters(model) -> list:
 
 
 def save_checkpoint(run_path: Path, step: int, model, tokenizer, opt, trainer_state: dict,
-                    d: Dist = SINGLE) -> None:
+                    d: Dist = SINGLE, config_text: str | None = None) -> None:
     """`checkpoints/step-N/` on rank 0: the model (or LoRA adapter), the optimizer gathered from
     every rank, each rank's random state (`rng`, `generator` become per-rank lists). Every rank
     must call it."""
@@ -81,7 +81,7 @@ def save_checkpoint(run_path: Path, step: int, model, tokenizer, opt, trainer_st
         state["generator"] = distributed.gather(state["generator"], d)
     if d.main:
         ckpt.save_checkpoint(run_path, step, distributed.unwrap(model), tokenizer, state,
-                             state_dict=full)
+                             state_dict=full, config_text=config_text)
     distributed.barrier(d)
 
 

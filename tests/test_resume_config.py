@@ -41,13 +41,13 @@ def _edit(run: Path, section: str, key: str, value) -> None:
 def test_a_checkpoint_records_the_config_its_run_trains_with(tmp_path, tiny):
     run = _run(tmp_path)
     _edit(run.path, "rl", "steps", 900)  # an edit while the run goes on: not what it trained with
-    saved = ckpt.save_checkpoint(run.path, 1, *tiny, {})
+    saved = ckpt.save_checkpoint(run.path, 1, *tiny, {}, config_text=run.config_text)
     assert yaml.safe_load(ckpt.checkpoint_config(saved))["rl"]["steps"] == 300
 
 
 def test_resume_logs_the_keys_changed_since_the_checkpoint(tmp_path, tiny, caplog):
     run = _run(tmp_path)
-    ckpt.save_checkpoint(run.path, 1, *tiny, {})
+    ckpt.save_checkpoint(run.path, 1, *tiny, {}, config_text=run.config_text)
     _edit(run.path, "rl", "steps", 600)
     _edit(run.path, "eval", "k", 8)
     with caplog.at_level(logging.WARNING, logger="r1kit"):
@@ -58,7 +58,7 @@ def test_resume_logs_the_keys_changed_since_the_checkpoint(tmp_path, tiny, caplo
     changes = "rl.steps 300 -> 600, eval.k 4 -> 8"
     assert said == [f"{run.path / 'config.yaml'}: changed since {where}: {changes}"]
     # the next checkpoint records the new config: nothing changed since it
-    ckpt.save_checkpoint(run.path, 2, *tiny, {})
+    ckpt.save_checkpoint(run.path, 2, *tiny, {}, config_text=resumed.config_text)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="r1kit"):
         RunFolder.open(run.cfg, "zero", str(run.path))
@@ -80,7 +80,7 @@ def test_resume_refuses_a_change_it_cannot_continue_with(tmp_path, tiny, cls, st
                                                         key, value):
     sets = ["rl.beta=0"] if cls is ZeroConfig else ["data.train_file=x.jsonl"]
     run = _run(tmp_path, cls, stage, *sets)
-    ckpt.save_checkpoint(run.path, 2, *tiny, {})
+    ckpt.save_checkpoint(run.path, 2, *tiny, {}, config_text=run.config_text)
     _edit(run.path, section, key, value)
     with pytest.raises(UserError) as e:
         RunFolder.open(run.cfg, stage, str(run.path))
@@ -92,7 +92,7 @@ def test_resume_refuses_a_change_it_cannot_continue_with(tmp_path, tiny, cls, st
 
 def test_changes_a_resume_takes(tmp_path, tiny):
     run = _run(tmp_path, ZeroConfig, "zero", "rl.beta=0.001")
-    ckpt.save_checkpoint(run.path, 2, *tiny, {})
+    ckpt.save_checkpoint(run.path, 2, *tiny, {}, config_text=run.config_text)
     for section, key, value in [("rl", "steps", 10), ("rl", "beta", 0.0), ("eval", "every", 1),
                                 ("run", "checkpoint_every", 1), ("rollout", "temperature", 0.9),
                                 ("rl", "prompts_per_step", 3), ("run", "report_to", [])]:
@@ -102,7 +102,7 @@ def test_changes_a_resume_takes(tmp_path, tiny):
 
 def test_a_checkpoint_of_an_earlier_version_still_resumes(tmp_path, tiny, caplog):
     run = _run(tmp_path)
-    saved = ckpt.save_checkpoint(run.path, 2, *tiny, {})
+    saved = ckpt.save_checkpoint(run.path, 2, *tiny, {}, config_text=run.config_text)
     (saved / ckpt.RUN_CONFIG).unlink()
     _edit(run.path, "rl", "steps", 600)
     with caplog.at_level(logging.WARNING, logger="r1kit"):
@@ -116,10 +116,11 @@ def test_a_bad_edit_names_the_key_and_the_file(tmp_path):
     (run.path / "config.yaml").write_text(text.replace("steps: 300", "steps: 4x"))
     with pytest.raises(UserError) as e:
         RunFolder.saved_config(run.cfg, "zero", str(run.path))
-    assert str(e.value) == (f"{run.path / 'config.yaml'}: config key 'rl.steps' must be an "
-                            "integer, got '4x'")
+    line = text.splitlines().index("  steps: 300") + 1
+    assert str(e.value) == (f"{run.path / 'config.yaml'}:{line}: config key 'rl.steps' must be "
+                            "an integer, got '4x'")
     (run.path / "config.yaml").write_text(text.replace("rl:", "rll:"))
-    with pytest.raises(UserError, match=r"config.yaml: unknown config key 'rll'"):
+    with pytest.raises(UserError, match=r"config.yaml:\d+: unknown config key 'rll'"):
         RunFolder.saved_config(run.cfg, "zero", str(run.path))
 
 

@@ -238,7 +238,7 @@ def _inputs(cfg: SFTConfig) -> tuple[list, list]:
 
 def _save(run, state, model, tokenizer, opt, sched, ranks) -> None:
     trainable.save_checkpoint(run.path, state["step"], model, tokenizer, opt, {
-        "scheduler": sched.state_dict(), "state": state}, ranks)
+        "scheduler": sched.state_dict(), "state": state}, ranks, config_text=run.config_text)
 
 
 def _summary(state: dict, final: dict, k: int, **extra) -> dict:

@@ -625,7 +625,7 @@ def _save(run, state, policy, tokenizer, opt, sched, gen, ref, d) -> None:
     trainable.save_checkpoint(run.path, state["step"], policy, tokenizer, opt, {
         "scheduler": sched.state_dict(), "generator": gen.get_state(), "state": state,
         "ref": ref.state_dict() if ref is not None else None,
-    }, d)
+    }, d, config_text=run.config_text)
 
 
 def _summary(state: dict, final: dict, k: int, stopped: str | None) -> dict:
