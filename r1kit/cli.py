@@ -66,7 +66,6 @@ UNUSED = {
         "run.checkpoint_every": "its progress is saved after every batch (sample.batch_size)",
         "run.log_completions": "sft.jsonl holds the kept completions",
         "model.gradient_checkpointing": _NO_TRAINING,
-        "data.eval_source": "it samples training problems only",
         "data.eval_split": "it samples training problems only",
     },
     "distill": {**dict.fromkeys(_ENGINE, "the teacher is sampled with the hf engine"),
@@ -209,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"rl.steps, to train longer), edit {Path(args.resume) / 'config.yaml'}")
         cfg = load_config(cls, args.config, overrides)  # a bad setting fails before torchrun
         given = _given_keys(cls, args.config, overrides)
-        check_used(args.stage, given)
+        # a config file may restate a default it does not use (a run's own config.yaml does)
+        check_used(args.stage, _given_keys(cls, args.config, overrides, changed_only=True))
         if getattr(args, "models", None) and "model.path" in given:
             raise UserError("name the models either as arguments (several, compared) or with "
                             "--model or model.path (one), not both")
@@ -328,27 +328,29 @@ def _report(folder: str) -> int:
     return 0
 
 
-def _given_keys(cls, config: str | None, overrides: list[str]) -> list[str]:
-    """The config keys (`section.name`) that the overrides and the config file set; called after
+def _given_keys(cls, config: str | None, overrides: list[str],
+                changed_only: bool = False) -> list[str]:
+    """The config keys (`section.name`) that the overrides and the config file set (with
+    `changed_only`, the file's only where it differs from the default); called after
     `load_config` read them."""
     keys = [o.split("=", 1)[0].strip() for o in overrides]
     if config:
         import yaml
 
         tree = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
-        keys += _leaf_keys(cls(), tree)
+        keys += _leaf_keys(cls(), tree, changed_only=changed_only)
     return keys
 
 
-def _leaf_keys(default, tree: dict, prefix: str = "") -> list[str]:
+def _leaf_keys(default, tree: dict, prefix: str = "", changed_only: bool = False) -> list[str]:
     """The keys of a config file's `tree`: sections of `default` are walked into; a mapping that
     is a value (rewards.weights) is one key."""
     keys = []
     for name, value in tree.items():
         section = getattr(default, name, None)
         if isinstance(value, dict) and dataclasses.is_dataclass(section):
-            keys += _leaf_keys(section, value, f"{prefix}{name}.")
-        else:
+            keys += _leaf_keys(section, value, f"{prefix}{name}.", changed_only)
+        elif not (changed_only and value == section):
             keys.append(prefix + name)
     return keys
 

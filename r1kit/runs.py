@@ -296,15 +296,17 @@ def _stage_of(saved: Path):
 # decay, so a new one would be ignored), or its data order and random streams (the seed, the
 # training data and its batching; a sampling run's batches, model and settings). The rest, e.g.
 # rl.steps and sft.epochs (to extend a run), eval.*, checkpoint_every, logging and the loss and
-# sampling settings of RL, apply from the checkpoint on.
-_TRAINED = ("model.path", "model.dtype", "lora.*", "dist.*", "run.seed")
+# sampling settings of RL, apply from the checkpoint on. Paths (`PATHS`) may change, with a
+# warning: a moved folder or a relative path resumed from elsewhere must be pointed at again.
+_TRAINED = ("model.dtype", "lora.r", "lora.alpha", "lora.target_modules", "dist.*", "run.seed")
 FIXED_ON_RESUME = {
-    ZeroConfig: (*_TRAINED, "data.source", "data.split", "data.train_size", "data.prompt_key",
+    ZeroConfig: (*_TRAINED, "data.split", "data.train_size", "data.prompt_key",
                  "data.answer_key", "data.template", "rl.lr", "rl.weight_decay"),
-    SFTConfig: (*_TRAINED, "data.train_file", "data.template", "data.max_len", "sft.batch_size",
+    SFTConfig: (*_TRAINED, "data.template", "data.max_len", "sft.batch_size",
                 "sft.lr", "sft.weight_decay"),
     SampleConfig: ("run.seed", "model.*", "data.*", "rollout.*", "sample.*"),
 }
+PATHS = ("model.path", "data.source", "data.train_file", "data.eval_source")
 
 
 def config_changes(recorded: dict, cfg, prefix: str = "") -> dict[str, tuple]:
@@ -332,8 +334,8 @@ def check_resume_config(cfg, recorded: dict | None, where: Path, saved: Path) ->
         return
     changes = config_changes(recorded, cfg)
     shown = lambda keys: ", ".join(f"{k} {changes[k][0]!r} -> {changes[k][1]!r}" for k in keys)
-    fixed = [k for k in changes if any(fnmatch.fnmatchcase(k, pattern)
-                                       for pattern in FIXED_ON_RESUME.get(type(cfg), ()))]
+    fixed = [k for k in changes if k not in PATHS and any(
+        fnmatch.fnmatchcase(k, pattern) for pattern in FIXED_ON_RESUME.get(type(cfg), ()))]
     if isinstance(cfg, ZeroConfig) and changes.get("rl.beta", (None,))[0] == 0 and not cfg.lora.r:
         fixed.append("rl.beta")  # the checkpoint holds no reference model to take the KL to
     if fixed:
@@ -344,6 +346,11 @@ def check_resume_config(cfg, recorded: dict | None, where: Path, saved: Path) ->
                         "or start a new run")
     if changes:
         log.warning(f"{saved}: changed since {where}: {shown(changes)}")
+    moved = [k for k in changes if k in PATHS]
+    if moved:
+        log.warning(f"{saved}: {', '.join(moved)} must name the same model or data as before "
+                    "(a moved folder, a path written another way); other ones would resume the "
+                    "run on other weights or problems")
 
 
 def _new_folder(path: Path, taken_ok: bool) -> FolderLock | None:

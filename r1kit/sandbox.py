@@ -229,6 +229,10 @@ def main():
     ns = {"__name__": "solution", "__builtins__": __builtins__}
     try:
         exec(code, ns)
+    except SystemExit as e:  # a script's own exit() at its end: what it defined stands
+        if e.code not in (None, 0):
+            emit("program_error", kind(e), type(e).__name__ + ": " + str(e)[:200])
+            return
     except BaseException as e:
         emit("program_error", kind(e), type(e).__name__ + ": " + str(e)[:200])
         return
@@ -400,6 +404,8 @@ class Sandbox:
                     got[key.fileobj] += chunk
                     if len(got[key.fileobj]) > caps[key.fileobj]:
                         killed = "output_limit"
+                # also while a process it left keeps writing (unsandboxed: no PID namespace)
+                exited = exited or _exited(proc)
         _kill_group(proc)  # before reaping proc, so that its group id cannot have been reused
         try:
             rc = proc.wait(timeout=5)

@@ -74,7 +74,7 @@ def test_resume_logs_the_keys_changed_since_the_checkpoint(tmp_path, tiny, caplo
     (ZeroConfig, "zero", "rl", "beta", 0.01),  # from 0: the checkpoint holds no reference
     (ZeroConfig, "zero", "dist", "strategy", "fsdp"),
     (SFTConfig, "sft", "sft", "batch_size", 4),  # the position in the epoch's batches
-    (SFTConfig, "sft", "data", "train_file", "other.jsonl"),
+    (SFTConfig, "sft", "data", "template", "chat"),
 ])
 def test_resume_refuses_a_change_it_cannot_continue_with(tmp_path, tiny, cls, stage, section,
                                                         key, value):
@@ -98,6 +98,18 @@ def test_changes_a_resume_takes(tmp_path, tiny):
                                 ("rl", "prompts_per_step", 3), ("run", "report_to", [])]:
         _edit(run.path, section, key, value)
     assert RunFolder.open(run.cfg, "zero", str(run.path)).cfg.rl.steps == 10
+
+
+def test_a_moved_path_resumes_with_a_warning(tmp_path, tiny, caplog):
+    # a relative path resumed from elsewhere, or a moved folder, can be pointed at again
+    run = _run(tmp_path, ZeroConfig, "zero", "data.source=probs.jsonl")
+    ckpt.save_checkpoint(run.path, 2, *tiny, {}, config_text=run.config_text)
+    _edit(run.path, "data", "source", str(tmp_path / "probs.jsonl"))
+    _edit(run.path, "model", "path", str(TINY))
+    with caplog.at_level(logging.WARNING, logger="r1kit"):
+        RunFolder.open(run.cfg, "zero", str(run.path))
+    assert any("model.path, data.source must name the same model or data" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_a_checkpoint_of_an_earlier_version_still_resumes(tmp_path, tiny, caplog):

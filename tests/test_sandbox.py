@@ -105,6 +105,9 @@ def test_reasons_for_ordinary_failures():
         "def f(x) return x": ("syntax_error", 0),
         "import nonexistent_module": ("runtime_error", 0),
         "def g(x):\n    return x": ("runtime_error", 0),
+        # a script's own exit at its end (models write one): what it defined is tested
+        "import sys\ndef f(x):\n    return 3 * x + 2\nsys.exit(0)": ("passed", 3),
+        "import sys\ndef f(x):\n    return 3 * x + 2\nsys.exit(1)": ("runtime_error", 0),
     }
     outcomes = box.run_many([(p, TESTS) for p in programs])
     for (program, (reason, passed)), o in zip(programs.items(), outcomes):

@@ -40,9 +40,15 @@ def test_a_key_the_stage_does_not_read_is_refused(tmp_path, capsys, stage, setti
 
 
 def test_a_config_file_is_checked_too(tmp_path, capsys):
-    assert cli(["pipeline", "--config", str(ROOT / "recipes" / "tiny" / "zero.yaml"),
+    (tmp_path / "zero.yaml").write_text("rl:\n  steps: 10\n")
+    assert cli(["pipeline", "--config", str(tmp_path / "zero.yaml"),
                 "--set", f"run.out_dir={tmp_path}", "--set", f"model.path={tmp_path / 'no'}"]) == 2
     assert "rl.steps does nothing here" in capsys.readouterr().err
+    # a file that restates a default it does not use (as a run's own config.yaml does) is fine
+    (tmp_path / "sft.yaml").write_text("run:\n  log_completions: 4\n")
+    assert cli(["sft", "--config", str(tmp_path / "sft.yaml"), "--set", f"run.out_dir={tmp_path}",
+                "--set", f"data.train_file={tmp_path / 'missing.jsonl'}"]) == 2
+    assert "does nothing here" not in capsys.readouterr().err
     (tmp_path / "eval.yaml").write_text("rollout:\n  stop: ['</answer>']\n  temperature: 0\n")
     assert cli(["eval", "--config", str(tmp_path / "eval.yaml"), "--model", str(tmp_path / "no")]
                ) == 2
