@@ -57,11 +57,11 @@ def grpo(args, out: Path, base: str, lr: float | None = None, steps: int | None 
     folder = out / (f"zero-{args.rl_student}" + (f"-lr{lr:g}" if lr else ""))
     if (folder / "summary.json").is_file():
         return folder
-    cmd = [*R1KIT, "zero", "--config", "recipes/tiny/zero.yaml"]
-    if (folder / "checkpoints" / "latest").is_file():
+    cmd = [*R1KIT, "zero"]
+    if (folder / "checkpoints" / "latest").is_file():  # (its config.yaml holds the settings)
         cmd += ["--resume", str(folder)]
     else:
-        cmd += ["--set", f"model.path={base}", "--set", f"rl.steps={steps or args.rl_steps}",
+        cmd += ["--config", "recipes/tiny/zero.yaml", "--set", f"model.path={base}", "--set", f"rl.steps={steps or args.rl_steps}",
                 "--set", f"eval.every={args.eval_every}", "--set", "eval.max_new_tokens=96",
                 "--set", f"run.out_dir={out}",
                 "--set", f"run.name={folder.name}", "--set", f"run.threads={args.threads}"]

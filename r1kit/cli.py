@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("zero", "rl", "sft"):
             p.add_argument("--lora", metavar="r=16,alpha=32,...",
                            help="train LoRA adapters: lora.* keys as k=v pairs; lists with +, "
-                                "e.g. target_modules=q_proj+v_proj (needs r1kit[lora])")
+                                "e.g. r=16,target_modules=q_proj+v_proj (needs r1kit[lora])")
             p.add_argument("--nproc", type=int, metavar="N",
                            help="train with N processes (torchrun; gloo on CPU, one GPU each)")
     p = sub.add_parser("report", help=REPORT_HELP, description=REPORT_HELP)
