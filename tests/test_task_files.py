@@ -9,7 +9,7 @@ import pytest
 
 from r1kit.errors import UserError
 from r1kit.tasks.base import Problem
-from r1kit.tasks.files import load_hf_dataset, load_jsonl
+from r1kit.tasks.files import load_data_file, load_hf_dataset, load_jsonl
 
 
 def write(tmp_path, text: str, name: str = "problems.jsonl"):
@@ -216,3 +216,17 @@ def test_csv_cells_stay_as_written_and_bad_files_name_the_place(tmp_path):
     (tmp_path / "latin.csv").write_bytes("prompt,answer\ncaf\xe9?,1\n".encode("latin-1"))
     with pytest.raises(UserError, match=r"latin.csv: not UTF-8"):
         load_data_file(tmp_path / "latin.csv")
+
+
+def test_a_mixed_file_of_math_and_code_rows(tmp_path):
+    # a table holds both kinds: a math row leaves the tests cell empty (CSV) or null (JSON,
+    # parquet), a code row leaves the answer empty
+    table = tmp_path / "mixed.csv"
+    table.write_text('prompt,answer,tests\n1+1?,2,\n"double(n)",,"[""assert double(2) == 4""]"\n')
+    lines = tmp_path / "mixed.jsonl"
+    lines.write_text(json.dumps({"prompt": "1+1?", "answer": "2", "tests": None}) + "\n"
+                     + json.dumps({"prompt": "double(n)", "tests": ["assert double(2) == 4"]}))
+    for path in (table, lines):
+        math_row, code_row = load_data_file(path)
+        assert math_row.answer == "2" and "tests" not in math_row.meta
+        assert code_row.meta["tests"] == ["assert double(2) == 4"]

@@ -128,7 +128,9 @@ def load_data_file(path: str | Path, prompt_key: str = "prompt",
             if None in row or None in row.values():  # more or fewer cells than the header
                 raise UserError(f"{where}: {len(reader.fieldnames or [])} columns in the header, "
                                 "a different number on this line")
-            if "tests" in row:  # cells are text: the list of tests is written as JSON
+            if "tests" in row and not row["tests"].strip():  # a math row of a mixed table
+                del row["tests"]
+            elif "tests" in row:  # cells are text: the list of tests is written as JSON
                 try:
                     row["tests"] = json.loads(row["tests"])
                 except json.JSONDecodeError as e:
@@ -205,6 +207,8 @@ def _to_problems(
     for where, default_id, record in records:
         if not isinstance(record, Mapping):
             raise UserError(f"{where}: expected a JSON object, got {_type_name(record)}")
+        if "tests" in record and record["tests"] is None:  # a math row of a mixed file (parquet)
+            record = {k: v for k, v in record.items() if k != "tests"}
         has_tests = "tests" in record  # a coding problem: graded by its tests, no answer needed
         for key in (prompt_key, answer_key):
             if key not in record and not (key == answer_key and has_tests):
