@@ -17,7 +17,7 @@ from r1kit.models import check_trainable_dtype, load_model
 from r1kit.runs import RunFolder
 from r1kit.templates import check_template
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("r1kit")
 
 
 def load_for_run(run: RunFolder, cfg, device):
