@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,12 @@ class _Checked:
     name)."""
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # Python's spellings of a config's types
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):  # rollout.stop=("</answer>",): a list
+                object.__setattr__(self, f.name, list(value))
+            elif isinstance(value, os.PathLike) and _hints(type(self))[f.name] is str:
+                object.__setattr__(self, f.name, os.fspath(value))  # run.out_dir=Path("runs")
         _check_fields(self, type(self).__name__)
 
 
@@ -786,6 +793,13 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
         if line is None:
             raise
         raise UserError(f"{Path(path)}:{line}: {e}") from None
+
+
+def from_dict(cls, tree: dict):
+    """A `cls` from a mapping such as `to_dict` writes (keys it lacks take their defaults)."""
+    full: dict = to_dict(cls())
+    _merge(full, tree, cls)
+    return _build(cls, full)
 
 
 def _field_type(cls, dotted: str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from r1kit.config import (
     ZeroConfig,
     describe,
     load_config,
+    to_dict,
 )
 from r1kit.errors import UserError
 from r1kit.tasks.arithmetic import CorpusStyle
@@ -354,6 +356,14 @@ def test_python_built_configs_take_what_they_should():
     assert RLConfig(lr=1, steps=3, scale_by_std=False).lr == 1  # an int is a number
     assert RewardsConfig(weights={"a": 2}).weights == {"a": 2}
     assert ZeroConfig(rl=RLConfig(steps=3)).rl.steps == 3
+    # Python's own spellings: a tuple for a list, a path for a path-valued string
+    assert RolloutConfig(stop=("</answer>", "\n\n")).stop == ["</answer>", "\n\n"]
+    out = RunConfig(out_dir=Path("runs") / "exp")
+    assert out.out_dir == os.path.join("runs", "exp") and type(out.out_dir) is str
+    import yaml  # and the run's config.yaml can be written from it
+
+    assert yaml.safe_load(yaml.safe_dump(to_dict(ZeroConfig(run=out))))["run"]["out_dir"] == (
+        out.out_dir)
 
 
 def test_load_config_refuses_one_string_of_overrides():

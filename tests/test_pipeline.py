@@ -4,9 +4,11 @@ and a resume after an interruption between stages that redoes no finished work."
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
+import yaml
 
 from r1kit.cli import main as cli
 from r1kit.config import PipelineConfig, ZeroConfig, describe, load_config
@@ -38,7 +40,7 @@ def _tiny(tmp_path, model: str, name: str) -> list[str]:
 
 
 def test_pipeline_runs_every_stage_and_resumes_after_interruptions(
-    tiny_base, tmp_path, monkeypatch, capsys
+    tiny_base, tmp_path, monkeypatch, capsys, caplog
 ):
     calls = {"rl": 0, "sft": 0, "sample": 0}
     resumed = []  # stage folders continued with their own --resume
@@ -123,8 +125,20 @@ def test_pipeline_runs_every_stage_and_resumes_after_interruptions(
     for label in ("| Base |", "| Zero |", "| Dev1 |", "| Dev2 |", "| Dev3 |", "| R1 |"):
         assert label in md and label in out
 
-    # A finished pipeline resumed again redoes nothing.
-    assert cli(["pipeline", "--resume", str(root)]) == 0
+    # Dev2's time counts both of its invocations, the one Ctrl-C stopped too.
+    assert set(manifest["seconds_spent"]) == set(pipeline.STAGES)
+    assert result["stage_seconds"] == {n: manifest["seconds_spent"][n] for n in pipeline.STAGES}
+
+    # A finished pipeline resumed again redoes nothing; an edit of its settings that would have
+    # changed a stage is said to miss it, naming the pipeline's key.
+    saved = yaml.safe_load((root / "config.yaml").read_text())
+    saved["pipeline"]["zero_steps"] = 3
+    (root / "config.yaml").write_text(yaml.safe_dump(saved))
+    with caplog.at_level(logging.WARNING, logger="r1kit"):
+        assert cli(["pipeline", "--resume", str(root)]) == 0
+    missed = [r.getMessage() for r in caplog.records if "do not reach" in r.getMessage()]
+    assert [m.split(",")[0] for m in missed] == [
+        "01-zero was started before pipeline.zero_steps 2 -> 3"]
     assert calls == {"rl": 4, "sft": 3, "sample": 2}
 
 
@@ -241,27 +255,37 @@ def test_rl_is_the_grpo_stage_under_its_own_name(capsys):
 
 
 def test_an_edit_that_cannot_reach_a_started_stage_is_said(tmp_path, monkeypatch, caplog):
-    """The pipeline's config.yaml edited on resume (to train R1 longer): a stage started before
-    goes on with its own config.yaml, so the edit is said to miss it, not silently dropped."""
+    """The pipeline's config.yaml edited on resume (to train Dev2 longer): a stage started before
+    goes on with its own config.yaml, so the edit is said to miss it, naming the pipeline's key
+    that was edited, and what it would have changed. Edits that do not touch the stage, and the
+    stage's own config.yaml edited as the warning advises, are not reported."""
     import logging
-
-    import yaml
 
     from r1kit.config import to_dict
 
     monkeypatch.chdir(tmp_path)
     cfg = load_config(PipelineConfig, None, ["pipeline.reasoning_rl_steps=100"])
-    (tmp_path / "p" / "04-dev2").mkdir(parents=True)
-    started = pipeline.stage_configs(cfg, Path("p"))["04-dev2"][1]
-    (tmp_path / "p" / "04-dev2" / "config.yaml").write_text(yaml.safe_dump(to_dict(started)))
-    with caplog.at_level(logging.WARNING, logger="r1kit"):
-        for root in (Path("p"), tmp_path / "p"):  # the folder named either way: no change
-            stage = pipeline.stage_configs(cfg, root)["04-dev2"][1]
-            pipeline.warn_if_started_otherwise("04-dev2", stage, root / "04-dev2")
-        assert not caplog.records
-        edited = load_config(PipelineConfig, None, ["pipeline.reasoning_rl_steps=200"])
-        stage = pipeline.stage_configs(edited, Path("p"))["04-dev2"][1]
-        pipeline.warn_if_started_otherwise("04-dev2", stage, Path("p") / "04-dev2")
-    said = "04-dev2 was started with p/04-dev2/config.yaml, which the edited settings do not reach"
-    assert [r.getMessage().split(": they")[0] for r in caplog.records] == [
-        f"{said} (rl.steps 100 -> 200)"]
+    started_with = to_dict(cfg)
+    root = Path("p")
+
+    def said(edits: list[str]) -> list[str]:
+        caplog.clear()
+        edited = load_config(PipelineConfig, None, ["pipeline.reasoning_rl_steps=100", *edits])
+        with caplog.at_level(logging.WARNING, logger="r1kit"):
+            pipeline.warn_if_started_otherwise("04-dev2", edited, started_with, root, False)
+        return [r.getMessage() for r in caplog.records]
+
+    assert said([]) == []
+    assert said(["pipeline.final_rl_steps=20", "pipeline.zero_steps=7"]) == []  # other stages'
+    [message] = said(["pipeline.reasoning_rl_steps=200", "pipeline.final_rl_steps=20"])
+    assert message.startswith("04-dev2 was started before pipeline.reasoning_rl_steps 100 -> 200,"
+                              " which do not reach it: a started stage goes on with its own "
+                              f"{root / '04-dev2' / 'config.yaml'}")
+    assert "final_rl_steps" not in message
+    [message] = said(["rl.lr=5e-5"])  # a setting every RL stage takes
+    assert "rl.lr 0.0001 -> 5e-05" in message
+    # a pipeline folder of an earlier r1kit (nothing recorded): nothing to compare with
+    edited = load_config(PipelineConfig, None, ["pipeline.reasoning_rl_steps=200"])
+    caplog.clear()
+    pipeline.warn_if_started_otherwise("04-dev2", edited, None, root, False)
+    assert not caplog.records

@@ -51,15 +51,14 @@ problems only, without R1's general prompts (those need a preference model to be
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from r1kit.checkpoint import atomic_write_text
 from r1kit.config import (
@@ -70,6 +69,8 @@ from r1kit.config import (
     SFTConfig,
     SFTDataConfig,
     ZeroConfig,
+    from_dict,
+    to_dict,
 )
 from r1kit.errors import UserError
 from r1kit.evaluation import EvalResult, evaluate
@@ -114,18 +115,25 @@ def main(cfg: PipelineConfig, resume: str | None = None) -> dict:
     t_start = time.time()
 
     # ---------------------------------------------------------------- stages
-    stages = {**stage_configs(cfg, run.path, programs=programs),
-              **distill_stage_config(cfg, run.path)}
+    stages = all_stage_configs(cfg, run.path, programs)
     for name, (kind, stage_cfg) in stages.items():
+        started = manifest.setdefault("started", {})
+        if (run.path / name / "config.yaml").is_file():  # started by an earlier invocation
+            warn_if_started_otherwise(name, cfg, started.get(name), run.path, programs)
         if name in manifest["stages"]:
             print(f"[pipeline] {name}: finished earlier, skipped")
-            warn_if_started_otherwise(name, stage_cfg, run.path / name)
             continue
         print(f"\n[pipeline] ===== {name} ({kind}) =====")
-        t0 = time.time()
-        summary = run_stage(name, kind, stage_cfg, run.path / name)
-        manifest["stages"][name] = {"kind": kind, "seconds": round(time.time() - t0, 1),
-                                    "summary": summary}
+        if name not in started or not (run.path / name / "config.yaml").is_file():
+            started[name] = to_dict(cfg)  # the settings it starts with, for a later resume
+            run.write_json("manifest.json", manifest)
+        t0, spent = time.time(), manifest.setdefault("seconds_spent", {})
+        try:
+            summary = run_stage(name, kind, stage_cfg, run.path / name)
+        finally:  # an invocation stopped by an error or Ctrl-C counts too, when resumed
+            spent[name] = round(spent.get(name, 0) + time.time() - t0, 1)
+            run.write_json("manifest.json", manifest)
+        manifest["stages"][name] = {"kind": kind, "seconds": spent[name], "summary": summary}
         run.write_json("manifest.json", manifest)
 
     # ---------------------------------------------------------------- per-stage table
@@ -255,29 +263,48 @@ def stage_configs(cfg: PipelineConfig, root: Path, *, programs: bool = False
     }
 
 
-def warn_if_started_otherwise(name: str, cfg, folder: Path) -> None:
+def all_stage_configs(cfg: PipelineConfig, root: Path, programs: bool
+                      ) -> dict[str, tuple[str, object]]:
+    """Every stage's (kind, config), 08-distill included when asked for."""
+    return {**stage_configs(cfg, root, programs=programs), **distill_stage_config(cfg, root)}
+
+
+def warn_if_started_otherwise(name: str, cfg: PipelineConfig, started_with: dict | None,
+                              root: Path, programs: bool) -> None:
     """A stage started earlier goes on with (or was made with) its own config.yaml: say which
-    settings the pipeline's (or distill's) config, edited since, now gives it in vain."""
-    saved = folder / "config.yaml"
-    if not saved.is_file():
+    edits of the pipeline's config.yaml since it started (`started_with`, the pipeline's
+    settings then) would have changed it, and so do not reach it. Edits of the stage's own
+    config.yaml are the stage's business (its resume checks them)."""
+    if started_with is None:  # a pipeline folder from an r1kit that did not record it
         return
-    changes = config_changes(yaml.safe_load(saved.read_text(encoding="utf-8")), cfg)
-    changes = {k: (old, new) for k, (old, new) in changes.items()  # (the folder named otherwise)
-               if k not in ("run.name", "run.out_dir") and not _same_path(old, new)}
-    if changes:
-        shown = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
-        log.warning(f"{name} was started with {saved}, which the edited settings do not reach "
-                    f"({shown}): they apply to the stages not started yet (edit {saved} to change "
-                    f"an unfinished {name})")
+    try:
+        before = from_dict(PipelineConfig, started_with)
+    except UserError:  # recorded by another r1kit version: nothing to compare with
+        return
+    stage = lambda c: all_stage_configs(c, root, programs)[name][1]
+    if stage(before) == stage(cfg):
+        return
+    reaching = []  # the edited pipeline keys that alone change the stage's config
+    for key, (old, new) in config_changes(started_with, cfg).items():
+        one = copy.deepcopy(started_with)
+        _set_nested(one, key, new)
+        if stage(from_dict(PipelineConfig, one)) != stage(before):
+            reaching.append(f"{key} {old!r} -> {new!r}")
+    saved = root / name / "config.yaml"
+    log.warning(f"{name} was started before {', '.join(reaching) or 'these edits'}, which do "
+                f"not reach it: a started stage goes on with its own {saved} (edit that to "
+                f"change an unfinished {name}); the edits apply to the stages not started yet")
 
 
-def _same_path(a, b) -> bool:
-    return isinstance(a, str) and isinstance(b, str) and os.path.abspath(a) == os.path.abspath(b)
+def _set_nested(tree: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[last] = value
 
 
 def run_stage(name: str, kind: str, cfg, folder: Path) -> dict:
     """Run (or resume, or recognise as finished) one stage; its summary."""
-    warn_if_started_otherwise(name, cfg, folder)
     if kind == "distill":  # resumable part by part through its own manifest.json
         from r1kit.stages import distill as distill_stage
 
