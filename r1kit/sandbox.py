@@ -71,6 +71,7 @@ REASONS = ("passed", "wrong_answer", "runtime_error", "timeout", "memory_limit",
            "syntax_error", "no_code", "sandbox_error")
 _TRUE = object()  # expected value of a bare `assert EXPR`: the sandbox judges `EXPR is True`
 MAX_VALUE_CHARS = 100_000  # longest value text compared; a longer expected literal is refused
+MAX_VALUE_DEPTH = 100  # deepest nesting the harness writes (its `lit`); a deeper literal is refused
 _ERROR_KINDS = ("runtime_error", "memory_limit", "output_limit")  # what the harness reports
 
 
@@ -146,7 +147,19 @@ def parse_test(test: str) -> ParsedTest:
     if parsed.expected is not _TRUE and len(repr(parsed.expected)) > MAX_VALUE_CHARS:
         raise ValueError(f"its expected value is {len(repr(parsed.expected))} characters long, "
                          f"over the {MAX_VALUE_CHARS} the sandbox compares")
+    if parsed.expected is not _TRUE and _depth(parsed.expected) > MAX_VALUE_DEPTH:
+        raise ValueError(f"its expected value is nested more than {MAX_VALUE_DEPTH} levels deep, "
+                         "deeper than the sandbox writes values")
     return parsed
+
+
+def _depth(value: object) -> int:
+    """How deeply containers nest in literal `value` (0 for a scalar)."""
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
 
 
 def _split(node: ast.expr) -> ParsedTest:
@@ -199,8 +212,13 @@ def lit(v, depth=0):
     exact = tuple(getattr(sys.modules.get(m), n, ()) for m, n in
                   (("fractions", "Fraction"), ("decimal", "Decimal")))
     if exact and isinstance(v, exact):
-        if v == int(v): return int.__repr__(int(v))
-        if v == float(v): return lit(float(v), d)
+        try:
+            if v.is_infinite(): return lit(float(v), d)  # Decimal('Infinity'): no int
+        except AttributeError: pass  # a Fraction is always finite
+        try:
+            if v == int(v): return int.__repr__(int(v))
+            if v == float(v): return lit(float(v), d)
+        except (ArithmeticError, ValueError): pass  # Decimal('NaN'), sNaN
         return "nan"  # no int or float literal equals it
     return repr(v)
 def main():

@@ -160,6 +160,8 @@ def test_problem_files_carry_tests_with_clear_errors(tmp_path):
          r"field 'tests' item 1 \('assert await f\(\)'\): its expression does not compile"),
         ({"tests": [f"assert f() == {'x' * 100_000!r}"]},
          "field 'tests' item 0 .*: its expected value is 100002 characters long, over the 100000"),
+        ({"tests": [f"assert f() == {'[' * 101 + ']' * 101}"]},
+         "field 'tests' item 0 .*: its expected value is nested more than 100 levels deep"),
         ({"entry_point": "two words"}, "field 'entry_point'"),
         ({"language": "cpp"}, "only 'python' can be run"),
     ]

@@ -141,6 +141,8 @@ def test_values_equal_by_pythons_eq_pass_even_when_their_repr_is_no_literal():
         "decimal.Decimal('2.5')": "2.5",
         "float('inf')": "1e999",
         "-float('inf')": "-1e999",
+        "decimal.Decimal('Infinity')": "1e999",
+        "decimal.Decimal('-Infinity')": "-1e999",
         "list(range(3000))": repr(list(range(3000))),
         "enum.IntEnum('E', 'A B').B": "2",
         "bytearray(b'ab')": "b'ab'",
@@ -151,6 +153,8 @@ def test_values_equal_by_pythons_eq_pass_even_when_their_repr_is_no_literal():
         "{1: 2}.values()": "[2]",
         "range(3)": "[0, 1, 2]",
         "float('nan')": "0.0",
+        "decimal.Decimal('NaN')": "0.0",
+        "decimal.Decimal('sNaN')": "0",
         "type('S', (str,), {'__eq__': lambda s, o: True})('no')": "'yes'",
         "type('T', (set,), {'__iter__': lambda s: iter([1, 2])})()": "{1, 2}",
     }
@@ -169,6 +173,12 @@ def test_long_values_fit_the_output_cap():
     assert box.run("def f(i):\n    return 'x' * 25_000", long_ascii).reason == "passed"
     wide = "中" * 11_000  # 6 bytes a character if JSON escaped it
     assert box.run(f"def f():\n    return {wide!r}", [f"assert f() == {wide!r}"]).reason == "passed"
+    # as deep as the harness writes values: accepted at load, and a right program passes
+    deepest = "[" * sb.MAX_VALUE_DEPTH + "1" + "]" * sb.MAX_VALUE_DEPTH
+    assert box.run(f"def f():\n    return {deepest}", [f"assert f() == {deepest}"]).reason == (
+        "passed")
+    with pytest.raises(ValueError, match="nested more than"):
+        parse_test(f"assert f() == [{deepest}]")
 
 
 @NEEDS_BWRAP
