@@ -111,10 +111,21 @@ def test_a_library_detector_plugs_in_as_a_labeler():
     [("Compute 47+8-9", "en"), ("Вычислите 47+8-9", "ru"), ("计算 47+8", "zh"), ("47+8-9", "en"),
      ("Вычислите 47+8, then answer", "en"),  # 2 English words to 1 Russian
      ("Вычислите, please", "ru"),  # a tie goes to the first seen
-     ("α+β", "en")],  # "other" does not vote
+     ("α+β", "en"),  # "other" does not vote
+     ("47에 8을 더하면 얼마입니까?", "ko")],
 )
 def test_target_language(prompt, language):
     assert target_language(prompt) == language
+
+
+def test_korean_reasoning_is_measured_against_a_korean_prompt():
+    from r1kit.language import reasoning_share
+
+    ko = Problem("p", "47에 8을 더하면 얼마입니까?", "55")
+    assert reasoning_share("<think> 47 더하기 8은 55입니다 </think> <answer>55</answer>", ko) == 1.0
+    assert reasoning_share("<think> 47 plus 8 is 55 </think> <answer>55</answer>", ko) == 0.0
+    mixed = "<think> 47 더하기 8, so 55 </think>"
+    assert language_consistency(reasoning_part(mixed), "ko") == 0.5  # 더하기 and so
 
 
 @pytest.mark.parametrize(
@@ -438,7 +449,7 @@ def test_data_files_keep_language_for_code_and_check_target_language(tmp_path):
         path.write_text(json.dumps({"prompt": "q", "answer": "1"}) + "\n" +
                         json.dumps({"prompt": "q", "answer": "1", "target_language": value}))
         with pytest.raises(UserError, match=rf"p.jsonl:2: field 'target_language' is "
-                                            rf"'{value}'.*en, ru, zh, fr, de, es, it, pt"):
+                                            rf"'{value}'.*en, ru, zh, ko, fr, de, es, it, pt"):
             load_jsonl(path)
 
 
@@ -534,7 +545,7 @@ def test_lingua_keeps_the_script_label_where_it_is_unsure(lingua):
     fr = Problem("p", "Compute 47+8", "55", {"target_language": "fr"})
     assert reward("<think> Donc nous ajoutons les nombres et nous vérifions le résultat. "
                   "</think>", fr) == 1.0
-    with pytest.raises(UserError, match="'target_language' is 'ja'.*en, ru, zh, fr, de"):
+    with pytest.raises(UserError, match="'target_language' is 'ja'.*en, ru, zh, ko, fr, de"):
         reward("<think> so </think>", Problem("p", "?", "1", {"target_language": "ja"}))
 
 
