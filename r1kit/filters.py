@@ -138,7 +138,7 @@ def single_language(c: Candidate, tolerance: float = 0.0) -> Verdict:
 
 def check_filter_targets(problems, names, key: str = "sample.filters", context: str = "") -> None:
     """Every `target_language` of `problems` is one `single_language` (when among `names`) can
-    label words with: the script labeler's en, ru, zh, ko; else a `UserError` (`check_targets`)."""
+    label words with: the script labeler's en, ru, zh, ko, ja; else a `UserError` (`check_targets`)."""
     if "single_language" in names:
         check_targets(problems, script_labels.languages, "the single_language filter",
                       f"remove single_language from {key} (it labels words by their script "

@@ -16,9 +16,9 @@ data for "mixed languages"; how words are tokenized and what the target language
   `2πr` is two) are dropped, from the share's numerator and denominator alike: `Проверим:
   $2 \cdot 2 = 4$` is all Russian, `θ = π/4, since sin θ` all English. (Single Cyrillic letters,
   the words `в`, `и`, `с`, do count.)
-- a word's language is its script: Latin "en", Cyrillic "ru", CJK ideographs "zh", Hangul "ko";
-  any other script (a Greek word such as `αβ` included) or several scripts in one word is
-  "other". This tells
+- a word's language is its script: Latin "en", Cyrillic "ru", CJK ideographs "zh", Hangul "ko",
+  kana "ja" (and in a text that has kana, its ideographs are Japanese kanji, "ja" too); any
+  other script (a Greek word such as `αβ` included) or several scripts in one word is "other". This tells
   English from Russian and Chinese, which is what the built-in task mixes, but not English from
   French. For that, `lingua_labeler()` asks the lingua library about Latin-script words (where
   lingua is unsure, or has too few words to go on, a word keeps its script's label); any
@@ -27,7 +27,7 @@ data for "mixed languages"; how words are tokenized and what the target language
   `language:lingua` / `language_threshold:lingua` use lingua's.
 - the target language is the prompt's: the majority language of its words ("other" does not
   vote; "en" when nothing votes), unless the problem sets `meta["target_language"]` (an
-  ISO 639-1 code its labeler produces: en, ru, zh, ko by script; lingua's languages too). It is
+  ISO 639-1 code its labeler produces: en, ru, zh, ko, ja by script; lingua's languages too). It is
   never `meta["language"]`: that is a coding problem's programming language ("python").
 - the reasoning is what is inside `<think>…</think>` (see `reasoning_part`).
 """
@@ -216,26 +216,38 @@ def _script(ch: str) -> str:
         return "zh"
     if 0xAC00 <= o <= 0xD7AF or 0x1100 <= o <= 0x11FF or 0x3130 <= o <= 0x318F:  # Hangul
         return "ko"
+    if 0x3041 <= o <= 0x30FF or 0x31F0 <= o <= 0x31FF:  # hiragana, katakana (and ー)
+        return "ja"
     return "other"
 
 
 def detect_word_language(word: str) -> str:
-    """The language of one word by its script: "en", "ru", "zh", "ko" or "other" (see the
-    module).
+    """The language of one word by its script: "en", "ru", "zh", "ko", "ja" (kana) or "other"
+    (see the module).
 
-    >>> [detect_word_language(w) for w in ("wait", "naïve", "подожди", "答", "생각", "α", "plюс")]
-    ['en', 'en', 'ru', 'zh', 'ko', 'other', 'other']
+    >>> [detect_word_language(w) for w in ("wait", "naïve", "подожди", "答", "생각", "です", "α")]
+    ['en', 'en', 'ru', 'zh', 'ko', 'ja', 'other']
     """
     scripts = {_script(ch) for ch in word}
     return scripts.pop() if len(scripts) == 1 else "other"
 
 
 def script_labels(text: str) -> list[str]:
-    """The default labeler: `detect_word_language` of each word of `text`."""
-    return [detect_word_language(w) for w in words(text)]
+    """The default labeler: `detect_word_language` of each word of `text`; ideographs are "ja"
+    in a text that has kana (Chinese is written without any).
+
+    >>> script_labels("答案は46です"), script_labels("答案是46")
+    (['ja', 'ja', 'ja', 'ja'], ['zh', 'zh', 'zh'])
+    """
+    return _kanji([detect_word_language(w) for w in words(text)])
 
 
-SCRIPT_LANGUAGES = ("en", "ru", "zh", "ko")
+def _kanji(labels: list[str]) -> list[str]:
+    """A text's word labels with its ideographs "ja" if it has kana (`script_labels`)."""
+    return ["ja" if label == "zh" else label for label in labels] if "ja" in labels else labels
+
+
+SCRIPT_LANGUAGES = ("en", "ru", "zh", "ko", "ja")
 script_labels.languages = SCRIPT_LANGUAGES  # what it can label a word (besides "other")
 
 
@@ -307,7 +319,7 @@ def lingua_labeler(languages: tuple[str, ...] = LINGUA_LANGUAGES,
     def labels(text: str) -> list[str]:
         prose = _prose(text)
         matches = _word_matches(prose)
-        out = [detect_word_language(m.group()) for m in matches]
+        out = _kanji([detect_word_language(m.group()) for m in matches])
         latin = [i for i, label in enumerate(out) if label == "en"]
         if not latin:  # lingua decides only between Latin-script languages
             return out

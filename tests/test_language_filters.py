@@ -69,7 +69,7 @@ def test_words(text, expected):
 @pytest.mark.parametrize(
     ("word", "language"),
     [("Wait", "en"), ("café", "en"), ("Ñandú", "en"), ("равно", "ru"), ("ЁЖ", "ru"),
-     ("答", "zh"), ("π", "other"), ("こんにちは", "other"), ("plюс", "other")],
+     ("答", "zh"), ("π", "other"), ("こんにちは", "ja"), ("مرحبا", "other"), ("plюс", "other")],
 )
 def test_detect_word_language(word, language):
     assert detect_word_language(word) == language
@@ -112,13 +112,15 @@ def test_a_library_detector_plugs_in_as_a_labeler():
      ("Вычислите 47+8, then answer", "en"),  # 2 English words to 1 Russian
      ("Вычислите, please", "ru"),  # a tie goes to the first seen
      ("α+β", "en"),  # "other" does not vote
-     ("47에 8을 더하면 얼마입니까?", "ko")],
+     ("47에 8을 더하면 얼마입니까?", "ko"),
+     ("47と8の和を計算してください", "ja"),  # kanji with kana: Japanese, not Chinese
+     ("计算47与8的和", "zh")],
 )
 def test_target_language(prompt, language):
     assert target_language(prompt) == language
 
 
-def test_korean_reasoning_is_measured_against_a_korean_prompt():
+def test_korean_and_japanese_reasoning_is_measured_against_its_prompt():
     from r1kit.language import reasoning_share
 
     ko = Problem("p", "47에 8을 더하면 얼마입니까?", "55")
@@ -126,6 +128,9 @@ def test_korean_reasoning_is_measured_against_a_korean_prompt():
     assert reasoning_share("<think> 47 plus 8 is 55 </think> <answer>55</answer>", ko) == 0.0
     mixed = "<think> 47 더하기 8, so 55 </think>"
     assert language_consistency(reasoning_part(mixed), "ko") == 0.5  # 더하기 and so
+    ja = Problem("p", "47と8の和を計算してください", "55")
+    assert reasoning_share("<think> 47と8を足すと55です </think>", ja) == 1.0
+    assert reasoning_share("<think> 47加8等于55 </think>", ja) == 0.0  # Chinese
 
 
 @pytest.mark.parametrize(
@@ -441,7 +446,7 @@ def test_data_files_keep_language_for_code_and_check_target_language(tmp_path):
     assert lang("<think> double it, so n*2 </think> <answer>```python\n"
                 "def double(n): return n*2\n```</answer>", code_problem) == 1.0
     assert lang("<think> сорок семь плюс восемь </think> <answer>55</answer>", ru) == 1.0
-    for value in ("English", "ja", None):
+    for value in ("English", "th", None):
         if value is None:  # null: not set, the prompt's language
             path.write_text(json.dumps({"prompt": "q", "answer": "1", "target_language": None}))
             assert load_jsonl(path)[0].meta["target_language"] is None
@@ -449,7 +454,7 @@ def test_data_files_keep_language_for_code_and_check_target_language(tmp_path):
         path.write_text(json.dumps({"prompt": "q", "answer": "1"}) + "\n" +
                         json.dumps({"prompt": "q", "answer": "1", "target_language": value}))
         with pytest.raises(UserError, match=rf"p.jsonl:2: field 'target_language' is "
-                                            rf"'{value}'.*en, ru, zh, ko, fr, de, es, it, pt"):
+                                            rf"'{value}'.*en, ru, zh, ko, ja, fr, de, es, it, pt"):
             load_jsonl(path)
 
 
@@ -545,8 +550,8 @@ def test_lingua_keeps_the_script_label_where_it_is_unsure(lingua):
     fr = Problem("p", "Compute 47+8", "55", {"target_language": "fr"})
     assert reward("<think> Donc nous ajoutons les nombres et nous vérifions le résultat. "
                   "</think>", fr) == 1.0
-    with pytest.raises(UserError, match="'target_language' is 'ja'.*en, ru, zh, ko, fr, de"):
-        reward("<think> so </think>", Problem("p", "?", "1", {"target_language": "ja"}))
+    with pytest.raises(UserError, match="'target_language' is 'th'.*en, ru, zh, ko, ja, fr, de"):
+        reward("<think> so </think>", Problem("p", "?", "1", {"target_language": "th"}))
 
 
 def test_lingua_labels_each_word_by_its_span_in_a_long_text(lingua):
