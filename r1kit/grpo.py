@@ -155,6 +155,7 @@ def policy_loss(
     Per token: `-min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A) + beta * k3`.
     `logprobs`, `old_logprobs`, `ref_logprobs` and `completion_mask` are `(B*G, T)`,
     `advantages` is `(B*G,)`. Padded positions must hold finite values; the mask zeroes them.
+    `old_logprobs` and `ref_logprobs` are constants here (detached): only `logprobs` is trained.
 
     `aggregation`: `token_mean` sums all valid tokens and divides by their count (DAPO);
     `seq_mean_token_mean` averages each sequence's tokens, then the sequences (DSMath);
@@ -176,9 +177,12 @@ def policy_loss(
     _check_choice("ratio_level", ratio_level, RATIO_LEVELS)
     if aggregation == "constant" and (max_tokens is None or max_tokens <= 0):
         raise ValueError(f"aggregation='constant' needs max_tokens > 0; got {max_tokens}")
-    if beta < 0 or eps_low < 0 or eps_high < 0:
-        raise ValueError(f"beta, eps_low and eps_high must be >= 0; got {beta}, {eps_low}, "
-                         f"{eps_high}")
+    if beta < 0 or eps_low < 0 or eps_high < 0 or eps_low > 1:
+        raise ValueError(f"need beta >= 0, 0 <= eps_low <= 1 and eps_high >= 0; got {beta}, "
+                         f"{eps_low}, {eps_high}")
+    if logprobs.ndim != 2 or not logprobs.is_floating_point():
+        raise ValueError(f"logprobs must be a (B*G, T) float tensor; got {logprobs.dtype} of "
+                         f"shape {tuple(logprobs.shape)}")
     if beta > 0 and ref_logprobs is None:
         raise ValueError(f"beta={beta} > 0 needs ref_logprobs for the KL term")
     if loss_denominator is not None and loss_denominator <= 0:
@@ -199,6 +203,12 @@ def policy_loss(
             f"advantages must be ({logprobs.shape[0]},), one per row; got {tuple(advantages.shape)}"
         )
 
+    if not ((completion_mask == 0) | (completion_mask == 1)).all():
+        raise ValueError("completion_mask must hold 0 and 1 only (or be bool)")
+    # pi_old and the reference are constants: a caller's `lp` passed as its own pi_old (mu = 1)
+    # would otherwise cancel the ratio's gradient to exactly 0
+    old_logprobs = old_logprobs.detach()
+    ref_logprobs = None if ref_logprobs is None else ref_logprobs.detach()
     mask = completion_mask.to(logprobs.dtype)  # (B*G, T)
     log_ratio = logprobs - old_logprobs  # (B*G, T)
     if ratio_level == "token":

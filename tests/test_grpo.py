@@ -424,9 +424,30 @@ def test_errors():
         group_advantages(torch.tensor([1.0, float("nan"), 0.0, 1.0]), group_size=2)
     assert group_advantages([1.0, 0.0], group_size=2).tolist() == pytest.approx([0.7071, -0.7071],
                                                                                 abs=1e-4)
-    for bad in ({"beta": -1.0}, {"eps_low": -0.5}, {"eps_high": -0.1}):
-        with pytest.raises(ValueError, match="must be >= 0"):
+    for bad in ({"beta": -1.0}, {"eps_low": -0.5}, {"eps_high": -0.1}, {"eps_low": 1.5}):
+        with pytest.raises(ValueError, match="need beta >= 0, 0 <= eps_low <= 1"):
             policy_loss(logprobs, old, adv, mask, **bad)
+    with pytest.raises(ValueError, match=r"a \(B\*G, T\) float tensor"):  # (T,) would broadcast
+        policy_loss(torch.zeros(5), torch.zeros(5), torch.ones(5), torch.ones(5))
+    with pytest.raises(ValueError, match="float tensor"):
+        policy_loss(logprobs.long(), old.long(), adv, mask)
+    with pytest.raises(ValueError, match="0 and 1 only"):
+        policy_loss(logprobs, old, adv, mask.float() * 2)
+
+
+def test_old_and_reference_logprobs_are_constants_even_with_gradients():
+    """mu = 1 written the obvious way, the policy's own log-probs as pi_old: the ratio is 1 but
+    its gradient is the policy gradient, not 0 (TRL passes them detached; a caller may not)."""
+    lp = (-torch.rand(4, 5)).requires_grad_()
+    adv, mask = torch.tensor([1.0, -1.0, 0.5, -0.5]), torch.ones(4, 5)
+    ref = lp * 0.9  # a reference computed in the graph too
+    loss, _ = policy_loss(lp, lp, adv, mask, ref_logprobs=ref, beta=0.1)
+    (grad,) = torch.autograd.grad(loss, lp)
+    plain = lp.detach().clone().requires_grad_()
+    expected, _ = policy_loss(plain, lp.detach(), adv, mask, ref_logprobs=ref.detach(), beta=0.1)
+    (want,) = torch.autograd.grad(expected, plain)
+    assert grad.abs().sum() > 0
+    torch.testing.assert_close(grad, want)
 
 
 def test_reference_logprobs_of_another_shape_are_refused():

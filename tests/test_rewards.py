@@ -258,7 +258,7 @@ def test_a_reward_defined_again_replaces_itself(monkeypatch, tmp_path):
 
 def test_register_checks_its_name_and_function_and_never_replaces_a_different_one(monkeypatch):
     monkeypatch.setattr(r1kit.rewards, "_REGISTRY", dict(r1kit.rewards._REGISTRY))
-    for name in (3, "", "reward_model:x", "a b", "w=1"):
+    for name in (3, "", "reward_model:x", "a b", "w=1", "reward/x", "total", "accuracy_failures"):
         with pytest.raises(ValueError, match="reward name"):
             register(name)
     with pytest.raises(TypeError, match="not a function"):
@@ -297,7 +297,11 @@ def misbehaving():
     def none_for_b(completion, problem):
         return None if completion == "b" else 2.0
 
-    added = {"test_raises": raises, "test_sleeps": sleeps, "test_none": none_for_b}
+    def text(completion, problem):
+        return "0.75"  # float() would take it
+
+    added = {"test_raises": raises, "test_sleeps": sleeps, "test_none": none_for_b,
+             "test_text": text}
     for name, fn in added.items():
         register(name)(fn)
     yield calls
@@ -322,6 +326,13 @@ def test_score_none_counts_zero_in_total_and_is_skipped_in_means(misbehaving):
     assert s.per_reward["test_none"] == [2.0, None]
     assert s.total == [1.0, 0.0]
     assert s.means()["reward/test_none"] == 2.0
+
+
+def test_a_reward_returning_text_fails_even_when_it_reads_as_a_number(misbehaving, caplog):
+    with caplog.at_level(logging.WARNING, logger="r1kit"):
+        s = score(["a"], [problem()], [RewardSpec("test_text", 1.0)], [1], 10)
+    assert s.per_reward["test_text"] == [0.0] and s.failures == {"test_text": 1}
+    assert "returned the text '0.75', not a number" in caplog.text
 
 
 def test_score_failures_are_counted_logged_and_scored_zero(misbehaving, caplog):

@@ -219,14 +219,25 @@ def test_csv_cells_stay_as_written_and_bad_files_name_the_place(tmp_path):
 
 
 def test_a_mixed_file_of_math_and_code_rows(tmp_path):
-    # a table holds both kinds: a math row leaves the tests cell empty (CSV) or null (JSON,
-    # parquet), a code row leaves the answer empty
+    # a table holds both kinds: a math row leaves the code cells empty (CSV) or null (JSON,
+    # parquet, datasets), a code row leaves the answer empty or null, and its optional
+    # entry_point may be empty too
     table = tmp_path / "mixed.csv"
-    table.write_text('prompt,answer,tests\n1+1?,2,\n"double(n)",,"[""assert double(2) == 4""]"\n')
+    table.write_text('prompt,answer,tests,entry_point\n1+1?,2,,\n'
+                     '"double(n)",,"[""assert double(2) == 4""]",\n')
+    rows = [{"prompt": "1+1?", "answer": "2", "tests": None, "entry_point": None},
+            {"prompt": "double(n)", "answer": None, "tests": ["assert double(2) == 4"],
+             "entry_point": None}]
     lines = tmp_path / "mixed.jsonl"
-    lines.write_text(json.dumps({"prompt": "1+1?", "answer": "2", "tests": None}) + "\n"
-                     + json.dumps({"prompt": "double(n)", "tests": ["assert double(2) == 4"]}))
-    for path in (table, lines):
+    lines.write_text("\n".join(json.dumps(r) for r in rows))
+    pytest.importorskip("pyarrow")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = tmp_path / "mixed.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    for path in (table, lines, parquet):
         math_row, code_row = load_data_file(path)
-        assert math_row.answer == "2" and "tests" not in math_row.meta
-        assert code_row.meta["tests"] == ["assert double(2) == 4"]
+        assert math_row.answer == "2" and set(math_row.meta) <= {"id"}, path
+        assert code_row.meta["tests"] == ["assert double(2) == 4"] and code_row.answer == ""
+        assert "entry_point" not in code_row.meta

@@ -160,6 +160,11 @@ def _half_varied(completion: str, problem) -> float:
     return float(len(completion) % 3) if int(problem.answer) % 2 == 0 else 1.0
 
 
+@register("test_huge")
+def _huge(completion: str, problem) -> float:
+    return 1e39 if len(completion) % 2 else 0.0  # a finite float, inf in float32
+
+
 def _cfg(tmp_path, model, name, **sets):
     base = [f"model.path={model}", f"run.out_dir={tmp_path}", f"run.name={name}",
             "rl.prompts_per_step=2", "rl.group_size=4", "rollout.max_new_tokens=8",
@@ -194,6 +199,17 @@ def test_non_finite_steps_stop_cleanly_keeping_last_checkpoint(tiny_base, tmp_pa
     for p in state["optimizer"]["state"].values():
         assert torch.isfinite(p["exp_avg"]).all()
     assert json.loads((run / "summary.json").read_text())["stopped"].startswith("stopped after 3")
+
+
+def test_rewards_beyond_float32_skip_the_update_as_non_finite(tiny_base, tmp_path, caplog):
+    cfg = _cfg(tmp_path, tiny_base, "huge", **{"rl.steps": 4, "rl.max_bad_steps": 2,
+                                               "rewards.weights": "{test_huge: 1.0}"})
+    with caplog.at_level(logging.WARNING, logger="r1kit"):
+        summary = zero.main(cfg)  # (the advantages used to raise: a traceback, exit 1)
+    assert "non-finite rewards; update skipped" in caplog.text
+    assert summary["stopped"].startswith("stopped after 2 consecutive non-finite steps")
+    rows = [json.loads(line) for line in (tmp_path / "huge" / "metrics.jsonl").open()]
+    assert len(rows) == 2 and not any("train/loss" in r for r in rows)  # nothing was updated
 
 
 def test_stuck_rewards_warn_loudly(tiny_base, tmp_path, caplog):

@@ -37,10 +37,15 @@ _BUILT: dict[str, RewardFn] = {}  # parametrised rewards (`reward_model:PATH`), 
 
 def register(name: str) -> Callable[[RewardFn], RewardFn]:
     """Decorator: make `fn` available as `get_reward(name)`. Names are unique, non-empty strings
-    without `:` (which marks a parametrised reward, `reward_model:PATH`) or `=`."""
-    if not isinstance(name, str) or not name.strip() or any(c in name for c in ":={}[], "):
+    without `:` (which marks a parametrised reward, `reward_model:PATH`), `=` or `/`, and not
+    `total` or `*_failures`, the names of the metrics beside each reward's (`reward/total`,
+    `reward/NAME_failures`)."""
+    if not isinstance(name, str) or not name.strip() or any(c in name for c in ":={}[], /"):
         raise ValueError(f"reward name {name!r}: a non-empty string without spaces or any of "
-                         ":={}[],")
+                         ":={}[],/")
+    if name == "total" or name.endswith("_failures"):
+        raise ValueError(f"reward name {name!r} is taken by the metrics (reward/total, "
+                         "reward/NAME_failures); choose another")
 
     def decorator(fn: RewardFn) -> RewardFn:
         if not callable(fn):

@@ -259,8 +259,13 @@ def _no_limit(seconds: float) -> Iterator[None]:
 
 
 def _as_value(v) -> float:
-    """A reward's value as a float, keeping a `Verdict` (and its reason) as it is."""
-    return v if isinstance(v, Verdict) else float(v)
+    """A reward's value as a float, keeping a `Verdict` (and its reason) as it is; a number only
+    (`"0.75"` is a mistake, not a score: `float()` would take it)."""
+    if isinstance(v, Verdict):
+        return v
+    if isinstance(v, (str, bytes)):
+        raise TypeError(f"returned the text {v!r}, not a number")
+    return float(v)
 
 
 def _mean(values: list[float]) -> float:

@@ -54,7 +54,8 @@ TEACHER = "Teacher"
 
 def main(cfg: DistillConfig, resume: str | None = None, table: bool = True) -> dict:
     """Run or resume a distillation; `table=False` (inside `r1kit pipeline`) stops after the
-    students' SFT, and the caller evaluates them."""
+    students' SFT, and the caller evaluates them. With `resume`, `cfg` only says the stage: the
+    run goes on with its saved config.yaml (edit that file to change a setting)."""
     if resume:  # (a missing manifest.json: killed before it was written, nothing done yet)
         if not (Path(resume) / "config.yaml").is_file():
             raise UserError(f"{resume}: not a distill folder (no config.yaml)")

@@ -98,6 +98,8 @@ TRAINED_ON_SUMMARY = {"Dev1", "Dev2", "Dev3", "R1"}
 
 
 def main(cfg: PipelineConfig, resume: str | None = None) -> dict:
+    """One R1 pipeline; its summary. With `resume` (its folder), `cfg` only says the stage: the
+    run goes on with its saved config.yaml (edit that file to change a setting)."""
     if resume:  # (a missing manifest.json: killed before it was written, nothing done yet)
         if not (Path(resume) / "config.yaml").is_file():
             raise UserError(f"{resume}: not a pipeline folder (no config.yaml)")

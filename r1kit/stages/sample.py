@@ -77,6 +77,8 @@ CODE = "code"  # also scored where problems have tests: a program is correct whe
 
 
 def main(cfg: SampleConfig, resume: str | None = None) -> dict:
+    """One rejection-sampling run; its summary. With `resume` (its folder), `cfg` only says the stage: the
+    run goes on with its saved config.yaml (edit that file to change a setting)."""
     if resume:
         run = RunFolder.open(cfg, "sample", resume, checkpoints=False)
         cfg = run.cfg

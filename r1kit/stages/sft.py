@@ -46,6 +46,8 @@ log = logging.getLogger("r1kit")
 
 
 def main(cfg: SFTConfig, resume: str | None = None) -> dict:
+    """One SFT run; its summary. With `resume` (its folder), `cfg` only says the stage: the
+    run goes on with its saved config.yaml (edit that file to change a setting)."""
     # Under torchrun each process takes its share of every batch; rank 0 alone writes.
     ranks, device = distributed.setup(cfg.dist.strategy, prepare_torch(cfg.run))
     distributed.check_strategy(cfg.dist.strategy, lora.enabled(cfg.lora), ranks.world)

@@ -73,8 +73,10 @@ class Timer:
 
 
 def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dict:
-    """One GRPO run. `stage` names new run folders (`r1kit rl` is this same stage, run from any
-    checkpoint with any rewards, e.g. Dev1 with the language reward)."""
+    """One GRPO run; its summary. `stage` names new run folders (`r1kit rl` is this same stage,
+    run from any checkpoint with any rewards, e.g. Dev1 with the language reward). With `resume`
+    (a run folder), `cfg` only says the stage: the run goes on with its saved config.yaml, as
+    `r1kit zero --resume` does (edit that file to change a setting)."""
     if resume:  # (every rank reads it; `trainable.open_run` opens the folder, on rank 0)
         cfg = RunFolder.saved_config(cfg, stage, resume)
     # Inputs first: a bad problem file or reward name leaves no run folder behind.
@@ -206,7 +208,9 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
         ro, scores, per_row = _concat_batches(batches, pad_id(tokenizer))
         rewards = torch.tensor(scores.total, dtype=torch.float32)  # (n*B*G,)
         # ---------------------------------------------------------------- advantage
-        advantages = grpo.group_advantages(rewards, G, scale_by_std=rl.scale_by_std)  # (n*B*G,)
+        finite = bool(rewards.isfinite().all())  # (1e39 is finite to Python, not in float32)
+        advantages = (grpo.group_advantages(rewards, G, scale_by_std=rl.scale_by_std) if finite
+                      else torch.zeros_like(rewards))  # (n*B*G,); the update is skipped below
         group_equal = (rewards.view(-1, G) == rewards.view(-1, G)[:, :1]).all(dim=1)  # (n*B,)
         keep = ~group_equal if rl.dynamic_sampling else torch.ones_like(group_equal)
         if n_rounds > 1:  # at most B groups over the ranks, each rank's first ones (DAPO)
@@ -224,7 +228,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
                 float(keep.sum()), d) / rl.prompts_per_step
 
         # ---------------------------------------------------------------- update
-        finite = not distributed.all_any(not rewards.isfinite().all(), d)
+        finite = not distributed.all_any(not finite, d)
         if distributed.all_any(len(rows) > 0 and mask[rows].any(), d) and finite:
             update = update_policy(policy, ref, opt, ro, advantages, mask, rows, rl, cfg.rollout,
                                    cfg.rollout.max_new_tokens, timer, d)

@@ -13,7 +13,7 @@ they go to `Problem.meta`, checked on load: each test must compile as the sandbo
 its expected value fit the values the sandbox compares (`r1kit.sandbox.MAX_VALUE_CHARS`).
 `language` is the programming language, never the natural language of the reasoning: that is
 the optional `target_language` of any problem (an ISO 639-1 code the language reward can label
-words with, `en`, `ru`, `zh`, or with `language:lingua` also `fr`, `de`, `es`, `it`, `pt`; else
+words with, `en`, `ru`, `zh`, `ko`, `ja`, or with `language:lingua` also `fr`, `de`, `es`, `it`, `pt`; else
 the prompt's language, `r1kit.language`), checked on load too: case and a region or script
 subtag are ignored (`EN`, `en-US`, `zh-Hans`), and an empty one is no target.
 """
@@ -128,9 +128,10 @@ def load_data_file(path: str | Path, prompt_key: str = "prompt",
             if None in row or None in row.values():  # more or fewer cells than the header
                 raise UserError(f"{where}: {len(reader.fieldnames or [])} columns in the header, "
                                 "a different number on this line")
-            if "tests" in row and not row["tests"].strip():  # a math row of a mixed table
-                del row["tests"]
-            elif "tests" in row:  # cells are text: the list of tests is written as JSON
+            for key in ("tests", "entry_point", "language"):  # optional: an empty cell is none
+                if key in row and not row[key].strip():  # (tests: a math row of a mixed table)
+                    del row[key]
+            if "tests" in row:  # cells are text: the list of tests is written as JSON
                 try:
                     row["tests"] = json.loads(row["tests"])
                 except json.JSONDecodeError as e:
@@ -207,9 +208,13 @@ def _to_problems(
     for where, default_id, record in records:
         if not isinstance(record, Mapping):
             raise UserError(f"{where}: expected a JSON object, got {_type_name(record)}")
-        if "tests" in record and record["tests"] is None:  # a math row of a mixed file (parquet)
-            record = {k: v for k, v in record.items() if k != "tests"}
+        # a mixed table (parquet, a dataset, JSON with nulls): a math row's tests, entry_point
+        # and language are null, a coding row's answer is
+        record = {k: v for k, v in record.items() if not (
+            v is None and k in ("tests", "entry_point", "language"))}
         has_tests = "tests" in record  # a coding problem: graded by its tests, no answer needed
+        if has_tests and record.get(answer_key, "") is None:
+            record = {k: v for k, v in record.items() if k != answer_key}
         for key in (prompt_key, answer_key):
             if key not in record and not (key == answer_key and has_tests):
                 raise UserError(f"{where}: missing field {key!r}")
