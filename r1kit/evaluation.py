@@ -27,7 +27,7 @@ from r1kit.rewards import code as code_reward
 from r1kit.rewards.accuracy import answer_key
 from r1kit.rewards.extract import extract_answer
 from r1kit.rewards.scoring import RewardSpec, bounded, score
-from r1kit.rollout.hf import sample
+from r1kit.rollout.hf import as_strings, sample
 from r1kit.tasks.base import Problem
 from r1kit.tasks.code import extract_program
 from r1kit.templates import mark_prefill, render_prompt
@@ -108,7 +108,8 @@ def _score_batch(model, tokenizer, problems, start, per_batch, cfg, template, st
     prompts = [render_prompt(p.prompt, template, tokenizer) for p in chunk]
     chunk = [mark_prefill(p, text) for p, text in zip(chunk, prompts)]  # `<think>` in prompt
     ro = sample(model, tokenizer, prompts, cfg.k, max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature, top_p=cfg.top_p, stop=list(stop), generator=gen)
+                temperature=cfg.temperature, top_p=cfg.top_p, stop=as_strings(stop, "stop"),
+                generator=gen)
     per_row = [p for p in chunk for _ in range(cfg.k)]
     passed = _code_passes(ro.texts, per_row)
     answered = [r for r, p in enumerate(per_row) if not code_reward.has_tests(p)]

@@ -49,12 +49,15 @@ def completion_logprobs(
     if not temperature > 0:
         raise ValueError(f"temperature must be more than 0 (the logits are divided by it), got "
                          f"{temperature}")
+    _check_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
     if groups is not None and group_size > 1:
         raise ValueError("pass group_size (contiguous groups) or groups, not both")
     if groups is None and group_size > 1:
         if n % group_size:
             raise ValueError(f"{n} rows are not whole groups of {group_size}")
         groups = torch.arange(n, device=completion_ids.device) // group_size
+    if groups is not None:
+        _check_groups_share_prompts(groups, prompt_ids, prompt_mask)
     one = one_forward(model)
     g = _run_length(groups) if one and groups is not None else 0
     if g > 1 and _packable(model, prompt_mask, completion_mask, g):
@@ -77,6 +80,36 @@ def completion_logprobs(
         with torch.no_grad():
             entropy = -(logp_all.exp() * logp_all).sum(-1)  # (N, T)
     return logprobs, entropy
+
+
+def _check_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask) -> None:
+    """Shapes that agree, rows, and prompts padded on the left (as `sample` makes them): a
+    right-padded prompt's first completion token would be predicted from a padding slot."""
+    if prompt_ids.ndim != 2 or prompt_ids.shape != prompt_mask.shape:
+        raise ValueError(f"prompt_ids {tuple(prompt_ids.shape)} and prompt_mask "
+                         f"{tuple(prompt_mask.shape)} must share one (N, P) shape")
+    if completion_ids.ndim != 2 or completion_ids.shape != completion_mask.shape:
+        raise ValueError(f"completion_ids {tuple(completion_ids.shape)} and completion_mask "
+                         f"{tuple(completion_mask.shape)} must share one (N, T) shape")
+    if prompt_ids.shape[0] != completion_ids.shape[0] or not len(prompt_ids):
+        raise ValueError(f"need as many prompt rows as completion rows, at least one; got "
+                         f"{prompt_ids.shape[0]} and {completion_ids.shape[0]}")
+    if not prompt_mask[:, -1].bool().all():
+        raise ValueError("prompts must be padded on the left (tokenizer.padding_side = 'left'): "
+                         "the last prompt position of every row must be a real token")
+
+
+def _check_groups_share_prompts(groups, prompt_ids, prompt_mask) -> None:
+    """Rows of one group must hold one prompt: its KV cache (or packed row) serves them all."""
+    _, inverse = torch.unique(groups, return_inverse=True)  # (N,) group index of each row
+    rows = torch.arange(len(groups), device=groups.device)
+    first = torch.full((int(inverse.max()) + 1,), len(groups), device=groups.device)
+    first = first.scatter_reduce(0, inverse, rows, "amin")[inverse]  # (N,) its group's first row
+    same = (prompt_ids == prompt_ids[first]) & (prompt_mask == prompt_mask[first])  # (N, P)
+    if not same.all():
+        bad = int((~same.all(-1)).nonzero()[0])
+        raise ValueError(f"row {bad} has another prompt than row {int(first[bad])} of its group "
+                         "(group_size/groups must group rows of one prompt)")
 
 
 def _packed_group_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, g):
@@ -116,7 +149,7 @@ def _packed_group_logits(model, prompt_ids, prompt_mask, completion_ids, complet
                & ((key_seg == 0) | (key_seg == seg[:, :, None])) & (key_seg >= 0))  # (B, L, L)
     allowed |= torch.eye(width, dtype=torch.bool, device=dev)  # padding sees itself: no NaN
     mask = allowed[:, None]  # (B, 1, L, L)
-    if _attn_impl(model) != "sdpa":  # eager adds the mask to the scores
+    if _hf_model(model).config._attn_implementation != "sdpa":  # eager adds the mask to the scores
         dtype = next(model.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill_(
             ~mask, torch.finfo(dtype).min)
@@ -143,15 +176,41 @@ def _packable(model, prompt_mask: torch.Tensor, completion_mask: torch.Tensor, g
     c_len = completion_mask.sum(-1, keepdim=True)  # (N, 1)
     prefix = torch.arange(t, device=completion_mask.device) < c_len
     width = int((prompt_mask[::g].sum(-1) + c_len.view(-1, g).sum(-1)).max())
-    return (_attn_impl(model) in ("sdpa", "eager") and width <= PACK_MAX_WIDTH
+    config = _hf_model(model).config
+    return (config._attn_implementation in ("sdpa", "eager") and width <= PACK_MAX_WIDTH
+            and _packs_exactly(config, width)
             and bool((completion_mask.bool() == prefix).all()))
 
 
-def _attn_impl(model) -> str | None:
-    """The attention implementation of the Hugging Face model inside wrappers (DDP, PEFT)."""
+PACKABLE_MODEL_TYPES = frozenset({
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
+    "gemma3_text", "phi", "phi3", "olmo", "olmo2", "olmo3", "gpt2", "gpt_neox", "gptj", "codegen",
+    "stablelm", "starcoder2", "cohere", "cohere2", "granite", "smollm3", "gpt_oss", "falcon",
+    "opt", "gpt_bigcode", "xglm", "biogpt"})
+"""Architectures whose attention packing reproduces exactly (checked against separate rows):
+positions come from `position_ids` and the only mask is the one passed in. Others take the
+plain path: ALiBi models (Bloom, MPT) ignore `position_ids`, GPT-Neo's local layers and
+chunked attention (Llama 4) mask on their own."""
+
+
+def _packs_exactly(config, width: int) -> bool:
+    """Whether a packed row of `width` tokens attends as the separate rows would: a known
+    architecture, no ALiBi, and no sliding window shorter than the row (the window is counted in
+    packed positions, which span several completions)."""
+    if config.model_type not in PACKABLE_MODEL_TYPES or getattr(config, "alibi", False):
+        return False
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    windowed = (any(t != "full_attention" for t in types) if types
+                else window is not None and getattr(config, "use_sliding_window", True))
+    return not windowed or (window is not None and width <= window)
+
+
+def _hf_model(model):
+    """The Hugging Face model inside wrappers (DDP, PEFT)."""
     while hasattr(model, "module") or hasattr(model, "get_base_model"):
         model = model.module if hasattr(model, "module") else model.get_base_model()
-    return getattr(model.config, "_attn_implementation", None)
+    return model
 
 
 def prefill_groups(model, p_ids: torch.Tensor, p_mask: torch.Tensor, groups: torch.Tensor):
@@ -188,9 +247,8 @@ def _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, comple
 def cache_kwarg(model) -> str:
     """transformers 5 renamed `past_key_values` to `cache`; support both. Wrappers (DDP, PEFT)
     take **kwargs, so the name is read from the Hugging Face model inside."""
-    while hasattr(model, "module") or hasattr(model, "get_base_model"):
-        model = model.module if hasattr(model, "module") else model.get_base_model()
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    forward = _hf_model(model).forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def one_forward(model) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from r1kit.errors import UserError
 
@@ -114,6 +114,12 @@ def load_model(path: str, dtype: str = "float32", device: torch.device | str = "
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     except OSError as e:
         raise UserError(f"{path}: could not load model ({e})") from None
+    except ValueError as e:
+        if "Unrecognized configuration class" not in str(e):
+            raise
+        model_type = AutoConfig.from_pretrained(path).model_type
+        raise UserError(f"{path}: a {model_type!r} model is not a causal (decoder-only) language "
+                        "model, which is what r1kit samples and trains") from None
     except SafetensorError as e:  # a truncated or empty model.safetensors (a copy cut short)
         raise UserError(f"{path}: could not load model: its weights are damaged or truncated "
                         f"({e})") from None

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -46,6 +47,9 @@ def load_trainable(model_cfg, lora_cfg, resume_from: Path | None, device):
     return model, tokenizer
 
 
+_DROPOUT_ATTR = re.compile(r"dropout|pdrop|layerdrop|drop_path")
+
+
 def disable_dropout(model) -> None:
     """Dropout off for RL. The update computes pi_theta in training mode (activation checkpointing
     needs it), while pi_old, the reference and the sampler run without dropout, so dropout would
@@ -57,8 +61,12 @@ def disable_dropout(model) -> None:
             if "lora_dropout" in name and module.p > 0:
                 lora_p.add(module.p)
             module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):  # HF attention layers
-            module.attention_dropout = 0.0
+        # functional dropout reads a float attribute in training mode: `attention_dropout`
+        # (most HF attention), `dropout` (OPT, XGLM, BioGPT), `attn_pdrop` (GPT-BigCode), and
+        # LayerDrop skips whole layers (OPT's `layerdrop`)
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, float) and _DROPOUT_ATTR.search(attr):
+                setattr(module, attr, 0.0)
     if lora_p:
         log.warning("lora.dropout=%s is turned off: RL trains without dropout, which would make "
                     "the importance ratio noise (lora.dropout applies to SFT only)",

@@ -127,6 +127,27 @@ def test_degenerate_inputs_are_clear_errors_and_a_tokenizer_without_pad_works(ti
     with pytest.raises(ValueError, match="temperature must be more than 0"):
         completion_logprobs(model, ro.prompt_ids, ro.prompt_mask, ro.completion_ids,
                             ro.completion_mask, temperature=0.0)
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1"):
+        sample(model, tok, ["1+1"], 2, max_new_tokens=0)
+    args = ro.prompt_ids, ro.prompt_mask, ro.completion_ids, ro.completion_mask
+    # rows in the wrong places would be scored against another prompt, silently
+    right = ro.prompt_mask.flip(-1), ro.prompt_ids.flip(-1)  # as a right-padding tokenizer gives
+    with pytest.raises(ValueError, match="padded on the left"):
+        completion_logprobs(model, right[1], right[0], *args[2:])
+    with pytest.raises(ValueError, match="row 2 has another prompt than row 0 of its group"):
+        completion_logprobs(model, *args, group_size=4)  # two groups of 2, not one of 4
+    with pytest.raises(ValueError, match="row 2 has another prompt than row 0"):
+        completion_logprobs(model, *args, groups=torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="at least one"):
+        completion_logprobs(model, *(a[:0] for a in args))
+    with pytest.raises(ValueError, match="completion_mask"):
+        completion_logprobs(model, *args[:3], ro.completion_mask[:, :-1])
+    # one string is one prompt, one stop string: not a list of characters (`<` would stop)
+    one = sample(model, tok, "Compute 1+2", 3, max_new_tokens=6, stop="</answer>",
+                 generator=torch.Generator().manual_seed(0))
+    listed = sample(model, tok, ["Compute 1+2"], 3, max_new_tokens=6, stop=["</answer>"],
+                    generator=torch.Generator().manual_seed(0))
+    assert one.texts == listed.texts and len(one.texts) == 3
     # top-p keeps the smallest set reaching top_p, as transformers' TopPLogitsWarper does
     logits = torch.tensor([[0.5, 0.25, 0.25]]).log().repeat(2000, 1)
     for top_p, kept in ((0.5, 1), (0.75, 2), (0.76, 3)):  # 0.5 reached by the first token

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
+from r1kit.errors import UserError
 from r1kit.logprobs import cache_kwarg
 
 
@@ -170,22 +171,39 @@ def _sample_next(logits: torch.Tensor, temperature: float, top_p: float, gen):
 
 def _prefill(model, p_ids, p_mask, g: int, capacity: int):
     """Run the B distinct prompts once; return (cache for B*G rows, its kwarg, first logits (N, V),
-    position of the first completion token (N,))."""
+    position of the first completion token (N,), whether the cache is all `_KVBuffer`s)."""
     pos = (p_mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
     out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=pos, use_cache=True,
                 logits_to_keep=1)
     kw = cache_kwarg(model)
-    cache = out[kw]
+    cache = out.get(kw)
     layers = getattr(cache, "layers", None)
-    if layers is not None and all(type(layer) is DynamicLayer for layer in layers):
+    if layers is None or not all(isinstance(layer, DynamicLayer) for layer in layers):
+        kinds = sorted({type(la).__name__ for la in layers or ()} - {"DynamicLayer"}) or ["none"]
+        raise UserError(  # (a state-space or recurrent model: Mamba, RecurrentGemma)
+            f"model type {model.config.model_type!r}: the hf rollout engine needs an attention KV "
+            f"cache in every layer (transformers' DynamicLayer); this model's cache has "
+            f"{', '.join(kinds)}")
+    own = all(type(layer) is DynamicLayer for layer in layers)
+    if own:
         cache.layers = [_KVBuffer(la.keys, la.values, g, capacity) for la in layers]
-    else:  # sliding-window or other layer types: keep transformers' own cache
+    else:  # sliding-window layers keep only their window: transformers' own cache and masks
         cache.batch_repeat_interleave(g)
     logits = out.logits[:, -1].repeat_interleave(g, dim=0)  # (N, V)
-    return cache, kw, logits, pos[:, -1].repeat_interleave(g) + 1
+    return cache, kw, logits, pos[:, -1].repeat_interleave(g) + 1, own
 
 
 @torch.no_grad()
+def as_strings(value, name: str) -> list[str]:
+    """`value` as a list of strings: one string is a list of one (HF's `stop_strings` takes
+    either; `list("</answer>")` would stop at every `<`)."""
+    items = [value] if isinstance(value, str) else list(value)
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise TypeError(f"{name}[{i}] must be a string; got {type(item).__name__}")
+    return items
+
+
 def sample(
     model,
     tokenizer,
@@ -198,27 +216,32 @@ def sample(
     stop: list[str] = (),
     generator: torch.Generator | None = None,
 ) -> Rollouts:
-    """Sample `group_size` completions for each prompt (rows grouped contiguously)."""
+    """Sample `group_size` completions for each prompt (rows grouped contiguously). `prompts`
+    and `stop` are lists of strings; one string is taken as a list of one, not of characters."""
     device = next(model.parameters()).device
     pad = pad_id(tokenizer)
+    prompts, stop = as_strings(prompts, "prompts"), as_strings(stop, "stop")
     if not prompts or group_size < 1:
         raise ValueError(f"need at least one prompt and group_size >= 1; got {len(prompts)} "
                          f"prompts, group_size={group_size}")
-    ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1; got {max_new_tokens}")
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     if not all(ids):
         raise ValueError(f"prompt {[len(i) for i in ids].index(0)} has no tokens")
     P = max(map(len, ids))  # left-padded here, so a tokenizer without a pad token works too
     p_ids = torch.tensor([[pad] * (P - len(i)) + i for i in ids], device=device)  # (B, P)
     p_mask = torch.tensor([[0] * (P - len(i)) + [1] * len(i) for i in ids], device=device)
     T = max_new_tokens
-    cache, cache_kw, logits, pos = _prefill(model, p_ids, p_mask, group_size, P + T)
+    cache, cache_kw, logits, pos, own_cache = _prefill(model, p_ids, p_mask, group_size, P + T)
 
     n, vocab = len(prompts) * group_size, logits.shape[-1]
     eos = torch.zeros(max(vocab, len(tokenizer)), dtype=torch.bool, device=device)  # (V,)
     eos[end_ids(model, tokenizer)] = True
-    hits_stop = _StopChecker(tokenizer, list(stop), vocab)
+    hits_stop = _StopChecker(tokenizer, stop, vocab)
     enders = hits_stop.enders.to(device) if hits_stop.enders is not None else None
-    if model.config._attn_implementation == "sdpa":  # a ready 4D mask skips mask building
+    if model.config._attn_implementation == "sdpa" and own_cache:  # a ready 4D mask skips
+        # mask building (a sliding-window layer's cache is shorter than the mask: a 2D one then)
         attn = torch.ones(n, 1, 1, P + T, dtype=torch.bool, device=device)  # (N, 1, 1, P+T)
         attn[:, 0, 0, :P] = p_mask.bool().repeat_interleave(group_size, dim=0)
     else:  # e.g. eager or flash attention: a 2D padding mask, preallocated, sliced per step

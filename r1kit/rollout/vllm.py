@@ -43,7 +43,7 @@ import urllib.request
 import torch
 
 from r1kit.errors import UserError
-from r1kit.rollout.hf import Rollouts, _cut_at_stop, pad_id
+from r1kit.rollout.hf import Rollouts, _cut_at_stop, as_strings, pad_id
 
 _PREFIXES = ("module.", "_orig_mod.", "base_model.model.")  # DDP, torch.compile, PEFT
 
@@ -185,7 +185,7 @@ class VLLMColocated:
         # shared seed would give every prompt's j-th completion the same random draws
         params = [SamplingParams(**sampling_kwargs(
             group_size, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            stop=list(stop), seed=None if seed is None else seed + i * group_size),
+            stop=as_strings(stop, "stop"), seed=None if seed is None else seed + i * group_size),
             **({"logprobs": 0} if self.logprobs else {}))
             for i in range(len(prompts))]
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -198,7 +198,7 @@ class VLLMColocated:
             lps = [[[pos[t].logprob for pos, t in zip(c.logprobs, c.token_ids)]
                     for c in o.outputs] for o in outs]
         return to_rollouts(ids, groups, group_size, pad_id=pad_id(tokenizer),
-                           tokenizer=tokenizer, stop=list(stop), logprobs=lps)
+                           tokenizer=tokenizer, stop=as_strings(stop, "stop"), logprobs=lps)
 
     @torch.no_grad()
     def sync(self, policy) -> None:
@@ -240,7 +240,7 @@ class VLLMServer:
                top_p=1.0, stop=(), generator=None) -> Rollouts:
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         kw = sampling_kwargs(group_size, max_new_tokens=max_new_tokens, temperature=temperature,
-                             top_p=top_p, stop=list(stop))
+                             top_p=top_p, stop=as_strings(stop, "stop"))
         kw["top_k"] = 0  # the OpenAI server's "no top-k"
         if self.served is None:  # the name it serves the model under, not our local path
             models = self._request("/v1/models").get("data") or [{"id": self.model_name}]
@@ -258,7 +258,7 @@ class VLLMServer:
             lps = [[(c.get("logprobs") or {}).get("token_logprobs") or [] for c in cs]
                    for cs in per_prompt]
         return to_rollouts(ids, groups, group_size, pad_id=pad_id(tokenizer),
-                           tokenizer=tokenizer, stop=list(stop), logprobs=lps)
+                           tokenizer=tokenizer, stop=as_strings(stop, "stop"), logprobs=lps)
 
     @torch.no_grad()
     def sync(self, policy) -> None:
