@@ -307,6 +307,10 @@ FIXED_ON_RESUME = {
     SampleConfig: ("run.seed", "model.*", "data.*", "rollout.*", "sample.*"),
 }
 PATHS = ("model.path", "data.source", "data.train_file", "data.eval_source")
+EVAL_SETTINGS = ("eval.k", "eval.temperature", "eval.top_p", "eval.num_problems",
+                 "eval.max_new_tokens")
+"""What the evaluation before training (and every one since) was made with: the run's
+before/after comparison and its curve need the same on resume."""
 
 
 def config_changes(recorded: dict, cfg, prefix: str = "") -> dict[str, tuple]:
@@ -344,6 +348,14 @@ def check_resume_config(cfg, recorded: dict | None, where: Path, saved: Path) ->
                         f"change {them}: what it resumes (weights, optimizer state, data order, "
                         f"sampled batches, random streams) was made with {them}; put {them} back, "
                         "or start a new run")
+    evals = [k for k in changes if k in EVAL_SETTINGS and isinstance(cfg, (ZeroConfig, SFTConfig))]
+    if evals:
+        them = "it" if len(evals) == 1 else "them"
+        raise UserError(f"{saved}: {shown(evals)} since {where} was written; a resumed run cannot "
+                        f"change {them}: the evaluations so far, the one before training "
+                        f"included, were made with {them}, and the run compares its final model "
+                        f"with them; put {them} back (evaluate with other settings with "
+                        "`r1kit eval`)")
     if changes:
         log.warning(f"{saved}: changed since {where}: {shown(changes)}")
     moved = [k for k in changes if k in PATHS]

@@ -140,6 +140,20 @@ def test_pipeline_runs_every_stage_and_resumes_after_interruptions(
     assert [m.split(",")[0] for m in missed] == [
         "01-zero was started before pipeline.zero_steps 2 -> 3"]
     assert calls == {"rl": 4, "sft": 3, "sample": 2}
+    assert "evaluated again" not in caplog.text  # the table's evaluations are reused
+
+    # Other evaluation settings: the table is made again, every row with them, not mixed.
+    saved["eval"]["temperature"] = 1.0
+    (root / "config.yaml").write_text(yaml.safe_dump(saved))
+    stamp = (root / "eval" / "Base.jsonl").stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="r1kit"):
+        assert cli(["pipeline", "--resume", str(root)]) == 0
+    assert "(eval.temperature 0.6 -> 1.0): every checkpoint is evaluated again" in caplog.text
+    assert (root / "eval" / "Base.jsonl").stat().st_mtime_ns != stamp
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["eval_settings"]["eval"]["temperature"] == 1.0
+    assert "T = 1.0" in (root / "pipeline.md").read_text()
 
 
 def test_empty_sampled_dataset_is_a_clear_error(tmp_path):

@@ -49,13 +49,13 @@ def test_resume_logs_the_keys_changed_since_the_checkpoint(tmp_path, tiny, caplo
     run = _run(tmp_path)
     ckpt.save_checkpoint(run.path, 1, *tiny, {}, config_text=run.config_text)
     _edit(run.path, "rl", "steps", 600)
-    _edit(run.path, "eval", "k", 8)
+    _edit(run.path, "eval", "every", 8)
     with caplog.at_level(logging.WARNING, logger="r1kit"):
         resumed = RunFolder.open(run.cfg, "zero", str(run.path))
     assert resumed.cfg.rl.steps == 600
     said = [r.getMessage() for r in caplog.records if "changed since" in r.getMessage()]
     where = run.path / "checkpoints" / "step-000001"
-    changes = "rl.steps 300 -> 600, eval.k 4 -> 8"
+    changes = "rl.steps 300 -> 600, eval.every 50 -> 8"
     assert said == [f"{run.path / 'config.yaml'}: changed since {where}: {changes}"]
     # the next checkpoint records the new config: nothing changed since it
     ckpt.save_checkpoint(run.path, 2, *tiny, {}, config_text=resumed.config_text)
@@ -88,6 +88,21 @@ def test_resume_refuses_a_change_it_cannot_continue_with(tmp_path, tiny, cls, st
     assert message.startswith(f"{run.path / 'config.yaml'}: {section}.{key} ")
     assert "checkpoints/step-000002" in message and "start a new run" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("cls, stage, key, value", [
+    (ZeroConfig, "zero", "k", 8), (ZeroConfig, "zero", "temperature", 1.0),
+    (ZeroConfig, "zero", "num_problems", 50), (SFTConfig, "sft", "max_new_tokens", 32),
+])
+def test_resume_refuses_other_evaluation_settings(tmp_path, tiny, cls, stage, key, value):
+    """The base model was evaluated with them: a final eval with others would be compared with
+    it under one caption (eval.k crashed the run's end, leaving the last final/ and summary)."""
+    run = _run(tmp_path, cls, stage, *([] if cls is ZeroConfig else ["data.train_file=x.jsonl"]))
+    ckpt.save_checkpoint(run.path, 2, *tiny, {}, config_text=run.config_text)
+    _edit(run.path, "eval", key, value)
+    with pytest.raises(UserError, match=f"config.yaml: eval.{key} .* the evaluations so far, "
+                                        "the one before training included, were made with it"):
+        RunFolder.open(run.cfg, stage, str(run.path))
 
 
 def test_changes_a_resume_takes(tmp_path, tiny):

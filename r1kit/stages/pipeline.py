@@ -141,7 +141,7 @@ def main(cfg: PipelineConfig, resume: str | None = None) -> dict:
     # ---------------------------------------------------------------- per-stage table
     t_eval = time.time()
     rows = evaluate_checkpoints(cfg, run, manifest)
-    result = {"num_problems": cfg.eval.num_problems, "k": cfg.eval.k,
+    result = {"num_problems": len(_heldout(cfg)), "k": cfg.eval.k,
               "stage_seconds": {n: s["seconds"] for n, s in manifest["stages"].items()},
               "table_eval_seconds": round(time.time() - t_eval, 1),
               "seconds_this_invocation": round(time.time() - t_start, 1), "rows": rows}
@@ -429,9 +429,21 @@ def _heldout(cfg: PipelineConfig) -> list:
 
 
 def evaluate_checkpoints(cfg: PipelineConfig, run: RunFolder, manifest: dict) -> list[dict]:
-    """One table row per checkpoint, each evaluated once (recorded in the manifest)."""
+    """One table row per checkpoint, each evaluated once (recorded in the manifest), all with
+    the same settings: when they were edited since, every checkpoint is evaluated again."""
     problems = _heldout(cfg)
     device = pick_device(cfg.run.device)
+    settings = {"eval": {k: getattr(cfg.eval, k) for k in
+                         ("k", "temperature", "top_p", "num_problems", "max_new_tokens")},
+                "data": {k: getattr(cfg.data, k) for k in ("eval_source", "template")}}
+    before = manifest.setdefault("eval_settings", settings)  # (older manifests: as they are)
+    if before != settings and manifest["evals"]:
+        edits = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in config_changes(
+            before, cfg).items())
+        log.warning(f"the evaluation settings changed since the table's evaluations ({edits}): "
+                    "every checkpoint is evaluated again")
+        manifest["evals"] = {}
+    manifest["eval_settings"] = settings
     for label, folder in checkpoints(cfg):
         if label in manifest["evals"]:
             continue
