@@ -114,6 +114,15 @@ def test_bootstrap_ci_contains_mean_and_shrinks_with_more_problems():
     assert bootstrap_ci([0.25]) == (0.25, 0.25)
 
 
+def test_all_right_or_all_wrong_problems_get_the_wilson_interval_not_a_point():
+    # 10 of 10 right: the rate is not certainly 1 (the bootstrap said [1, 1])
+    low, high = bootstrap_ci([1.0] * 10)
+    assert high == 1.0 and low == pytest.approx(10 / (10 + 1.959964**2), abs=1e-6)
+    low, high = bootstrap_ci([0.0] * 200)
+    assert low == 0.0 and high == pytest.approx(1.959964**2 / (200 + 1.959964**2), abs=1e-6)
+    assert bootstrap_ci([1.0])[0] < 0.3  # one problem says little
+
+
 @pytest.mark.parametrize("kwargs", [{"n_boot": 0}, {"alpha": 0.0}, {"alpha": 1.0}])
 def test_bootstrap_ci_validates(kwargs):
     with pytest.raises(ValueError):
