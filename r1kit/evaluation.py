@@ -139,8 +139,11 @@ def _score_batch(model, tokenizer, problems, start, per_batch, cfg, template, st
             "tokens": [ro.num_tokens[r] for r in rows],
             "truncated": [ro.truncated[r] for r in rows],
             "texts": [ro.texts[r] for r in rows],
+            # the first completion (what reports show), then all k, so that pass@1, pass@k and
+            # cons@k can be recomputed from the file
             "sample": {"id": p.id, "answer": p.answer, "completion": ro.texts[i * cfg.k],
-                       "correct": hits[0]},
+                       "correct": hits[0], "completions": [ro.texts[r] for r in rows],
+                       "correct_each": [bool(h) for h in hits], "voted": voted},
         })
     return records
 

@@ -176,3 +176,23 @@ def test_comparison_labels_name_the_run_and_list_differing_templates(tmp_path):
     write_comparison(tmp_path, "c", "T", rows, EvalConfig(), 2)
     assert "Prompt templates: a: r1_zero, b: chat." in (tmp_path / "c.md").read_text()
 
+
+
+def test_an_evaluations_samples_hold_every_completion_so_its_rates_can_be_recomputed(tiny_base):
+    import numpy as np
+
+    from r1kit.config import EvalConfig
+    from r1kit.evaluation import evaluate
+    from r1kit.models import load_model
+    from r1kit.tasks.arithmetic import sample_problems
+
+    model, tok = load_model(tiny_base)
+    res = evaluate(model, tok, sample_problems(6, "heldout", 0),
+                   EvalConfig(k=3, max_new_tokens=24, temperature=1.0), seed=1)
+    assert len(res.samples) == 6
+    each = np.array([s["correct_each"] for s in res.samples], dtype=float)  # (problems, k)
+    assert each.shape == (6, 3) and all(len(s["completions"]) == 3 for s in res.samples)
+    assert each.mean() == pytest.approx(res.pass1)
+    assert each.max(axis=1).mean() == pytest.approx(res.pass_k)
+    assert np.mean([s["voted"] for s in res.samples]) == pytest.approx(res.cons_k)
+    assert all(s["completion"] == s["completions"][0] for s in res.samples)
