@@ -304,6 +304,7 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     if stopped is None and saved_at != state["step"]:  # (writing it again only risks it)
         _save(run, state, policy, tokenizer, opt, sched, gen, ref, d)
     final = evaluate_now("final") if stopped is None else {}
+    state["wall_seconds"] = time.time() - t_start  # the whole run, its evaluations included
     summary = _summary(state, final, cfg.eval.k, stopped)
     if stopped is None:  # a plain HF folder: LoRA merged (and final-adapter/), FSDP gathered
         trainable.save_final(policy, tokenizer, run.path / "final", d)
