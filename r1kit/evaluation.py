@@ -73,7 +73,8 @@ def evaluate(
     stop: list[str] = ("</answer>",), seed: int = 0, part: tuple[int, int] = (0, 1),
     gather=None,
 ) -> EvalResult:
-    """Sample `cfg.k` completions per problem and score them.
+    """Sample `cfg.k` completions per problem of `problems` (all of them: `cfg.num_problems` is
+    for the callers that choose them) and score them.
 
     Over several processes, `part=(rank, world)` makes this one sample batches rank, rank +
     world, ... (as many batches as one process makes, rounded up to a multiple of `world` and
