@@ -26,10 +26,11 @@ from r1kit.tasks.base import Problem
 
 def evaluate_row(label: str, path: str, problems: list[Problem], cfg: EvalConfig, *,
                  dtype: str = "float32", device="cpu", template: str = "r1_zero",
-                 stop: list[str] = ("</answer>",), seed: int = 0) -> tuple[dict, list[dict]]:
+                 stop: list[str] = ("</answer>",), seed: int = 0, attn: str = "auto"
+                 ) -> tuple[dict, list[dict]]:
     """(table row, first sample of each problem) of the model at `path`."""
     t0 = time.time()
-    model, tokenizer = load_model(path, dtype, device)
+    model, tokenizer = load_model(path, dtype, device, attn)
     res = evaluate(model, tokenizer, problems, cfg, template=template, stop=list(stop), seed=seed)
     per_row = [problems[i // res.k] for i in range(len(res.completions))]
     fmt, summary = get_reward("format"), get_reward("summary_format")

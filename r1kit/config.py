@@ -116,6 +116,9 @@ class RunConfig(_Checked):
     )
 
 
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3")
+
+
 @dataclass(frozen=True)
 class ModelConfig(_Checked):
     path: str = opt("builtin", "HF model name or folder; 'builtin' = the built-in tiny base model")
@@ -125,6 +128,10 @@ class ModelConfig(_Checked):
     gradient_checkpointing: bool = opt(
         False, "recompute activations in backward: less memory, ~30% more compute (training stages)"
     )
+    attn_implementation: str = opt(
+        "auto", "attention kernel: auto (transformers' choice: SDPA where the model has it, else "
+        "eager) | sdpa | eager | flash_attention_2 | flash_attention_3 (pip install flash-attn; "
+        "CUDA)", choices=ATTENTION)
 
     def __post_init__(self):
         super().__post_init__()

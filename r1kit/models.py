@@ -89,16 +89,18 @@ def check_trainable_dtype(name: str, key: str = "model.dtype") -> None:
                         "that have it) or float32")
 
 
-def load_model(path: str, dtype: str = "float32", device: torch.device | str = "cpu"):
+def load_model(path: str, dtype: str = "float32", device: torch.device | str = "cpu",
+               attn: str = "auto"):
     """(model, tokenizer) from a hub name or a local folder, ready for sampling and training; a
-    LoRA adapter folder (a LoRA run's `final-adapter/`) comes merged into its base model."""
+    LoRA adapter folder (a LoRA run's `final-adapter/`) comes merged into its base model. `attn`
+    is the attention implementation (`model.attn_implementation`; auto: transformers' choice)."""
     if not str(path).strip():
         raise UserError("the model path is empty: give a model folder, a hub name or builtin")
     path = resolve_model_path(path)
     torch_dtype = resolve_dtype(dtype, device)
     local = Path(path).expanduser()
     if (local / "adapter_config.json").is_file() and not (local / "config.json").is_file():
-        return _load_adapter(local, dtype, device)
+        return _load_adapter(local, dtype, device, attn)
     in_folder = is_local_path(path)
     if in_folder and not local.exists():  # not a hub name: no minute of retries
         hub = (f" (taken for a local path because ./{path.split('/')[0]} exists; for the hub's "
@@ -111,10 +113,14 @@ def load_model(path: str, dtype: str = "float32", device: torch.device | str = "
         path = str(local.expanduser().resolve())
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    except OSError as e:
+        kw = {} if attn == "auto" else {"attn_implementation": attn}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kw)
+    except (OSError, ImportError) as e:  # (ImportError: flash-attn is not installed)
         raise UserError(f"{path}: could not load model ({e})") from None
     except ValueError as e:
+        if attn != "auto" and "attn" in str(e).lower():  # the model has no such kernel
+            raise UserError(f"{path}: model.attn_implementation={attn}: "
+                            f"{' '.join(str(e).split())[:300]}") from None
         if "Unrecognized configuration class" not in str(e):
             raise
         model_type = AutoConfig.from_pretrained(path).model_type
@@ -137,7 +143,7 @@ def is_local_path(path: str) -> bool:
             or (path.count("/") == 1 and p.parent.is_dir()))
 
 
-def _load_adapter(folder: Path, dtype: str, device):
+def _load_adapter(folder: Path, dtype: str, device, attn: str = "auto"):
     try:
         from peft import PeftModel
     except ImportError:
@@ -150,7 +156,7 @@ def _load_adapter(folder: Path, dtype: str, device):
     if not Path(base_path).expanduser().is_absolute() and (folder / base_path).is_dir():
         base_path = str(folder / base_path)  # relative to the adapter, not to where we run
     try:
-        base, _ = load_model(base_path, dtype, "cpu")
+        base, _ = load_model(base_path, dtype, "cpu", attn)
     except UserError as e:
         raise UserError(f"{adapter}: its base model {base_path!r}: {e}") from None
     tokenizer = AutoTokenizer.from_pretrained(folder)

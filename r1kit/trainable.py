@@ -37,10 +37,12 @@ def load_trainable(model_cfg, lora_cfg, resume_from: Path | None, device):
     adapters (new, or the checkpoint's) and activation checkpointing as configured."""
     check_trainable_dtype(model_cfg.dtype)
     if resume_from is not None and lora.has_adapter(resume_from):
-        base, tokenizer = load_model(model_cfg.path, model_cfg.dtype, device)
+        base, tokenizer = load_model(model_cfg.path, model_cfg.dtype, device,
+                                     model_cfg.attn_implementation)
         model = lora.load_adapter(base, resume_from)
     else:
-        model, tokenizer = load_model(str(resume_from or model_cfg.path), model_cfg.dtype, device)
+        model, tokenizer = load_model(str(resume_from or model_cfg.path), model_cfg.dtype, device,
+                                      model_cfg.attn_implementation)
         model = lora.apply(model, lora_cfg)
     if model_cfg.gradient_checkpointing:
         memory.enable_gradient_checkpointing(model)

@@ -117,3 +117,18 @@ def test_models_that_cannot_be_sampled_say_why(tmp_path):
     mamba, tok = _load(_random(tmp_path, "mamba", "eager", state_size=8, expand=2), "eager")
     with pytest.raises(UserError, match="needs an attention KV cache in every layer"):
         sample(mamba, tok, PROMPTS[:1], 2, max_new_tokens=4)
+
+
+def test_the_attention_implementation_is_a_setting(tiny_base, tmp_path):
+    from r1kit.cli import main as cli
+
+    model, _ = load_model(tiny_base, attn="eager")
+    assert model.config._attn_implementation == "eager"
+    assert load_model(tiny_base)[0].config._attn_implementation == "sdpa"  # auto
+    with pytest.raises(UserError, match="FlashAttention2"):  # no flash-attn here: one line
+        load_model(tiny_base, attn="flash_attention_2")
+    assert cli(["eval", "--model", tiny_base, "--set", "model.attn_implementation=eager",
+                "--set", "eval.num_problems=2", "--set", "eval.k=1",
+                "--set", "eval.max_new_tokens=4", "--out", str(tmp_path / "ev")]) == 0
+    assert cli(["zero", "--set", "model.attn_implementation=flash", "--set",
+                f"run.out_dir={tmp_path}"]) == 2

@@ -53,7 +53,8 @@ def main(cfg: EvalStageConfig, models: list[str] | None = None, out: str | None 
     path = resolve_source(cfg.model.path)
     template = cfg.data.template if template_given else _trained_template(path, cfg.data.template)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, template=template))
-    model, tokenizer = load_model(path, cfg.model.dtype, pick_device(cfg.run.device))
+    model, tokenizer = load_model(path, cfg.model.dtype, pick_device(cfg.run.device),
+                                  cfg.model.attn_implementation)
     check_template(cfg.data.template, tokenizer, f"{cfg.model.path}: data.template")
     if out:  # the summary and samples go to OUT instead of a new run folder
         run = RunFolder(_out_folder(out), cfg, resumed=False)
@@ -112,7 +113,8 @@ def compare(cfg: EvalStageConfig, models: list[str], out: str | None = None,
               f"template {template}", file=sys.stderr)  # progress; stdout holds the table
         row, _ = evaluate_row(label, resolve_model_path(path), problems, cfg.eval,
                               dtype=cfg.model.dtype, device=device, template=template,
-                              stop=cfg.rollout.stop, seed=cfg.run.seed)
+                              stop=cfg.rollout.stop, seed=cfg.run.seed,
+                              attn=cfg.model.attn_implementation)
         rows.append(row)
     table = write_comparison(run_path, "comparison", "Model comparison", rows, cfg.eval,
                              len(problems), extra={"problems": cfg.data.eval_source or

@@ -449,7 +449,7 @@ def evaluate_checkpoints(cfg: PipelineConfig, run: RunFolder, manifest: dict) ->
             continue
         path = cfg.model.path if folder is None else str(run.path / folder / "final")
         print(f"[pipeline] evaluating {label} ({path}) on {len(problems)} held-out problems")
-        model, tokenizer = load_model(path, cfg.model.dtype, device)
+        model, tokenizer = load_model(path, cfg.model.dtype, device, cfg.model.attn_implementation)
         res = evaluate(model, tokenizer, problems, cfg.eval, template=cfg.data.template,
                        stop=cfg.rollout.stop, seed=cfg.run.seed)
         run.write_jsonl(f"eval/{label}.jsonl", res.samples)

@@ -95,7 +95,8 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
         torch.set_num_threads(cfg.run.threads)
     device = pick_device(cfg.run.device)
     with run.discarded_on_error():
-        model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, device)
+        model, tokenizer = load_model(cfg.model.path, cfg.model.dtype, device,
+                                      cfg.model.attn_implementation)
         check_template(cfg.data.template, tokenizer)
     s, ro_cfg = cfg.sample, cfg.rollout
     G = s.samples_per_prompt
