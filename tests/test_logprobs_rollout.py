@@ -148,6 +148,7 @@ def test_degenerate_inputs_are_clear_errors_and_a_tokenizer_without_pad_works(ti
     listed = sample(model, tok, ["Compute 1+2"], 3, max_new_tokens=6, stop=["</answer>"],
                     generator=torch.Generator().manual_seed(0))
     assert one.texts == listed.texts and len(one.texts) == 3
+    assert not one.logprobs.requires_grad  # sampling keeps no autograd graph (its memory)
     # top-p keeps the smallest set reaching top_p, as transformers' TopPLogitsWarper does
     logits = torch.tensor([[0.5, 0.25, 0.25]]).log().repeat(2000, 1)
     for top_p, kept in ((0.5, 1), (0.75, 2), (0.76, 3)):  # 0.5 reached by the first token

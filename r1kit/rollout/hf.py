@@ -193,7 +193,6 @@ def _prefill(model, p_ids, p_mask, g: int, capacity: int):
     return cache, kw, logits, pos[:, -1].repeat_interleave(g) + 1, own
 
 
-@torch.no_grad()
 def as_strings(value, name: str) -> list[str]:
     """`value` as a list of strings: one string is a list of one (HF's `stop_strings` takes
     either; `list("</answer>")` would stop at every `<`)."""
@@ -204,6 +203,7 @@ def as_strings(value, name: str) -> list[str]:
     return items
 
 
+@torch.no_grad()
 def sample(
     model,
     tokenizer,
