@@ -17,7 +17,7 @@ data for "mixed languages"; how words are tokenized and what the target language
   $2 \cdot 2 = 4$` is all Russian, `θ = π/4, since sin θ` all English. (Single Cyrillic letters,
   the words `в`, `и`, `с`, do count.)
 - a word's language is its script: Latin "en", Cyrillic "ru", CJK ideographs "zh", Hangul "ko",
-  kana "ja" (and in a text that has kana, its ideographs are Japanese kanji, "ja" too); any
+  kana "ja" (and in a text written with kana, its ideographs are Japanese kanji, "ja" too); any
   other script (a Greek word such as `αβ` included) or several scripts in one word is "other". This tells
   English from Russian and Chinese, which is what the built-in task mixes, but not English from
   French. For that, `lingua_labeler()` asks the lingua library about Latin-script words (where
@@ -234,7 +234,7 @@ def detect_word_language(word: str) -> str:
 
 def script_labels(text: str) -> list[str]:
     """The default labeler: `detect_word_language` of each word of `text`; ideographs are "ja"
-    in a text that has kana (Chinese is written without any).
+    in a text written with kana (`KANA_SHARE`; Chinese has none, but may quote a Japanese word).
 
     >>> script_labels("答案は46です"), script_labels("答案是46")
     (['ja', 'ja', 'ja', 'ja'], ['zh', 'zh', 'zh'])
@@ -242,9 +242,18 @@ def script_labels(text: str) -> list[str]:
     return _kanji([detect_word_language(w) for w in words(text)])
 
 
+KANA_SHARE = 0.1
+"""Ideographs are Japanese kanji where kana words are at least this share of a text's kana and
+ideograph words: Japanese prose has a kana particle every few kanji (`二次方程式の解を求める`:
+0.3), while Chinese quoting a Japanese name (「なな」) has one in dozens of ideographs."""
+
+
 def _kanji(labels: list[str]) -> list[str]:
-    """A text's word labels with its ideographs "ja" if it has kana (`script_labels`)."""
-    return ["ja" if label == "zh" else label for label in labels] if "ja" in labels else labels
+    """A text's word labels with its ideographs "ja" if it is written with kana (`KANA_SHARE`)."""
+    kana, ideographs = labels.count("ja"), labels.count("zh")
+    if not kana or kana < KANA_SHARE * (kana + ideographs):
+        return labels
+    return ["ja" if label == "zh" else label for label in labels]
 
 
 SCRIPT_LANGUAGES = ("en", "ru", "zh", "ko", "ja")

@@ -131,6 +131,11 @@ def test_korean_and_japanese_reasoning_is_measured_against_its_prompt():
     ja = Problem("p", "47と8の和を計算してください", "55")
     assert reasoning_share("<think> 47と8を足すと55です </think>", ja) == 1.0
     assert reasoning_share("<think> 47加8等于55 </think>", ja) == 0.0  # Chinese
+    # one kana word does not make Chinese Japanese: a quoted name, or a switch after one word
+    zh = Problem("p", "计算四十七加八的和", "55")
+    quoting = "<think> 我们先把四十七和八相加，就像书里说的「なな」一样，结果是五十五 </think>"
+    assert reasoning_share(quoting, zh) == pytest.approx(25 / 26)  # all but the quoted word
+    assert reasoning_share("<think> まず、我们来计算一下四十七加八等于五十五 </think>", ja) < 0.1
 
 
 @pytest.mark.parametrize(
