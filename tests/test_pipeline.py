@@ -137,8 +137,7 @@ def test_pipeline_runs_every_stage_and_resumes_after_interruptions(
     with caplog.at_level(logging.WARNING, logger="r1kit"):
         assert cli(["pipeline", "--resume", str(root)]) == 0
     missed = [r.getMessage() for r in caplog.records if "do not reach" in r.getMessage()]
-    assert [m.split(",")[0] for m in missed] == [
-        "01-zero was started before pipeline.zero_steps 2 -> 3"]
+    assert [m.split(",")[0] for m in missed] == ["01-zero started before pipeline.zero_steps 2 -> 3"]
     assert calls == {"rl": 4, "sft": 3, "sample": 2}
     assert "evaluated again" not in caplog.text  # the table's evaluations are reused
 
@@ -150,6 +149,10 @@ def test_pipeline_runs_every_stage_and_resumes_after_interruptions(
     with caplog.at_level(logging.WARNING, logger="r1kit"):
         assert cli(["pipeline", "--resume", str(root)]) == 0
     assert "(eval.temperature 0.6 -> 1.0): every checkpoint is evaluated again" in caplog.text
+    assert "zero_steps" not in caplog.text  # said once, on the resume after that edit
+    [missed] = [r.getMessage() for r in caplog.records if "do not reach" in r.getMessage()]
+    assert missed.startswith(  # (the sampling stages do not evaluate)
+        "01-zero, 03-dev1, 04-dev2, 06-dev3, 07-r1 started before eval.temperature 0.6 -> 1.0")
     assert (root / "eval" / "Base.jsonl").stat().st_mtime_ns != stamp
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["eval_settings"]["eval"]["temperature"] == 1.0
@@ -282,24 +285,25 @@ def test_an_edit_that_cannot_reach_a_started_stage_is_said(tmp_path, monkeypatch
     started_with = to_dict(cfg)
     root = Path("p")
 
-    def said(edits: list[str]) -> list[str]:
-        caplog.clear()
+    def missed(edits: list[str]) -> list[str]:
         edited = load_config(PipelineConfig, None, ["pipeline.reasoning_rl_steps=100", *edits])
-        with caplog.at_level(logging.WARNING, logger="r1kit"):
-            pipeline.warn_if_started_otherwise("04-dev2", edited, started_with, root, False)
-        return [r.getMessage() for r in caplog.records]
+        return pipeline.missed_edits("04-dev2", edited, started_with, root, False)
 
-    assert said([]) == []
-    assert said(["pipeline.final_rl_steps=20", "pipeline.zero_steps=7"]) == []  # other stages'
-    [message] = said(["pipeline.reasoning_rl_steps=200", "pipeline.final_rl_steps=20"])
-    assert message.startswith("04-dev2 was started before pipeline.reasoning_rl_steps 100 -> 200,"
-                              " which do not reach it: a started stage goes on with its own "
-                              f"{root / '04-dev2' / 'config.yaml'}")
-    assert "final_rl_steps" not in message
-    [message] = said(["rl.lr=5e-5"])  # a setting every RL stage takes
-    assert "rl.lr 0.0001 -> 5e-05" in message
+    assert missed([]) == []
+    assert missed(["pipeline.final_rl_steps=20", "pipeline.zero_steps=7"]) == []  # other stages'
+    assert missed(["pipeline.reasoning_rl_steps=200", "pipeline.final_rl_steps=20"]) == [
+        "pipeline.reasoning_rl_steps 100 -> 200"]
+    assert missed(["rl.lr=5e-5"]) == ["rl.lr 0.0001 -> 5e-05"]  # a setting every RL stage takes
+    # two edits valid only together: each is reported, neither alone is built (it was an error)
+    assert missed(["rl.lr=5e-6", "rl.min_lr=1e-6"]) == ["rl.lr 0.0001 -> 5e-06",
+                                                        "rl.min_lr 0.0 -> 1e-06"]
     # a pipeline folder of an earlier r1kit (nothing recorded): nothing to compare with
     edited = load_config(PipelineConfig, None, ["pipeline.reasoning_rl_steps=200"])
-    caplog.clear()
-    pipeline.warn_if_started_otherwise("04-dev2", edited, None, root, False)
-    assert not caplog.records
+    assert pipeline.missed_edits("04-dev2", edited, None, root, False) == []
+    # one warning for the stages the same edits miss
+    with caplog.at_level(logging.WARNING, logger="r1kit"):
+        pipeline.warn_missed({"01-zero": ["rl.lr 1 -> 2"], "04-dev2": ["rl.lr 1 -> 2"]}, root)
+    [message] = [r.getMessage() for r in caplog.records]
+    assert message.startswith("01-zero, 04-dev2 started before rl.lr 1 -> 2, which do not reach "
+                              "them: a started stage goes on with their own config.yaml "
+                              f"({root / '01-zero' / 'config.yaml'}, ")

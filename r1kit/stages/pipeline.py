@@ -118,10 +118,14 @@ def main(cfg: PipelineConfig, resume: str | None = None) -> dict:
 
     # ---------------------------------------------------------------- stages
     stages = all_stage_configs(cfg, run.path, programs)
+    started = manifest.setdefault("started", {})
+    missed = {name: edits for name in stages if (run.path / name / "config.yaml").is_file()
+              and (edits := missed_edits(name, cfg, started.get(name), run.path, programs))}
+    if missed:  # said once: these settings are the stages' record from now on
+        warn_missed(missed, run.path)
+        started.update(dict.fromkeys(missed, to_dict(cfg)))
+        run.write_json("manifest.json", manifest)
     for name, (kind, stage_cfg) in stages.items():
-        started = manifest.setdefault("started", {})
-        if (run.path / name / "config.yaml").is_file():  # started by an earlier invocation
-            warn_if_started_otherwise(name, cfg, started.get(name), run.path, programs)
         if name in manifest["stages"]:
             print(f"[pipeline] {name}: finished earlier, skipped")
             continue
@@ -271,31 +275,45 @@ def all_stage_configs(cfg: PipelineConfig, root: Path, programs: bool
     return {**stage_configs(cfg, root, programs=programs), **distill_stage_config(cfg, root)}
 
 
-def warn_if_started_otherwise(name: str, cfg: PipelineConfig, started_with: dict | None,
-                              root: Path, programs: bool) -> None:
-    """A stage started earlier goes on with (or was made with) its own config.yaml: say which
-    edits of the pipeline's config.yaml since it started (`started_with`, the pipeline's
-    settings then) would have changed it, and so do not reach it. Edits of the stage's own
-    config.yaml are the stage's business (its resume checks them)."""
+def missed_edits(name: str, cfg: PipelineConfig, started_with: dict | None, root: Path,
+                 programs: bool) -> list[str]:
+    """The edits of the pipeline's config.yaml since stage `name` started (`started_with`: the
+    pipeline's settings then) that would have changed the stage's config, as `key old -> new`:
+    a started stage goes on with (or was made with) its own config.yaml, so they miss it. Edits
+    of the stage's own config.yaml are the stage's business (its resume checks them)."""
     if started_with is None:  # a pipeline folder from an r1kit that did not record it
-        return
+        return []
     try:
         before = from_dict(PipelineConfig, started_with)
     except UserError:  # recorded by another r1kit version: nothing to compare with
-        return
+        return []
     stage = lambda c: all_stage_configs(c, root, programs)[name][1]
     if stage(before) == stage(cfg):
-        return
-    reaching = []  # the edited pipeline keys that alone change the stage's config
+        return []
+    reaching = []  # the edited keys that alone change the stage's config
     for key, (old, new) in config_changes(started_with, cfg).items():
         one = copy.deepcopy(started_with)
         _set_nested(one, key, new)
-        if stage(from_dict(PipelineConfig, one)) != stage(before):
+        try:
+            alone = stage(from_dict(PipelineConfig, one)) != stage(before)
+        except UserError:  # valid only with another edit (rl.lr with rl.min_lr): say it
+            alone = True
+        if alone:
             reaching.append(f"{key} {old!r} -> {new!r}")
-    saved = root / name / "config.yaml"
-    log.warning(f"{name} was started before {', '.join(reaching) or 'these edits'}, which do "
-                f"not reach it: a started stage goes on with its own {saved} (edit that to "
-                f"change an unfinished {name}); the edits apply to the stages not started yet")
+    return reaching
+
+
+def warn_missed(missed: dict[str, list[str]], root: Path) -> None:
+    """One warning per set of edits, naming the started stages they miss."""
+    by_edits: dict[tuple, list[str]] = {}
+    for name, edits in missed.items():
+        by_edits.setdefault(tuple(edits), []).append(name)
+    for edits, names in by_edits.items():
+        them, its = ("it", "its own") if len(names) == 1 else ("them", "their own")
+        log.warning(f"{', '.join(names)} started before {', '.join(edits)}, which do not reach "
+                    f"{them}: a started stage goes on with {its} config.yaml "
+                    f"({', '.join(str(root / n / 'config.yaml') for n in names)}; edit that to "
+                    f"change an unfinished stage); the edits apply to the stages not started yet")
 
 
 def _set_nested(tree: dict, dotted: str, value) -> None:
@@ -443,7 +461,8 @@ def evaluate_checkpoints(cfg: PipelineConfig, run: RunFolder, manifest: dict) ->
         log.warning(f"the evaluation settings changed since the table's evaluations ({edits}): "
                     "every checkpoint is evaluated again")
         manifest["evals"] = {}
-    manifest["eval_settings"] = settings
+    manifest["eval_settings"] = settings  # (an older manifest starts recording them here)
+    run.write_json("manifest.json", manifest)
     for label, folder in checkpoints(cfg):
         if label in manifest["evals"]:
             continue
