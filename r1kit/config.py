@@ -54,11 +54,17 @@ class _Checked:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):  # Python's spellings of a config's types
-            value = getattr(self, f.name)
-            if isinstance(value, tuple):  # rollout.stop=("</answer>",): a list
-                object.__setattr__(self, f.name, list(value))
-            elif isinstance(value, os.PathLike) and _hints(type(self))[f.name] is str:
-                object.__setattr__(self, f.name, os.fspath(value))  # run.out_dir=Path("runs")
+            tp, value = _hints(type(self))[f.name], getattr(self, f.name)
+            listed = (typing.get_origin(tp) or tp) is list
+            if listed and isinstance(value, (str, os.PathLike)):  # stop="</answer>", as --set
+                value = [value]
+            if listed and isinstance(value, tuple):  # rollout.stop=("</answer>",)
+                value = list(value)
+            if listed and isinstance(value, list):  # students=[Path(...)]
+                value = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
+            elif isinstance(value, os.PathLike) and tp is str:  # run.out_dir=Path("runs")
+                value = os.fspath(value)
+            object.__setattr__(self, f.name, value)
         _check_fields(self, type(self).__name__)
 
 

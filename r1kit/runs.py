@@ -348,7 +348,9 @@ def check_resume_config(cfg, recorded: dict | None, where: Path, saved: Path) ->
                         f"change {them}: what it resumes (weights, optimizer state, data order, "
                         f"sampled batches, random streams) was made with {them}; put {them} back, "
                         "or start a new run")
-    evals = [k for k in changes if k in EVAL_SETTINGS and isinstance(cfg, (ZeroConfig, SFTConfig))]
+    evaluated = (recorded.get("eval") or {}).get("num_problems") != 0  # (SFT may evaluate none)
+    evals = [k for k in changes if k in EVAL_SETTINGS and isinstance(cfg, (ZeroConfig, SFTConfig))
+             and (evaluated or k == "eval.num_problems")]
     if evals:
         them = "it" if len(evals) == 1 else "them"
         raise UserError(f"{saved}: {shown(evals)} since {where} was written; a resumed run cannot "

@@ -49,13 +49,14 @@ def load_trainable(model_cfg, lora_cfg, resume_from: Path | None, device):
     return model, tokenizer
 
 
-_DROPOUT_ATTR = re.compile(r"dropout|pdrop|layerdrop|drop_path")
+_DROPOUT_ATTR = re.compile(r"dropout|pdrop|layerdrop|drop_path|jitter")
 
 
 def disable_dropout(model) -> None:
     """Dropout off for RL. The update computes pi_theta in training mode (activation checkpointing
     needs it), while pi_old, the reference and the sampler run without dropout, so dropout would
-    make the importance ratio noise (TRL's `disable_dropout`). SFT keeps the model's dropout; a
+    make the importance ratio noise (TRL's `disable_dropout`; here functional dropout too, so the
+    saved config records the 0 it trained with). SFT keeps the model's dropout; a
     LoRA dropout (peft's `lora_dropout` modules) turned off here is logged, as it was asked for."""
     lora_p = set()
     for name, module in model.named_modules():
@@ -64,11 +65,14 @@ def disable_dropout(model) -> None:
                 lora_p.add(module.p)
             module.p = 0.0
         # functional dropout reads a float attribute in training mode: `attention_dropout`
-        # (most HF attention), `dropout` (OPT, XGLM, BioGPT), `attn_pdrop` (GPT-BigCode), and
-        # LayerDrop skips whole layers (OPT's `layerdrop`)
-        for attr, value in list(vars(module).items()):
-            if isinstance(value, float) and _DROPOUT_ATTR.search(attr):
-                setattr(module, attr, 0.0)
+        # (most HF attention), `dropout` (OPT, XGLM, BioGPT), `attn_pdrop` (GPT-BigCode), or the
+        # config's own (Falcon); LayerDrop skips whole layers (OPT's `layerdrop`), and router
+        # jitter scales a MoE layer's input (Mixtral's `jitter_noise`)
+        config = getattr(module, "config", None)
+        for owner in (module, config) if hasattr(config, "to_dict") else (module,):
+            for attr, value in list(vars(owner).items()):
+                if isinstance(value, float) and _DROPOUT_ATTR.search(attr):
+                    setattr(owner, attr, 0.0)
     if lora_p:
         log.warning("lora.dropout=%s is turned off: RL trains without dropout, which would make "
                     "the importance ratio noise (lora.dropout applies to SFT only)",

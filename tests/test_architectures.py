@@ -90,11 +90,18 @@ def test_a_window_longer_than_the_packed_row_still_packs(tmp_path):
     assert _packable(model, ro.prompt_mask, ro.completion_mask, 2)
 
 
-def test_rl_turns_off_functional_dropout_and_layerdrop(tmp_path):
-    """OPT applies its dropout as `F.dropout(p=self.dropout)` and skips layers by `layerdrop`:
-    no `nn.Dropout` module holds them, yet RL needs training-mode logits equal to eval-mode's."""
-    model, _ = _load(_random(tmp_path, "opt", ffn_dim=128, word_embed_proj_dim=64, dropout=0.1,
-                             attention_dropout=0.1, layerdrop=0.5))
+@pytest.mark.parametrize(("model_type", "config"), [
+    ("opt", {"ffn_dim": 128, "word_embed_proj_dim": 64, "dropout": 0.1,
+             "attention_dropout": 0.1, "layerdrop": 0.5}),
+    ("falcon", {"num_kv_heads": 1, "new_decoder_architecture": False, "multi_query": True,
+                "alibi": False, "attention_dropout": 0.1, "hidden_dropout": 0.1}),
+    ("mixtral", {"num_local_experts": 4, "num_experts_per_tok": 2, "router_jitter_noise": 0.1}),
+])
+def test_rl_turns_off_functional_dropout_and_layerdrop(tmp_path, model_type, config):
+    """OPT applies its dropout as `F.dropout(p=self.dropout)` and skips layers by `layerdrop`,
+    Falcon reads its config's dropout, Mixtral jitters its router's input: no `nn.Dropout`
+    module holds them, yet RL needs training-mode logits equal to eval-mode's."""
+    model, _ = _load(_random(tmp_path, model_type, **config))
     ids = torch.randint(1, 600, (2, 16))
     disable_dropout(model)
     with torch.no_grad():

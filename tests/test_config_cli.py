@@ -328,7 +328,7 @@ def test_item_values_keep_their_yaml_leniency():
     (lambda: RLConfig(lr="1e-4"), "config key 'RLConfig.lr' must be a number"),
     (lambda: RLConfig(scale_by_std="no"), "config key 'RLConfig.scale_by_std' must be true or"),
     (lambda: RLConfig(scale_by_std=0), "config key 'RLConfig.scale_by_std' must be true or"),
-    (lambda: RunConfig(report_to="wandb"), "config key 'RunConfig.report_to' must be a list"),
+    (lambda: RunConfig(report_to=3), "config key 'RunConfig.report_to' must be a list"),
     (lambda: RunConfig(name=3), "config key 'RunConfig.name' must be a string"),
     (lambda: RolloutConfig(stop=["a", 1]), "config key 'RolloutConfig.stop' item 2 must be a str"),
     (lambda: RewardsConfig(weights=[1]), "config key 'RewardsConfig.weights' must be a mapping"),
@@ -358,6 +358,9 @@ def test_python_built_configs_take_what_they_should():
     assert ZeroConfig(rl=RLConfig(steps=3)).rl.steps == 3
     # Python's own spellings: a tuple for a list, a path for a path-valued string
     assert RolloutConfig(stop=("</answer>", "\n\n")).stop == ["</answer>", "\n\n"]
+    assert RolloutConfig(stop="</answer>").stop == ["</answer>"]  # as --set takes it
+    assert RewardsConfig(modules=(Path("my") / "rewards",)).modules == [
+        os.path.join("my", "rewards")]
     out = RunConfig(out_dir=Path("runs") / "exp")
     assert out.out_dir == os.path.join("runs", "exp") and type(out.out_dir) is str
     import yaml  # and the run's config.yaml can be written from it

@@ -105,6 +105,17 @@ def test_resume_refuses_other_evaluation_settings(tmp_path, tiny, cls, stage, ke
         RunFolder.open(run.cfg, stage, str(run.path))
 
 
+def test_an_sft_run_that_evaluates_nothing_may_change_the_other_evaluation_settings(tmp_path,
+                                                                                    tiny):
+    run = _run(tmp_path, SFTConfig, "sft", "data.train_file=x.jsonl", "eval.num_problems=0")
+    ckpt.save_checkpoint(run.path, 2, *tiny, {}, config_text=run.config_text)
+    _edit(run.path, "eval", "k", 3)
+    assert RunFolder.open(run.cfg, "sft", str(run.path)).cfg.eval.k == 3
+    _edit(run.path, "eval", "num_problems", 20)  # no evaluation before training to compare with
+    with pytest.raises(UserError, match="eval.num_problems 0 -> 20"):
+        RunFolder.open(run.cfg, "sft", str(run.path))
+
+
 def test_changes_a_resume_takes(tmp_path, tiny):
     run = _run(tmp_path, ZeroConfig, "zero", "rl.beta=0.001")
     ckpt.save_checkpoint(run.path, 2, *tiny, {}, config_text=run.config_text)

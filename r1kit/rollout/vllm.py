@@ -179,6 +179,8 @@ class VLLMColocated:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        prompts = as_strings(prompts, "prompts")
+
         seed = None if generator is None else int(torch.randint(
             2**30, (1,), generator=generator, device=generator.device).item())
         # one seed per prompt, G apart: vLLM seeds completion j of a prompt with seed + j, so a
@@ -238,6 +240,7 @@ class VLLMServer:
 
     def sample(self, model, tokenizer, prompts, group_size, *, max_new_tokens, temperature=1.0,
                top_p=1.0, stop=(), generator=None) -> Rollouts:
+        prompts = as_strings(prompts, "prompts")
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         kw = sampling_kwargs(group_size, max_new_tokens=max_new_tokens, temperature=temperature,
                              top_p=top_p, stop=as_strings(stop, "stop"))
