@@ -80,9 +80,15 @@ def setup(strategy: str, device: torch.device) -> tuple[Dist, torch.device]:
     if not dist.is_initialized():
         # Rank 0 evaluates alone while the others wait, and ranks sample different lengths: a
         # long evaluation must not trip NCCL's default 10-minute watchdog.
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=timedelta(hours=3))
+        dist.init_process_group(backend_for(device), timeout=timedelta(hours=3))
     return Dist(dist.get_rank(), dist.get_world_size(), strategy), device
+
+
+def backend_for(device: torch.device) -> str:
+    """On GPUs, NCCL for tensors on them and gloo for the CPU ones: the step's own collectives
+    (`all_sum`, `all_max`) and object gathers hold numbers in CPU memory, which NCCL alone has no
+    backend for (it refuses them)."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
 def _die_with_parent() -> None:
@@ -308,12 +314,15 @@ def finish(d: Dist) -> None:
 # ----------------------------------------------------------------------------- state
 
 
-def full_state_dict(model, d: Dist) -> dict:
-    """The whole model's plain state dict on every rank (FSDP gathers its shards)."""
+def full_state_dict(model, d: Dist, for_saving: bool = False) -> dict:
+    """The whole model's plain state dict on every rank (FSDP gathers its shards; every rank must
+    call). `for_saving`: gathered into rank 0's CPU memory only (the others get {}), so no GPU
+    holds a second whole copy of a model sharded because it does not fit one."""
     if d.strategy == "fsdp" and d.on:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        return get_model_state_dict(model, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=for_saving))
     return unwrap(model).state_dict()
 
 

@@ -73,7 +73,8 @@ def resolve_dtype(name: str, device: torch.device | str = "cpu",
     """`auto` is bfloat16 on a CUDA GPU that has it and float32 elsewhere (CPUs, older GPUs)."""
     if name == "auto":
         on_cuda = torch.device(device).type == "cuda"
-        return torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
+        native = on_cuda and torch.cuda.is_bf16_supported(including_emulation=False)  # (V100, T4:
+        return torch.bfloat16 if native else torch.float32  # emulated bf16 is slow and unloved)
     if name not in DTYPES:
         raise UserError(f"{key}: unknown dtype {name!r}; use auto or one of {sorted(DTYPES)}")
     return DTYPES[name]

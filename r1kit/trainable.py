@@ -110,7 +110,7 @@ def restore(saved: dict, model, opt, d: Dist = SINGLE, generator=None) -> None:
 def _gathered_weights(model, d: Dist) -> dict:
     """FSDP's full state dict, without the copies of tied weights (lm_head = embeddings), which
     `save_pretrained` leaves out of a model's own state dict too."""
-    full = distributed.full_state_dict(model, d)
+    full = distributed.full_state_dict(model, d, for_saving=True)  # (rank 0 saves it)
     if getattr(model.config, "tie_word_embeddings", False):
         tied = getattr(model, "_tied_weights_keys", None) or {}
         for key in (tied.keys() if isinstance(tied, dict) else tied):

@@ -281,3 +281,15 @@ def test_stages_that_run_in_one_process_refuse_torchrun(monkeypatch, capsys):
         assert cli([stage]) == 2
         assert "runs in one process" in capsys.readouterr().err
 
+
+
+def test_gpu_ranks_take_gloo_for_the_cpu_numbers_their_collectives_hold():
+    """NCCL alone has no CPU backend: `all_sum` of a CPU float would raise on the first step
+    ('No backend type associated with device type cpu')."""
+    from torch.distributed.distributed_c10d import Backend, BackendConfig
+
+    from r1kit.distributed import backend_for
+
+    assert backend_for(torch.device("cpu")) == "gloo"
+    on_gpu = BackendConfig(Backend(backend_for(torch.device("cuda", 1))))
+    assert on_gpu.get_device_backend_map() == {"cpu": "gloo", "cuda": "nccl"}

@@ -154,7 +154,7 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
             opt.step()
         else:
             log.warning(f"step {state['step'] + 1}: non-finite loss or gradient; step skipped")
-            opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)  # none held through evaluations and checkpoints
         sched.step()
         state["step"] += 1
 

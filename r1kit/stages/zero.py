@@ -522,6 +522,7 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
             opt.zero_grad(set_to_none=True)
             break
         opt.step()
+        opt.zero_grad(set_to_none=True)  # no model-sized gradients held through the rollout
         grad_norms.append(grad_norm.item())  # already global
     sums = distributed.sum_metrics(sums, d)  # the loss sums and row-weighted means, global
     for key in ("train/loss", "train/pg_loss"):  # the mean over the minibatches that ran
