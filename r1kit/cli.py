@@ -57,7 +57,7 @@ UNUSED = {
         "run.report_to": "it writes summary.json, no metric curves",
         "run.checkpoint_every": _NO_STEPS, "eval.every": _NO_STEPS,
         "run.log_completions": "samples.jsonl holds every completion",
-        "model.gradient_checkpointing": _NO_TRAINING,
+        "model.gradient_checkpointing": _NO_TRAINING, "model.master_weights": _NO_TRAINING,
         "data.train_size": "it evaluates held-out problems only",
     },
     "sample": {
@@ -65,7 +65,7 @@ UNUSED = {
         "run.report_to": "counts.json holds its statistics",
         "run.checkpoint_every": "its progress is saved after every batch (sample.batch_size)",
         "run.log_completions": "sft.jsonl holds the kept completions",
-        "model.gradient_checkpointing": _NO_TRAINING,
+        "model.gradient_checkpointing": _NO_TRAINING, "model.master_weights": _NO_TRAINING,
         "data.eval_split": "it samples training problems only",
     },
     "distill": {**dict.fromkeys(_ENGINE, "the teacher is sampled with the hf engine"),

@@ -134,6 +134,11 @@ class ModelConfig(_Checked):
     gradient_checkpointing: bool = opt(
         False, "recompute activations in backward: less memory, ~30% more compute (training stages)"
     )
+    master_weights: bool = opt(
+        True, "training in bfloat16 keeps float32 weights and optimizer state and computes in "
+        "bfloat16 (autocast), as mixed precision does; false trains the bfloat16 weights "
+        "themselves: half the memory, but updates below bfloat16's resolution (about 1/256 of a "
+        "weight) are lost, so small learning rates barely move it")
     attn_implementation: str = opt(
         "auto", "attention kernel: auto (transformers' choice: SDPA where the model has it, else "
         "eager) | sdpa | eager | flash_attention_2 | flash_attention_3 (pip install flash-attn; "

@@ -80,6 +80,32 @@ def resolve_dtype(name: str, device: torch.device | str = "cpu",
     return DTYPES[name]
 
 
+def autocast_forward(model, dtype: torch.dtype, device) -> None:
+    """Run `model`'s forward passes under `torch.autocast(dtype)`: float32 weights (and optimizer
+    state) updated in full precision, matrix products in `dtype`, as mixed-precision training
+    does. Hooks, not a wrapped `forward`, so a deep copy (the KL reference) runs its own."""
+    device_type, entered = torch.device(device).type, []
+
+    def enter(module, args, kwargs):
+        entered.append(torch.autocast(device_type, dtype=dtype))
+        entered[-1].__enter__()
+
+    def leave(module, args, kwargs, output):
+        entered.pop().__exit__(None, None, None)
+
+    model.register_forward_pre_hook(enter, with_kwargs=True)
+    model.register_forward_hook(leave, with_kwargs=True, always_call=True)
+    model.r1kit_compute_dtype = dtype
+
+
+def compute_dtype(model) -> torch.dtype:
+    """The dtype `model`'s forward computes in: its autocast dtype (`autocast_forward`), else its
+    weights' (wrappers such as DDP and PEFT looked through)."""
+    while hasattr(model, "module") or hasattr(model, "get_base_model"):
+        model = model.module if hasattr(model, "module") else model.get_base_model()
+    return getattr(model, "r1kit_compute_dtype", None) or next(model.parameters()).dtype
+
+
 def check_trainable_dtype(name: str, key: str = "model.dtype") -> None:
     """float16 weights cannot be trained here: AdamW on them underflows (its eps, 1e-8, is 0 in
     float16; the weights turn to inf/NaN within a few steps) and there is no loss scaling. It

@@ -298,7 +298,8 @@ def _stage_of(saved: Path):
 # rl.steps and sft.epochs (to extend a run), eval.*, checkpoint_every, logging and the loss and
 # sampling settings of RL, apply from the checkpoint on. Paths (`PATHS`) may change, with a
 # warning: a moved folder or a relative path resumed from elsewhere must be pointed at again.
-_TRAINED = ("model.dtype", "lora.r", "lora.alpha", "lora.target_modules", "dist.*", "run.seed")
+_TRAINED = ("model.dtype", "model.master_weights", "lora.r", "lora.alpha", "lora.target_modules",
+            "dist.*", "run.seed")
 FIXED_ON_RESUME = {
     ZeroConfig: (*_TRAINED, "data.split", "data.train_size", "data.prompt_key",
                  "data.answer_key", "data.template", "rl.lr", "rl.weight_decay"),

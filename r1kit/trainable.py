@@ -14,7 +14,7 @@ from r1kit import checkpoint as ckpt
 from r1kit import distributed, lora, memory
 from r1kit.distributed import SINGLE, Dist
 from r1kit.errors import UserError
-from r1kit.models import check_trainable_dtype, load_model
+from r1kit.models import autocast_forward, check_trainable_dtype, load_model, resolve_dtype
 from r1kit.runs import RunFolder
 from r1kit.templates import check_template
 
@@ -36,13 +36,20 @@ def load_trainable(model_cfg, lora_cfg, resume_from: Path | None, device):
     """(model, tokenizer) to train: the checkpoint being resumed or `model.path`, with LoRA
     adapters (new, or the checkpoint's) and activation checkpointing as configured."""
     check_trainable_dtype(model_cfg.dtype)
+    compute = resolve_dtype(model_cfg.dtype, device)
+    mixed = compute == torch.bfloat16 and model_cfg.master_weights  # float32 master weights
+    weights = "float32" if mixed else model_cfg.dtype
     if resume_from is not None and lora.has_adapter(resume_from):
-        base, tokenizer = load_model(model_cfg.path, model_cfg.dtype, device,
+        base, tokenizer = load_model(model_cfg.path, weights, device,
                                      model_cfg.attn_implementation)
+        if mixed:
+            autocast_forward(base, compute, device)
         model = lora.load_adapter(base, resume_from)
     else:
-        model, tokenizer = load_model(str(resume_from or model_cfg.path), model_cfg.dtype, device,
+        model, tokenizer = load_model(str(resume_from or model_cfg.path), weights, device,
                                       model_cfg.attn_implementation)
+        if mixed:
+            autocast_forward(model, compute, device)
         model = lora.apply(model, lora_cfg)
     if model_cfg.gradient_checkpointing:
         memory.enable_gradient_checkpointing(model)

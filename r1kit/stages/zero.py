@@ -39,7 +39,7 @@ from r1kit.evaluation import evaluate
 from r1kit.language import reasoning_share
 from r1kit.logprobs import completion_logprobs, one_forward
 from r1kit.metrics import reflection_rate
-from r1kit.models import builtin_model_for, prepare_torch
+from r1kit.models import builtin_model_for, compute_dtype, prepare_torch
 from r1kit.report import write_report_safely
 from r1kit.rewards import code as code_reward
 from r1kit.rewards import get_reward, import_reward_modules
@@ -452,7 +452,7 @@ def update_policy(policy, ref, opt, ro: Rollouts, advantages, mask, rows, rl, ro
         # GSPO's 3e-4 clip range turns into clipped sequences)
         if (rl.updates_per_rollout > 1 and rl.reuse_sampling_logprobs and ro.logprobs is not None
                 and rollout_cfg.engine == "hf"  # vLLM's (for the correction) are its kernels'
-                and all(p.dtype == torch.float32 for p in policy.parameters())):
+                and compute_dtype(policy) == torch.float32):
             old = ro.logprobs[rows, :t_used].to(device)  # kept by the sampler: no pi_old pass
         elif rl.updates_per_rollout > 1:
             policy.eval()
