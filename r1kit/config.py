@@ -135,8 +135,9 @@ class ModelConfig(_Checked):
         False, "recompute activations in backward: less memory, ~30% more compute (training stages)"
     )
     master_weights: bool = opt(
-        True, "training in bfloat16 keeps float32 weights and optimizer state and computes in "
-        "bfloat16 (autocast), as mixed precision does; false trains the bfloat16 weights "
+        True, "full fine-tuning in bfloat16 keeps float32 weights and optimizer state and computes "
+        "in bfloat16 (autocast), as mixed precision does (LoRA: the adapters are float32 "
+        "anyway); false trains the bfloat16 weights "
         "themselves: half the memory, but updates below bfloat16's resolution (about 1/256 of a "
         "weight) are lost, so small learning rates barely move it")
     attn_implementation: str = opt(

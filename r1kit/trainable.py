@@ -37,7 +37,9 @@ def load_trainable(model_cfg, lora_cfg, resume_from: Path | None, device):
     adapters (new, or the checkpoint's) and activation checkpointing as configured."""
     check_trainable_dtype(model_cfg.dtype)
     compute = resolve_dtype(model_cfg.dtype, device)
-    mixed = compute == torch.bfloat16 and model_cfg.master_weights  # float32 master weights
+    # float32 master weights for full fine-tuning (with LoRA the base is frozen, and peft keeps
+    # the adapters in float32 already)
+    mixed = compute == torch.bfloat16 and model_cfg.master_weights and not lora.enabled(lora_cfg)
     weights = "float32" if mixed else model_cfg.dtype
     if resume_from is not None and lora.has_adapter(resume_from):
         base, tokenizer = load_model(model_cfg.path, weights, device,

@@ -241,3 +241,24 @@ def test_a_mixed_file_of_math_and_code_rows(tmp_path):
         assert math_row.answer == "2" and set(math_row.meta) <= {"id"}, path
         assert code_row.meta["tests"] == ["assert double(2) == 4"] and code_row.answer == ""
         assert "entry_point" not in code_row.meta
+
+
+def test_a_hub_dataset_takes_its_configuration_after_a_colon(monkeypatch):
+    """openai/gsm8k has two configurations (main, socratic): `hf:openai/gsm8k:main`."""
+    import datasets
+
+    asked = []
+
+    def load_dataset(name, config=None, split=None):
+        asked.append((name, config, split))
+        if config is None:
+            raise ValueError("Config name is missing. Please pick one among the available "
+                             "configs: ['main', 'socratic']")
+        return datasets.Dataset.from_list([{"question": "1+1?", "answer": "#### 2"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    (p,) = load_hf_dataset("openai/gsm8k:main", prompt_key="question")
+    assert asked == [("openai/gsm8k", "main", "train")] and p.prompt == "1+1?"
+    with pytest.raises(UserError, match=r"openai/gsm8k: name one of its configurations after a "
+                                        r"colon, hf:openai/gsm8k:CONFIG"):
+        load_hf_dataset("openai/gsm8k", prompt_key="question")

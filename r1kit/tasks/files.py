@@ -161,7 +161,8 @@ def load_hf_dataset(
     `Dataset` has no splits, so `split` is ignored for it); one data file (`file_format`) with
     its format's loader (`load_data_file` reads the text formats exactly, without datasets' type
     inference); anything else (a folder of data files, a hub name) goes to
-    `datasets.load_dataset`. Ids default to `NAME-ROW` (row from 0).
+    `datasets.load_dataset`, with a configuration after a colon where the dataset has several
+    (`openai/gsm8k:main`). Ids default to `NAME-ROW` (row from 0).
     """
     import datasets  # heavy; only this loader needs it
 
@@ -179,9 +180,15 @@ def load_hf_dataset(
                 raise UserError(f"{name}: no split {split!r}; splits: {', '.join(data)}")
             data = data[split]
     else:
+        config = ""
+        if not path.exists():  # a hub name (none has a colon), maybe with its configuration
+            name, _, config = name.partition(":")
         try:
-            data = datasets.load_dataset(name, split=split)
+            data = datasets.load_dataset(name, config or None, split=split)
         except ValueError as e:
+            if "config name is missing" in str(e).lower():  # gsm8k: main or socratic
+                raise UserError(f"{name}: name one of its configurations after a colon, "
+                                f"hf:{name}:CONFIG ({e})") from None
             if "split" in str(e).lower():  # datasets' message lists the splits there are
                 raise UserError(f"{name}: no split {split!r} ({e})") from None
             raise UserError(f"{name}: cannot load dataset ({e})") from None
