@@ -142,7 +142,8 @@ def test_engine_selection_and_clear_errors():
 def test_vllm_greedy_equals_hf_and_weights_sync():
     model = AutoModelForCausalLM.from_pretrained(BASE).cuda().eval()
     tok = AutoTokenizer.from_pretrained(BASE)
-    engine = make_engine("vllm", BASE, vllm_gpu_memory_utilization=0.2, logprobs=True)
+    engine = make_engine("vllm", BASE, vllm_gpu_memory_utilization=0.2, logprobs=True,
+                         max_new_tokens=16, vllm_enforce_eager=True)  # a check: no compile
     prompts = ["User: Compute 12+30. Assistant: <think>"]
     prompts = prompts + ["User: Compute 7+5. Assistant: <think>"]  # greedy: vLLM allows n = 1
     ours = engine.sample(model, tok, prompts, 1, max_new_tokens=16, temperature=0)
@@ -276,6 +277,7 @@ def test_colocated_sample_maps_vllm_outputs_to_rollouts(fake_vllm, monkeypatch):
     llm = FakeLLM.made[0]
     assert llm.kwargs["dtype"] == "bfloat16" and llm.kwargs["logprobs_mode"] == "processed_logprobs"
     assert llm.kwargs["seed"] == 5 and llm.kwargs["enable_prefix_caching"]
+    assert "enforce_eager" not in llm.kwargs and "tokenizer" not in llm.kwargs
     prompts = ["User: 2+2? Assistant:", "User: 3+4?"]
     ro = engine.sample(None, tok, prompts, 3, max_new_tokens=6, temperature=0.7, top_p=0.9,
                        stop="</answer>", generator=torch.Generator().manual_seed(0))

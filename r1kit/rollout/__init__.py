@@ -57,12 +57,14 @@ def make_engine(engine: str, model_path: str, *, vllm_mode: str = "colocate",
                 vllm_server_url: str = "http://localhost:8000",
                 vllm_gpu_memory_utilization: float = 0.3, vllm_max_model_len: int = 0,
                 seed: int = 0, logprobs: bool = False, max_new_tokens: int | None = None,
-                max_prompt_tokens: int | None = None, device=None):
+                max_prompt_tokens: int | None = None, device=None,
+                vllm_enforce_eager: bool = False):
     """The engine for these settings. `logprobs`: the vLLM engines also return each sampled
     token's log-prob (the HF engine always keeps them), for `rl.rollout_correction`.
     `max_new_tokens` / `max_prompt_tokens` (the rollout budget, the longest prompt): with
     `vllm_max_model_len=0` the colocated engine's KV cache is sized for them rather than for the
-    model's whole context. `device`: the policy's, checked against the GPU vLLM runs on."""
+    model's whole context. `device`: the policy's, checked against the GPU vLLM runs on.
+    `vllm_enforce_eager`: no compile or CUDA graphs (a quick start, for checks)."""
     check(engine, vllm_mode)
     if engine == "hf":
         return HFEngine()
@@ -75,4 +77,5 @@ def make_engine(engine: str, model_path: str, *, vllm_mode: str = "colocate",
     return vllm.VLLMColocated(model_path, gpu_memory_utilization=vllm_gpu_memory_utilization,
                               max_model_len=vllm_max_model_len or None, seed=seed,
                               logprobs=logprobs, max_new_tokens=max_new_tokens,
-                              max_prompt_tokens=max_prompt_tokens, device=device)
+                              max_prompt_tokens=max_prompt_tokens, device=device,
+                              enforce_eager=vllm_enforce_eager)

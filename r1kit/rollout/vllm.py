@@ -366,7 +366,7 @@ class VLLMColocated:
 
     def __init__(self, model_path: str, *, gpu_memory_utilization: float, max_model_len: int | None,
                  seed: int, logprobs: bool = False, max_new_tokens: int | None = None,
-                 max_prompt_tokens: int | None = None, device=None):
+                 max_prompt_tokens: int | None = None, device=None, enforce_eager: bool = False):
         require_vllm()
         if device is not None:
             _check_device(device)
@@ -394,6 +394,8 @@ class VLLMColocated:
         extra = {"logprobs_mode": "processed_logprobs"} if logprobs else {}
         if tokenizer != model:
             extra["tokenizer"] = tokenizer
+        if enforce_eager:  # no torch.compile / CUDA graphs: starts in seconds, samples slower
+            extra["enforce_eager"] = True
         try:
             self.llm = LLM(model=model, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                            max_model_len=self.max_model_len, seed=seed, enable_prefix_caching=True,
