@@ -13,6 +13,7 @@ tokens up to and including EOS. Run by benchmarks/gpu_check.sh:
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import statistics
 import sys
@@ -45,7 +46,7 @@ def sides(model, tok, path, prompts, g, budget):
     if importlib.util.find_spec("vllm"):
         from r1kit.rollout import make_engine
 
-        engine = make_engine("vllm", path, vllm_gpu_memory_utilization=0.3)
+        engine = make_engine("vllm", path, vllm_gpu_memory_utilization=0.3, max_new_tokens=budget)
         out["vllm"] = lambda seed: sum(engine.sample(
             model, tok, prompts, g, max_new_tokens=budget,
             generator=torch.Generator("cuda").manual_seed(seed)).num_tokens)
@@ -90,8 +91,23 @@ def main() -> None:
                     torch.cuda.synchronize()
                 print(f"--- profile: {name}")
                 print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
-        del model
+        # the first model's vLLM engine (held by its sampling closure) goes before the second is
+        # built: its weights and KV cache would otherwise stay on the GPU
+        fns.clear()
+        del model, fns
+        _free_vllm()
+        gc.collect()
         torch.cuda.empty_cache()
+
+
+def _free_vllm() -> None:
+    """vLLM's process-wide state (its distributed groups), so that another LLM can start."""
+    try:
+        from vllm.distributed import destroy_distributed_environment, destroy_model_parallel
+    except ImportError:
+        return
+    destroy_model_parallel()
+    destroy_distributed_environment()
 
 
 if __name__ == "__main__":

@@ -45,18 +45,26 @@ def check(engine: str, vllm_mode: str = "colocate", *, strategy: str = "ddp",
             raise UserError("rollout.vllm_mode=colocate runs one vLLM engine in one process; with "
                             f"{world} processes use rollout.vllm_mode=server (a `vllm serve` on its "
                             "own GPU) or rollout.engine=hf")
-        if vllm_mode == "colocate":
-            from r1kit.rollout.vllm import require_vllm
+        from r1kit.rollout.vllm import require_server_client, require_vllm
 
+        if vllm_mode == "colocate":
             require_vllm()
+        else:  # TRL's client (and vLLM under it) on the trainer, before the server is asked
+            require_server_client()
 
 
 def make_engine(engine: str, model_path: str, *, vllm_mode: str = "colocate",
                 vllm_server_url: str = "http://localhost:8000",
                 vllm_gpu_memory_utilization: float = 0.3, vllm_max_model_len: int = 0,
-                seed: int = 0, logprobs: bool = False):
+                seed: int = 0, logprobs: bool = False, max_new_tokens: int | None = None,
+                max_prompt_tokens: int | None = None, device=None,
+                vllm_enforce_eager: bool = False):
     """The engine for these settings. `logprobs`: the vLLM engines also return each sampled
-    token's log-prob (the HF engine always keeps them), for `rl.rollout_correction`."""
+    token's log-prob (the HF engine always keeps them), for `rl.rollout_correction`.
+    `max_new_tokens` / `max_prompt_tokens` (the rollout budget, the longest prompt): with
+    `vllm_max_model_len=0` the colocated engine's KV cache is sized for them rather than for the
+    model's whole context. `device`: the policy's, checked against the GPU vLLM runs on.
+    `vllm_enforce_eager`: no compile or CUDA graphs (a quick start, for checks)."""
     check(engine, vllm_mode)
     if engine == "hf":
         return HFEngine()
@@ -68,4 +76,6 @@ def make_engine(engine: str, model_path: str, *, vllm_mode: str = "colocate",
         return vllm.VLLMServer(vllm_server_url, model_path, logprobs=logprobs)
     return vllm.VLLMColocated(model_path, gpu_memory_utilization=vllm_gpu_memory_utilization,
                               max_model_len=vllm_max_model_len or None, seed=seed,
-                              logprobs=logprobs)
+                              logprobs=logprobs, max_new_tokens=max_new_tokens,
+                              max_prompt_tokens=max_prompt_tokens, device=device,
+                              enforce_eager=vllm_enforce_eager)
