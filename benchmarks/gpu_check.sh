@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A short GPU check (about 5 minutes on one H100 without vLLM; with vLLM up to ~15, as each engine
-# compiles the model and captures CUDA graphs at startup), run from the repository root:
+# A short GPU check (about 3 minutes on one H100 without vLLM, under 8 with it: the GRPO run's
+# engine starts eager, rollout_cuda.py's compile as a real run's do), from the repository root:
 #   bash benchmarks/gpu_check.sh            # results under ${OUT:-benchmarks/out/gpu_check}
 # 1. the gpu-marked tests (CUDA training path; vLLM engine where vLLM is importable);
 # 2. the CUDA training path on the tiny model: 5 GRPO steps of `r1kit zero` (model.dtype=auto:
@@ -34,7 +34,7 @@ echo "== gpu tests"
 # only the files that hold gpu-marked tests: the device image may lack CPU-side dependencies
 # (it has no `datasets`), which would stop collection of unrelated files
 # (the vLLM test builds its engine with enforce_eager: no compile)
-timeout 420 "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider $(grep -l "mark.gpu" tests/*.py) \
+timeout 240 "$PY" -m pytest -q -rs -m gpu -p no:cacheprovider $(grep -l "mark.gpu" tests/*.py) \
     2>&1 | tail -5 | tee "$OUT/gpu_tests.txt" || fail "gpu tests" $?
 
 echo "== CUDA training path: r1kit zero, 5 steps"
@@ -48,9 +48,8 @@ grep -ho '"train/rollout_logprob_gap": [0-9.e-]*' "$OUT/zero-cuda/metrics.jsonl"
 
 if "$PY" -c "import vllm" 2>/dev/null; then
   echo "== GRPO with vLLM rollouts (colocated): r1kit zero, 5 steps"
-  # (the stage's engine compiles: its startup takes a minute or two)
-  timeout 480 "$PY" -m r1kit.cli zero --config recipes/tiny/zero.yaml --set run.device=cuda \
-      --set rollout.engine=vllm --set rl.steps=5 --set eval.num_problems=20 --set eval.every=0 \
+  timeout 240 "$PY" -m r1kit.cli zero --config recipes/tiny/zero.yaml --set run.device=cuda \
+      --set rollout.engine=vllm --set rollout.vllm_enforce_eager=true --set rl.steps=5 --set eval.num_problems=20 --set eval.every=0 \
       --set run.checkpoint_every=0 --set rl.rollout_correction=token_truncate \
       --set run.out_dir="$OUT" --set run.name=zero-vllm 2>&1 | tail -15 \
       | tee "$OUT/zero_vllm.txt" || fail "r1kit zero with vLLM rollouts" $?
@@ -60,7 +59,7 @@ fi
 
 echo "== rollout tokens/s on CUDA (benchmarks/rollout_cuda.py)"
 # (two vLLM engines, one per model, each compiled at startup)
-timeout 600 "$PY" benchmarks/rollout_cuda.py 2>&1 | tee "$OUT/rollout_cuda.txt" \
+timeout 420 "$PY" benchmarks/rollout_cuda.py 2>&1 | tee "$OUT/rollout_cuda.txt" \
     || fail "rollout tokens/s" $?
 echo "results in $OUT"
 if [[ -s "$OUT/failures.txt" ]]; then

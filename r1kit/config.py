@@ -210,9 +210,11 @@ class RolloutConfig(_Checked):
                                              "memory vLLM may take (the rest trains)",
                                              above=0, high=1)
     vllm_max_model_len: int = opt(0, "vllm_mode=colocate: prompt + completion tokens vLLM "
-                                  "reserves its KV cache for (0 = the model's context length; "
-                                  "lower it when a long-context model's cache does not fit)",
+                                  "reserves its KV cache for (0 = the longest training prompt + "
+                                  "rollout.max_new_tokens, at most the model's context)",
                                   low=0)
+    vllm_enforce_eager: bool = opt(False, "vllm_mode=colocate: no compile or CUDA graphs (starts "
+                                   "in seconds, samples slower: for short checks)")
     temperature: float = opt(1.0, "sampling temperature for RL rollouts (R1-Zero: 1.0)", low=0)
     top_p: float = opt(1.0, "nucleus sampling for rollouts", above=0, high=1)
     max_new_tokens: int = opt(64, "completion budget; longer completions are truncated", low=1)

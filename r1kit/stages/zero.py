@@ -135,12 +135,18 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     logged_to = run.rewind_logs(state["step"] if resume_from else None,
                                 ("metrics.jsonl", "eval.jsonl", "completions.jsonl"))
     # vLLM loads the model from its folder, then takes the policy's weights (resumed, LoRA-merged)
+    longest = None  # vLLM's KV cache is sized for the longest prompt and the rollout budget
+    if cfg.rollout.engine == "vllm":
+        longest = max(len(tokenizer(render_prompt(p.prompt, cfg.data.template, tokenizer),
+                                    add_special_tokens=False)["input_ids"]) for p in train_set)
     engine = make_engine(cfg.rollout.engine, cfg.model.path, vllm_mode=cfg.rollout.vllm_mode,
                          vllm_server_url=cfg.rollout.vllm_server_url,
                          vllm_gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
                          vllm_max_model_len=cfg.rollout.vllm_max_model_len,
                          seed=cfg.run.seed + d.rank,
-                         logprobs=rl.rollout_correction != "off")
+                         logprobs=rl.rollout_correction != "off",
+                         max_new_tokens=cfg.rollout.max_new_tokens, max_prompt_tokens=longest,
+                         device=device, vllm_enforce_eager=cfg.rollout.vllm_enforce_eager)
     if rl.rollout_correction != "off" and cfg.rollout.engine == "vllm" and cfg.rollout.top_p < 1:
         log.warning("rl.rollout_correction with rollout.top_p < 1: vLLM's log-probs are taken over "
                     "the top-p nucleus, the training forward's over the whole vocabulary, so the "
