@@ -365,7 +365,16 @@ class SFTDataConfig(_Checked):
     answer_key: str = opt("answer", "field of eval_source holding the reference answer")
     template: str = opt("r1_zero", "prompt template for training and eval: r1_zero | plain | chat",
                         choices=TEMPLATE_NAMES)
-    max_len: int = opt(256, "max tokens of prompt + completion + EOS; longer ones are cut", low=2)
+    max_len: int = opt(
+        256, "max tokens of prompt + completion + EOS; longer ones are cut (0 = the longest "
+        "example of train_file, measured with the model's tokenizer: nothing is cut)", low=0,
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_len == 1:  # (the prompt alone is longer; 0 is "the longest example")
+            raise ConfigError("config key 'data.max_len' must be 0 (the longest example) or at "
+                              "least 2, got 1", "data.max_len")
 
 
 @dataclass(frozen=True)
@@ -435,6 +444,7 @@ class RejectionSamplingConfig(_Checked):
         ["not_truncated", "correct", "well_formed", "single_language", "no_repetition",
          "short_paragraphs"],
         "filters applied in order (r1kit/filters.py): not_truncated, correct, well_formed, "
+        "any_format, think_format (</think> then a final answer, as R1-Distill writes), "
         "single_language, no_repetition, short_paragraphs, no_code_blocks",
     )
     cold_start_format: bool = opt(
@@ -457,9 +467,10 @@ class RejectionSamplingConfig(_Checked):
         0.0, "single_language keeps reasoning with a target-language word share >= 1 - this",
         low=0, high=1,
     )
-    repeat_ngram: int = opt(4, "no_repetition: n of the word n-grams counted", low=1)
-    max_repeats: int = opt(3, "no_repetition: rejects when an n-gram occurs more often than this",
-                           low=1)
+    repeat_ngram: int = opt(4, "no_repetition: n of the word n-grams counted (long CoT: 12 or "
+                            "more)", low=1)
+    max_repeats: int = opt(3, "no_repetition: rejects when an n-gram occurs more often than this "
+                           "(long CoT: 10 or more)", low=1)
     max_paragraph_chars: int = opt(1000, "short_paragraphs: longest paragraph allowed, in chars",
                                    low=1)
 
@@ -496,6 +507,21 @@ class DistillStagesConfig(_Checked):
     dtype: str = opt("auto", "dtype of teacher and students: auto (bfloat16 on a CUDA GPU that "
                      "has it, else float32) | float32 | bfloat16",
                      choices=("auto", "float32", "bfloat16", "float16"))
+    max_len: int = opt(
+        0, "students' SFT: max tokens of prompt + completion + EOS (data.max_len of r1kit sft); "
+        "0 = the longest kept sample, measured with each student's tokenizer (nothing is cut); "
+        "a cap cuts longer samples (keep it within the student's context)", low=0,
+    )
+    gradient_checkpointing: bool = opt(
+        False, "students' SFT: recompute activations in backward (model.gradient_checkpointing): "
+        "less memory for long samples, ~30% more compute",
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_len == 1:
+            raise ConfigError("config key 'distill.max_len' must be 0 (the longest sample) or at "
+                              "least 2, got 1", "distill.max_len")
 
 
 @dataclass(frozen=True)
@@ -515,7 +541,7 @@ class DistillConfig(_Checked):
     sample: RejectionSamplingConfig = field(
         default_factory=lambda: RejectionSamplingConfig(
             num_prompts=3000, batch_size=64, max_per_prompt=1,
-            filters=["not_truncated", "correct", "any_format", "single_language",
+            filters=["not_truncated", "correct", "think_format", "single_language",
                      "no_repetition"],
         ),
         metadata={"help": "teacher samples per prompt, prompts and the verification filters"},

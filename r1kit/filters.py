@@ -19,11 +19,15 @@ Choices the papers leave open:
   here are `single_language` (the reasoning's target-language share, `r1kit.language`, at least
   1 - a tolerance; reasoning without words passes, nothing in it is mixed), `no_repetition`, and
   `short_paragraphs` (blank-line separated, at most N characters each).
+- `think_format` keeps reasoning closed by `</think>` and followed by a final answer
+  (`<answer>` or `\\boxed{}`): the format of R1's released models and distilled students, whose
+  answers have no `<answer>` tags; `any_format` and `well_formed` reject all of those.
 - `no_repetition` counts n-grams of whitespace-separated tokens of the whole completion,
   lower-cased, punctuation stripped at their ends; numbers and expressions count, so a loop
   `55-9=46, 55-9=46, …` is caught even without words. The defaults (no 4-gram more than 3 times)
   suit the short traces of the built-in task; long CoT repeats phrases legitimately ("let me
-  check this"), so raise `n` for it.
+  check the" 7 times in 3,000 tokens), so raise both for it (recipes/distill: no 12-gram more than
+  10 times, which a loop still exceeds and ordinary reasoning does not reach).
 - the cold-start rewrite is deterministic, with no LLM to refine it (R1 used DeepSeek-V3 and
   humans): the reasoning is kept as written, or put in the task's readable form when the task has
   one (`READABLE`; the built-in arithmetic adds `so the total is 46` to its steps, so the reasoning
@@ -53,6 +57,7 @@ from r1kit.language import (
 )
 from r1kit.rewards import code as code_reward
 from r1kit.rewards import get_reward
+from r1kit.rewards.extract import extract_answer
 from r1kit.tasks.arithmetic import readable_reasoning
 from r1kit.tasks.base import Problem
 
@@ -115,6 +120,30 @@ def any_format(c: Candidate) -> Verdict:
     if _reward(c, "format") == 1.0 or _reward(c, "summary_format") == 1.0:
         return True, ""
     return False, "neither <think>…</think> <answer>…</answer> nor the summary format"
+
+
+def think_format(c: Candidate) -> Verdict:
+    r"""Keeps reasoning closed by `</think>` and followed by a final answer, the format of R1's
+    released models and its distilled students (`<think> … </think>` then a summary ending in
+    `\boxed{}`, no `<answer>` tags): the `think_format` reward is 1 (`<think>` opened, by the
+    completion or a prefilling prompt, and closed, once each) and the text after `</think>` gives
+    an answer (`<answer>…</answer>` or `\boxed{}`; for a problem with tests, any text). It also
+    keeps R1-Zero's format and the summary format; unclosed reasoning fails it.
+
+    >>> p = Problem("p", "Compute 6*7", "42", {"prefilled_think": True})
+    >>> think_format(Candidate("6*7=42\n</think>\n\nSo the product is $\\boxed{42}$.", p))
+    (True, '')
+    >>> think_format(Candidate("6*7=42, so \\boxed{42}", p))
+    (False, 'reasoning not closed by </think>, or <think> opened twice')
+    >>> think_format(Candidate("6*7=42 </think> I am done.", p))
+    (False, 'no final answer after </think>')
+    """
+    if _reward(c, "think_format") != 1.0:
+        return False, "reasoning not closed by </think>, or <think> opened twice"
+    after = c.text[c.text.rfind("</think>") + len("</think>"):]
+    if not after.strip() or not (code_reward.has_tests(c.problem) or extract_answer(after)):
+        return False, "no final answer after </think>"
+    return True, ""
 
 
 def single_language(c: Candidate, tolerance: float = 0.0) -> Verdict:
@@ -192,8 +221,8 @@ def no_code_blocks(c: Candidate) -> Verdict:
     return True, ""
 
 
-FILTER_NAMES = ("not_truncated", "correct", "well_formed", "any_format", "single_language",
-                "no_repetition", "short_paragraphs", "no_code_blocks")
+FILTER_NAMES = ("not_truncated", "correct", "well_formed", "any_format", "think_format",
+                "single_language", "no_repetition", "short_paragraphs", "no_code_blocks")
 
 
 def build_filters(
@@ -206,6 +235,7 @@ def build_filters(
         "correct": correct,
         "well_formed": well_formed,
         "any_format": any_format,
+        "think_format": think_format,
         "single_language": partial(single_language, tolerance=language_tolerance),
         "no_repetition": partial(no_repetition, n=repeat_ngram, max_repeats=max_repeats),
         "short_paragraphs": partial(short_paragraphs, max_chars=max_paragraph_chars),
@@ -265,11 +295,11 @@ READABLE: dict[str, Callable[..., str]] = {"arithmetic": readable_reasoning}  # 
 pattern", R1-SPEC §5); tasks without one keep their reasoning as written."""
 
 
-def to_cold_start(completion: str, answer: str, task: str | None = None,
-                  prefilled: bool = False) -> str:
+def to_cold_start(completion: str, answer: str, task: str | None = None) -> str:
     """Rewrite a kept completion into the readable cold-start format: its reasoning (in the
     readable form of `task`, when `READABLE` has one), then a one-line summary with the answer.
-    With `prefilled`, the prompt already opened `<think>`, so the rewrite does not open it again.
+    The rewrite is the model's whole turn, `<think>` opened even when the sampling prompt had
+    prefilled it: SFT drops that tag where its own template prefills one (`sft.after_prompt`).
 
     >>> to_cold_start("<think>47+8=55, 55-9=46</think>\\n<answer>46</answer>", "46")
     '<think> 47+8=55, 55-9=46 </think> The answer is <answer> 46 </answer>'
@@ -279,5 +309,4 @@ def to_cold_start(completion: str, answer: str, task: str | None = None,
     reasoning = reasoning_part(completion).strip()
     if task in READABLE:
         reasoning = READABLE[task](reasoning, answer)
-    opening = "" if prefilled else "<think> "
-    return f"{opening}{reasoning} </think> The answer is <answer> {answer.strip()} </answer>"
+    return f"<think> {reasoning} </think> The answer is <answer> {answer.strip()} </answer>"

@@ -10,6 +10,9 @@ Choices the papers leave open, and departures:
 - Prompt and completion are tokenized separately and concatenated, so the prompt tokens are exactly
   those the model is given when it samples from the same prompt (no BPE merge across the border).
 - Every completion ends in EOS, which is a target: the model learns where to stop.
+- A completion is the model's whole turn, reasoning opened by `<think>`; where the stage's template
+  prefills `<think>` (DeepSeek-R1-Distill's, Qwen3's), that opening tag is the prompt's, and the
+  completion's own is dropped (`after_prompt`): the tag is never opened twice.
 - The loss is the token mean over all completion tokens of an optimizer step (not a mean of
   per-example means), with the step's token count passed in as the denominator, so micro-batches
   with gradient accumulation give exactly the full-batch gradient (the TRL #3021 bug class).
@@ -31,7 +34,7 @@ from torch import Tensor
 
 from r1kit.errors import UserError
 from r1kit.tasks.files import _type_name, jsonl_records
-from r1kit.templates import render_prompt
+from r1kit.templates import prefills_think, render_prompt
 
 IGNORE = -100  # the label of a position that is not a target (prompt, padding)
 
@@ -80,9 +83,29 @@ def encode(
     if not examples:
         return []
     prompts = [render_prompt(e.prompt, template, tokenizer) for e in examples]
+    completions = [after_prompt(e.completion, prompt) for e, prompt in zip(examples, prompts)]
     p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    c_ids = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
     return [(list(p), list(c) + [tokenizer.eos_token_id]) for p, c in zip(p_ids, c_ids)]
+
+
+def after_prompt(completion: str, prompt: str) -> str:
+    """The part of `completion` (a model's whole turn, as `r1kit sample` writes it: reasoning
+    opened by `<think>`) that the model writes after `prompt`: without the opening `<think>` when
+    the prompt's template prefills it (DeepSeek-R1-Distill's, Qwen3's), so that it is not opened
+    twice; the whitespace the prompt ends with is not repeated either.
+
+    >>> after_prompt("<think>\\n1+1=2 </think> 2", "<|im_start|>assistant\\n<think>\\n")
+    '1+1=2 </think> 2'
+    >>> after_prompt("<think> 1+1=2 </think> 2", "Assistant: <think>")
+    ' 1+1=2 </think> 2'
+    >>> after_prompt("<think> 1+1=2 </think> 2", "Assistant:")
+    '<think> 1+1=2 </think> 2'
+    """
+    if not prefills_think(prompt) or not completion.lstrip().startswith("<think>"):
+        return completion
+    rest = completion.lstrip()[len("<think>"):]
+    return rest.lstrip() if prompt != prompt.rstrip() else rest
 
 
 def collate(examples: list[SFTExample], tokenizer, template: str, max_len: int) -> dict:

@@ -58,6 +58,17 @@ def prefills_think(prompt: str) -> bool:
     return prompt.rstrip().endswith("<think>")
 
 
+def think_opening(prompt: str) -> str:
+    """The opening of the reasoning that `prompt` supplies (its text from the last `<think>` on,
+    `"<think>\\n"` for DeepSeek-R1-Distill's template), or "" when it prefills none: what a
+    completion sampled from it lacks of the model's whole turn.
+
+    >>> think_opening("<|im_start|>assistant\\n<think>\\n"), think_opening("Assistant:")
+    ('<think>\\n', '')
+    """
+    return prompt[prompt.rfind("<think>"):] if prefills_think(prompt) else ""
+
+
 def mark_prefill(problem, prompt: str):
     """`problem` flagged `meta["prefilled_think"]` when `prompt` prefills `<think>`, so that the
     format rewards read its completions as starting inside the reasoning (TRL #6966, open-r1 #560)."""

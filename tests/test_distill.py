@@ -81,6 +81,25 @@ def test_any_format_filter_keeps_verified_answers_in_either_format():
     assert rejected == {"not_truncated": 1, "correct": 1, "any_format": 1}
 
 
+def test_default_filters_keep_a_reasoning_teachers_boxed_answers():
+    """R1-Distill's samples, `</think>` then a summary with `\\boxed{}`, start inside the
+    reasoning behind a prefilling template; the default chain keeps the correct, closed ones."""
+    chain = build_filters(list(DistillConfig().sample.filters))
+    pre = Problem("p1", "Compute 47+8-9", "46", {"prefilled_think": True})
+    keep = [Candidate("First 47+8=55, then 55-9=46.\n</think>\n\nSo it is $\\boxed{46}$.", pre),
+            Candidate("<think> 47+8=55, 55-9=46 </think> <answer> 46 </answer>", P),
+            Candidate("<think> 47+8=55, 55-9=46 </think> The answer is <answer> 46 </answer>", P)]
+    drop = [Candidate("First 47+8=55, then 55-9=46, so $\\boxed{46}$.", pre),  # never closed
+            Candidate("<think>First 47+8=55.</think> So $\\boxed{46}$.", pre),  # opened twice
+            Candidate("55-9=$\\boxed{46}$.</think> I am done.", pre),  # no answer after it
+            Candidate("First 47+8=55, then 55-9=47.</think> So $\\boxed{47}$.", pre)]  # wrong
+    kept, rejected = chain.apply(keep + drop)
+    assert kept == keep
+    assert rejected["think_format"] == 3 and rejected["correct"] == 1
+    with pytest.raises(UserError, match="distill.max_len"):
+        load_config(DistillConfig, None, ["distill.max_len=1"])
+
+
 def test_dataset_round_trips_through_jsonl_and_load_from_disk(tmp_path):
     rows = [{"prompt": f"Compute {i}+1", "completion": f"<think> {i}+1={i + 1} </think> "
              f"<answer> {i + 1} </answer>", "id": f"t{i}", "answer": str(i + 1), "sample": 0}
@@ -439,3 +458,145 @@ def test_mistakes_fail_before_the_teacher_is_sampled(tiny_base, tmp_path, capsys
     assert cli(["distill", "--teacher", "runs/typo", "--students", "tiny-llama"]) == 2
     assert "teacher runs/typo: no such folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------- real teachers' samples
+
+
+def _problem_sum(prompt: str) -> tuple[str, int]:
+    expr = re.search(r"Compute ([0-9+-]+)", prompt).group(1)
+    return expr, sum(int(t) for t in re.findall(r"[+-]?\d+", expr))
+
+
+def _long_sampler(model, tokenizer, prompts, group_size, **kw):
+    """A teacher whose verified samples are ~350 tokens of reasoning, longer than r1kit sft's 256."""
+    texts = []
+    for prompt in prompts:
+        expr, ans = _problem_sum(prompt)
+        steps = " ".join(f"{i}+{i + 1}={2 * i + 1}," for i in range(20))
+        texts += [f"<think> {steps} {expr}={ans} </think> <answer> {ans} </answer>"] * group_size
+    return SimpleNamespace(texts=texts, truncated=[False] * len(texts),
+                           num_tokens=[8] * len(texts))
+
+
+def _distill_cfg(tmp_path: Path, name: str, teacher: str, students: list[str], *extra: str):
+    from r1kit.config import load_config
+
+    return load_config(DistillConfig, None, [
+        f"run.out_dir={tmp_path}", f"run.name={name}", "run.threads=2", "data.train_size=100",
+        f"distill.teacher={teacher}", f"distill.students=[{', '.join(students)}]",
+        "sample.num_prompts=4", "sample.batch_size=4", "rollout.max_new_tokens=16",
+        "sft.epochs=1", "sft.batch_size=4", "sft.micro_batch_size=4", "sft.warmup_steps=0",
+        *extra])
+
+
+def _record_encoded(monkeypatch) -> list[tuple]:
+    """Spy on the SFT stage's tokenization: (tokenizer, [(prompt ids, completion ids)]) per run."""
+    seen, real = [], sft_stage.encode
+
+    def encode(examples, tokenizer, template):
+        pairs = real(examples, tokenizer, template)
+        seen.append((tokenizer, pairs))
+        return pairs
+
+    monkeypatch.setattr(sft_stage, "encode", encode)
+    return seen
+
+
+def test_students_train_on_whole_samples_unless_capped(tiny_base, tmp_path, monkeypatch):
+    from tests.tiny_models import build
+
+    student = build(tmp_path / "student", "qwen2")  # 512 positions, room for the long samples
+    monkeypatch.setattr(sample_stage, "sample", _long_sampler)
+    seen = _record_encoded(monkeypatch)
+    widths = []
+    real_collate = sft_stage.collate
+
+    def collate(examples, tokenizer, template, max_len):
+        batch = real_collate(examples, tokenizer, template, max_len)
+        widths.append(batch["input_ids"].shape[1])
+        return batch
+
+    monkeypatch.setattr(sft_stage, "collate", collate)
+    cfg = _distill_cfg(tmp_path, "whole", tiny_base, [student],
+                       "sample.filters=[not_truncated, correct, think_format]")
+    assert cfg.distill.max_len == 0
+    assert distill.sft_config(cfg, student, "s", tmp_path).data.max_len == 0
+    distill.main(cfg, table=False)
+    (_, pairs), = seen
+    lengths = [len(p) + len(c) for p, c in pairs]
+    assert len(lengths) == 4 and min(lengths) > 300  # longer than r1kit sft's default 256
+    summary = json.loads((tmp_path / "whole" / "students" / "student" / "summary.json").read_text())
+    assert summary["truncated"] == 0 and summary["max_len"] == max(lengths)
+    assert max(widths) == max(lengths)  # every token trained on, the EOS included
+
+    # a user cap cuts them
+    widths.clear()
+    capped = _distill_cfg(tmp_path, "capped", tiny_base, [student],
+                          "sample.filters=[not_truncated, correct, think_format]",
+                          "distill.max_len=240", "distill.gradient_checkpointing=true")
+    assert distill.sft_config(capped, student, "s", tmp_path).model.gradient_checkpointing
+    distill.main(capped, table=False)
+    summary = json.loads((tmp_path / "capped" / "students" / "student" / "summary.json").read_text())
+    assert summary["truncated"] == 4 and summary["max_len"] == 240 and max(widths) == 240
+    # `r1kit sft` keeps its documented default; the pipeline's SFT stages take whole samples
+    from r1kit.config import PipelineConfig, SFTConfig
+    from r1kit.stages import pipeline
+
+    assert SFTConfig().data.max_len == 256
+    stages = pipeline.stage_configs(load_config(PipelineConfig, None, []), tmp_path)
+    assert stages["03-dev1"][1].data.max_len == stages["06-dev3"][1].data.max_len == 0
+
+
+def _r1_distill_sampler(model, tokenizer, prompts, group_size, **kw):
+    """A DeepSeek-R1-Distill-like teacher behind a template that prefills `<think>\\n`: reasoning,
+    `</think>`, a summary with `\\boxed{}` and no <answer> tags. Per prompt: a correct sample, the
+    same reasoning never closed, and a wrong closed one."""
+    assert all(p.endswith("<think>\n") for p in prompts)
+    texts = []
+    for prompt in prompts:
+        expr, ans = _problem_sum(prompt)
+        closed = "Let me add it up: {0}={1}.\n</think>\n\nThe sum is $\\boxed{{{1}}}$."
+        unclosed = "Let me add it up: {0}={1}, so the sum is $\\boxed{{{1}}}$."
+        texts += [closed.format(expr, ans), unclosed.format(expr, ans),
+                  closed.format(expr, ans + 1)][:group_size]
+    return SimpleNamespace(texts=texts, truncated=[False] * len(texts),
+                           num_tokens=[8] * len(texts))
+
+
+def test_an_r1_distill_teacher_is_kept_and_its_rows_open_think_once(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from tests.tiny_models import build
+
+    teacher = build(tmp_path / "teacher", "qwen2", think_template=True)
+    prefilling = build(tmp_path / "think-student", "qwen2", think_template=True)
+    plain = build(tmp_path / "plain-student", "llama")
+    monkeypatch.setattr(sample_stage, "sample", _r1_distill_sampler)
+    seen = _record_encoded(monkeypatch)
+    cfg = _distill_cfg(tmp_path, "r1d", teacher, [prefilling, plain], "data.template=chat",
+                       "sample.samples_per_prompt=3")
+    assert "think_format" in cfg.sample.filters  # the defaults, with single_language and more
+    distill.main(cfg, table=False)
+
+    counts = json.loads((tmp_path / "r1d" / "samples" / "counts.json").read_text())
+    assert counts["kept"] == 4 and counts["generated"] == 12
+    assert counts["rejected"]["correct"] == 4 and counts["rejected"]["think_format"] == 4
+    rows = [json.loads(line) for line in
+            (tmp_path / "r1d" / "dataset" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 4
+    for row in rows:  # the prefilled opening is back, once; the sampled text follows unchanged
+        assert row["completion"].startswith("<think>\nLet me add it up: ")
+        assert row["completion"].count("<think>") == 1 and "</think>" in row["completion"]
+
+    # each student's training text opens the reasoning exactly once: in the prompt when its
+    # template prefills <think>, else in the completion, which it learns to write
+    assert [Path(t.name_or_path).name for t, _ in seen] == ["think-student", "plain-student"]
+    for tokenizer, pairs in seen:
+        tok = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+        prefills = tokenizer.name_or_path.endswith("think-student")
+        for p, c in pairs:
+            prompt, completion = tok.decode(p), tok.decode(c[:-1])
+            assert (prompt + completion).count("<think>") == 1, (prompt, completion)
+            assert prompt.endswith("<think>\n") == prefills
+            assert completion.startswith("Let me add" if prefills else "<think>\nLet me add")

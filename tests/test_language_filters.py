@@ -35,6 +35,7 @@ from r1kit.language import (
 from r1kit.rewards import get_reward
 from r1kit.rewards.language import make_language, make_language_threshold
 from r1kit.rewards.scoring import RewardSpec, score
+from r1kit.sft import after_prompt
 from r1kit.tasks.arithmetic import CorpusStyle, correct_solution, sample_problems, worked_solution
 from r1kit.tasks.base import Problem
 
@@ -335,11 +336,14 @@ def test_to_cold_start_is_readable_and_still_scores():
     # a prefilled <think> (no opening tag in the completion) is restored
     assert to_cold_start("47+8=55 </think> <answer>55</answer>", "55") == \
         "<think> 47+8=55 </think> The answer is <answer> 55 </answer>"
-    # unless the prompt itself opened it (a chat template ending in <think>): not opened twice
+    # also when the prompt itself opened it (a chat template ending in <think>): the rewrite is
+    # the model's whole turn; SFT drops the tag where its own template prefills one
     prefilled = Problem("p", "Compute 47+8", "55", {"prefilled_think": True})
-    cold = to_cold_start("47+8=55 </think> <answer>55</answer>", "55", "arithmetic", True)
-    assert cold == "47+8=55, so the total is 55 </think> The answer is <answer> 55 </answer>"
-    assert summary(cold, prefilled) == 1.0
+    cold = to_cold_start("47+8=55 </think> <answer>55</answer>", "55", "arithmetic")
+    assert cold == "<think> 47+8=55, so the total is 55 </think> The answer is <answer> 55 </answer>"
+    turn = after_prompt(cold, "<|im_start|>assistant\n<think>\n")
+    assert turn == "47+8=55, so the total is 55 </think> The answer is <answer> 55 </answer>"
+    assert summary(turn, prefilled) == 1.0 and summary(cold, prefilled) == 0.0
     # reasoning that ends elsewhere than its answer gets no "so the total is" contradicting it
     assert to_cold_start("<think>4+2=6</think> <answer>7</answer>", "7", "arithmetic") == \
         "<think> 4+2=6 </think> The answer is <answer> 7 </answer>"

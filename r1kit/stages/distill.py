@@ -4,11 +4,16 @@ R1's students are Qwen2.5 and Llama bases fine-tuned, with no RL, on ~800k sampl
 R1. One run, each part in its own sub-folder of the distill folder:
     samples/          sample the teacher on TRAIN prompts (`r1kit sample`: batched, resumable);
                       keep the verified-correct, well-formed, single-language, repetition-free
-                      completions (r1kit/filters.py), at most `sample.max_per_prompt` per prompt
+                      completions (r1kit/filters.py), at most `sample.max_per_prompt` per prompt;
+                      well-formed is `think_format` by default: reasoning closed by </think>, then
+                      a final answer (R1-Distill's `</think> … \boxed{}`, R1-Zero's <answer>, the
+                      summary form); a teacher whose template prefills <think> gets it back at the
+                      start of each row, so the student learns to open its reasoning
     dataset/          the kept samples as train.jsonl and a `datasets` folder (hf/), with the
                       generation settings and per-filter counts (r1kit/sft_dataset.py)
-    students/NAME/    SFT of each student's base on them (`r1kit sft`); presets tiny-qwen and
-                      tiny-llama start from their own pretrained bases (r1kit/students.py)
+    students/NAME/    SFT of each student's base on them (`r1kit sft`) on whole samples
+                      (`distill.max_len` 0: the longest; a number caps them); presets tiny-qwen
+                      and tiny-llama start from their own pretrained bases (r1kit/students.py)
 then the teacher, every student base and every distilled student are evaluated on the same
 held-out problems and one table is printed and written as distill.md and distill.json, with each
 student's pass@1 as a share of the teacher's.
@@ -207,11 +212,16 @@ def sample_config(cfg: DistillConfig, teacher: str, root: Path) -> SampleConfig:
 
 def sft_config(cfg: DistillConfig, base: str, label: str, root: Path) -> SFTConfig:
     d = cfg.data
+    # Whole samples by default (distill.max_len 0: the longest, in the student's tokens), not
+    # r1kit sft's 256 tokens, which would cut every long-CoT sample before its answer.
     data = SFTDataConfig(train_file=str(root / "samples" / "sft.jsonl"), template=d.template,
                          eval_source=d.eval_source, eval_split=d.eval_split,
-                         prompt_key=d.prompt_key, answer_key=d.answer_key)
+                         prompt_key=d.prompt_key, answer_key=d.answer_key,
+                         max_len=cfg.distill.max_len)
+    model = ModelConfig(path=base, dtype=cfg.distill.dtype,
+                        gradient_checkpointing=cfg.distill.gradient_checkpointing)
     # The distill table evaluates every model on the same problems; no eval inside SFT.
     return SFTConfig(run=dataclasses.replace(cfg.run, name=f"students/{label}",
                                              out_dir=str(root)),
-                     model=ModelConfig(path=base, dtype=cfg.distill.dtype), data=data,
-                     sft=cfg.sft, code=cfg.code, eval=dataclasses.replace(cfg.eval, num_problems=0))
+                     model=model, data=data, sft=cfg.sft, code=cfg.code,
+                     eval=dataclasses.replace(cfg.eval, num_problems=0))

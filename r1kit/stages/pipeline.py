@@ -181,7 +181,8 @@ def distill_stage_config(cfg: PipelineConfig, root: Path) -> dict[str, tuple[str
     return {"08-distill": ("distill", DistillConfig(
         run=dataclasses.replace(cfg.run, name="08-distill", out_dir=str(root)),
         distill=DistillStagesConfig(teacher=str(root / "07-r1" / "final"),
-                                    students=list(p.students), dtype=cfg.model.dtype),
+                                    students=list(p.students), dtype=cfg.model.dtype,
+                                    gradient_checkpointing=cfg.model.gradient_checkpointing),
         data=cfg.data,
         rollout=dataclasses.replace(default.rollout, max_new_tokens=cfg.rollout.max_new_tokens,
                                     stop=list(cfg.rollout.stop)),
@@ -241,7 +242,7 @@ def stage_configs(cfg: PipelineConfig, root: Path, *, programs: bool = False
 
     def sft(name: str, data_from: str) -> SFTConfig:
         data = SFTDataConfig(train_file=str(root / data_from / "sft.jsonl"),
-                             template=cfg.data.template)
+                             template=cfg.data.template, max_len=0)  # whole samples, none cut
         # The table evaluates every checkpoint on the same problems; no eval inside SFT.
         return SFTConfig(run=run_section(name), model=model(base), data=data, sft=cfg.sft,
                          code=cfg.code, eval=dataclasses.replace(cfg.eval, num_problems=0))

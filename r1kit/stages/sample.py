@@ -20,7 +20,9 @@ statistics. generation.json records the model and sampling settings.
 
 sft.jsonl rows are {"prompt": the bare question, "completion", "id", "answer", "sample"} (+
 "original" when rewritten): `r1kit sft` renders the prompt template itself, so train it with the
-same data.template as used here (generation.json has it). Non-reasoning records
+same data.template as used here (generation.json has it). The completion is the model's whole turn:
+where the template prefilled `<think>`, the row opens it again (`"<think>\n"` + the sampled text),
+and `r1kit sft` drops that tag where its own template prefills one. Non-reasoning records
 (`sample.general_data`, r1kit/tasks/general.py) follow the reasoning rows, marked "kind": "general";
 counts.json's `general` says how many.
 
@@ -68,7 +70,7 @@ from r1kit.rollout.hf import sample
 from r1kit.runs import RunFolder, check_resume_config, load_problems
 from r1kit.tasks.base import Problem
 from r1kit.tasks.general import load_general
-from r1kit.templates import check_template, mark_prefill, render_prompt
+from r1kit.templates import check_template, mark_prefill, render_prompt, think_opening
 
 log = logging.getLogger("r1kit")
 
@@ -145,7 +147,7 @@ def main(cfg: SampleConfig, resume: str | None = None) -> dict:
                 for r in range(i * G, (i + 1) * G)
             ]
             rows += keep_for_prompt(candidates, chain, s.max_per_prompt, s.cold_start_format,
-                                    tally, readable=s.readable)
+                                    tally, readable=s.readable, opening=think_opening(prompts[i]))
         t3 = time.perf_counter()
 
         # ---------------------------------------------------------------- write
@@ -186,9 +188,15 @@ def language_statistic(completion: str, problem: Problem) -> float | None:
 
 
 def keep_for_prompt(candidates: list[Candidate], chain: FilterChain, max_per_prompt: int,
-                    cold_start: bool, tally: dict, readable: bool = True) -> list[dict]:
+                    cold_start: bool, tally: dict, readable: bool = True,
+                    opening: str = "") -> list[dict]:
     """The SFT rows kept from one prompt's samples; every sample is counted in `tally`, as kept or
-    under the first reason it was dropped (a filter, `empty`, `duplicate`, `max_per_prompt`)."""
+    under the first reason it was dropped (a filter, `empty`, `duplicate`, `max_per_prompt`).
+
+    A row's completion is the model's whole turn: `opening` (the `<think>` a prefilling template
+    put in the prompt, `templates.think_opening`) comes first, so that a student whose template
+    does not prefill learns to open its reasoning; `r1kit sft` drops it again where the student's
+    template prefills too (`sft.after_prompt`)."""
     rows, seen, passing = [], set(), 0
     for j, c in enumerate(candidates):
         tally["generated"] += 1
@@ -205,12 +213,12 @@ def keep_for_prompt(candidates: list[Candidate], chain: FilterChain, max_per_pro
             tally["rejected"][failure[0]] += 1
             continue
         passing += 1
-        row = {"prompt": c.problem.prompt, "completion": c.text, "id": c.problem.id,
+        row = {"prompt": c.problem.prompt, "completion": opening + c.text, "id": c.problem.id,
                "answer": c.problem.answer, "sample": j}
         if cold_start:
             task = c.problem.meta.get("task") if readable else None
             row["completion"] = to_cold_start(c.text, extract_answer(c.text) or c.problem.answer,
-                                              task, c.problem.meta.get("prefilled_think", False))
+                                              task)
             row["original"] = c.text
         if not row["completion"].strip():  # (if no filter asks for an answer) SFT refuses it
             tally["rejected"]["empty"] = tally["rejected"].get("empty", 0) + 1

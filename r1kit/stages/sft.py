@@ -10,7 +10,8 @@ rejection-sampled data before the last RL stage, and the distillation of student
     finish    held-out pass@1 after training, the HF model in final/, summary.json
 
 Departures from the paper, on purpose: defaults are sized for a small model (batch 32 instead of
-128, max_len 256 instead of 32,768); an optimizer step whose gradient is not finite is skipped.
+128, max_len 256 instead of 32,768; `data.max_len=0` trains on whole examples, as distill and the
+pipeline do); an optimizer step whose gradient is not finite is skipped.
 """
 
 from __future__ import annotations
@@ -61,18 +62,25 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
         cfg = run.cfg
 
     model, tokenizer, resume_from = trainable.load_for_run(run, cfg, device)
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     model = distributed.wrap(model, ranks)
     d, s = cfg.data, cfg.sft
     encoded = encode(examples, tokenizer, d.template)
-    if encoded and all(len(p) >= d.max_len for p, _ in encoded):  # no completion token fits
+    lengths = [len(p) + len(c) for p, c in encoded]
+    max_len = resolve_max_len(d.max_len, lengths)
+    if encoded and all(len(p) >= max_len for p, _ in encoded):  # no completion token fits
         run.discard()
         raise UserError(f"data.max_len={d.max_len} leaves no room for any completion: the shortest "
                         f"prompt is {min(len(p) for p, _ in encoded)} tokens")
-    lengths = [len(p) + len(c) for p, c in encoded]
-    truncated = sum(n > d.max_len for n in lengths)
+    truncated = sum(n > max_len for n in lengths)
     if truncated:
         log.warning(f"{truncated} of {len(examples)} examples are longer than data.max_len="
                     f"{d.max_len} tokens; their completions are cut (and lose their EOS)")
+    if ranks.main and isinstance(context, int) and max_len > context:
+        log.warning(f"{sum(n > context for n in lengths)} examples are longer than the model's "
+                    f"{context} positions (max_position_embeddings; the longest is "
+                    f"{max(lengths)} tokens): they train past its context; cap data.max_len "
+                    "or sample shorter completions")
     steps_per_epoch = math.ceil(len(examples) / s.batch_size)
     total_steps = s.epochs * steps_per_epoch
     if s.warmup_steps >= total_steps and ranks.main and not resume_from:
@@ -129,7 +137,7 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
         # ---------------------------------------------------------------- forward / backward
         mine = rows[ranks.rank :: ranks.world]  # this process's share of the batch
         micro_batches = [
-            collate([examples[i] for i in mine[j : j + micro]], tokenizer, d.template, d.max_len)
+            collate([examples[i] for i in mine[j : j + micro]], tokenizer, d.template, max_len)
             for j in range(0, len(mine), micro)
         ]
         # The step's token count over every rank: micro-batches and ranks sum to the full batch.
@@ -137,7 +145,7 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
         model.train()
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        filler = None if micro_batches else collate(examples[:1], tokenizer, d.template, d.max_len)
+        filler = None if micro_batches else collate(examples[:1], tokenizer, d.template, max_len)
         for mb, weight, last in distributed.micro_steps(micro_batches, ranks, filler):
             batch = {k: v.to(device) for k, v in mb.items() if isinstance(v, torch.Tensor)}
             with distributed.grad_sync(model, ranks, last):
@@ -187,7 +195,7 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
     final = evaluate_now("final")
     trainable.save_final(model, tokenizer, run.path / "final", ranks)  # LoRA merged
     summary = _summary(state, final, cfg.eval.k, examples=len(examples), truncated=truncated,
-                       epochs=s.epochs)
+                       max_len=max_len, epochs=s.epochs)
     run.write_json("summary.json", summary)
     tracker.close()
     if ranks.main:
@@ -198,6 +206,16 @@ def main(cfg: SFTConfig, resume: str | None = None) -> dict:
 
 
 # -------------------------------------------------------------------------------- helpers
+
+
+def resolve_max_len(max_len: int, lengths: list[int]) -> int:
+    """The length examples are cut at: `data.max_len`, or with 0 the longest example (prompt +
+    completion + EOS in the model's tokens), so that none is cut.
+
+    >>> resolve_max_len(256, [300, 12]), resolve_max_len(0, [300, 12])
+    (256, 300)
+    """
+    return max_len if max_len else max(lengths, default=2)
 
 
 def check_lr(s) -> None:
