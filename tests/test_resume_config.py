@@ -195,7 +195,10 @@ def test_resume_after_an_edit_end_to_end(tiny_base, tmp_path, capsys):
             "eval.max_new_tokens=8", "rollout.max_new_tokens=8", "run.report_to=[]"]
     assert cli(["zero", *[a for s in sets for a in ("--set", s)]]) == 0
     run = tmp_path / "e"
-    first = json.loads((run / "summary.json").read_text())["wall_seconds"]
+    import torch  # the first session's time, as its last checkpoint recorded it
+
+    first = torch.load(run / "checkpoints" / "step-000001" / "trainer_state.pt",
+                       weights_only=False)["state"]["wall_seconds"]
     _edit(run, "lora", "r", 4)
     capsys.readouterr()
     assert cli(["zero", "--resume", str(run)]) == 2
