@@ -87,6 +87,8 @@ def autocast_forward(model, dtype: torch.dtype, device) -> None:
     device_type, entered = torch.device(device).type, []
 
     def enter(module, args, kwargs):
+        while entered:  # one a KeyboardInterrupt left open (forward hooks run on Exception only)
+            entered.pop().__exit__(None, None, None)
         entered.append(torch.autocast(device_type, dtype=dtype))
         entered[-1].__enter__()
 

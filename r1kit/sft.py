@@ -101,11 +101,18 @@ def after_prompt(completion: str, prompt: str) -> str:
     ' 1+1=2 </think> 2'
     >>> after_prompt("<think> 1+1=2 </think> 2", "Assistant:")
     '<think> 1+1=2 </think> 2'
+    >>> after_prompt("<think>\\n подожди", "<think>\\n")  # the sampled space stays
+    ' подожди'
     """
     if not prefills_think(prompt) or not completion.lstrip().startswith("<think>"):
         return completion
     rest = completion.lstrip()[len("<think>"):]
-    return rest.lstrip() if prompt != prompt.rstrip() else rest
+    given = prompt[prompt.rfind("<think>") + len("<think>"):]  # what the prompt put after it
+    if rest.startswith(given):  # the opening as the prompt supplies it: what follows was sampled
+        return rest[len(given):]
+    if given and rest.startswith(" "):  # the cold-start form's "<think> reasoning"
+        return rest[1:]
+    return rest
 
 
 def collate(examples: list[SFTExample], tokenizer, template: str, max_len: int) -> dict:

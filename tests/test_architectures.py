@@ -169,3 +169,24 @@ def test_bfloat16_training_keeps_float32_master_weights(tiny_base):
             opt.zero_grad()
         moved[master] = (weights.detach() != start).float().mean().item()
     assert moved[True] > 0.99 and moved[False] < 0.2, moved
+
+
+def test_mixed_precision_leaves_no_autocast_behind_an_interrupted_forward(tiny_base):
+    from r1kit.config import LoraConfig, ModelConfig
+    from r1kit.trainable import load_trainable
+
+    model, _ = load_trainable(ModelConfig(path=tiny_base, dtype="bfloat16"), LoraConfig(), None,
+                              "cpu")
+    ids = torch.randint(1, 600, (1, 8))
+    layer = model.model.layers[0]
+    real = layer.forward
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    layer.forward = interrupted
+    with pytest.raises(KeyboardInterrupt):  # (forward hooks run on Exception only)
+        model(input_ids=ids)
+    layer.forward = real
+    assert model(input_ids=ids).logits.dtype == torch.bfloat16
+    assert not torch.is_autocast_enabled("cpu")  # the next forward closed the one left open

@@ -252,3 +252,8 @@ def test_an_empty_completion_is_not_kept():
     assert tally["rejected"]["empty"] == 1
     counts = sample_stage._counts(tally)
     assert _balanced(counts) and counts["passed_filters"] == 2
+    # after a prompt that prefilled <think>, the opening alone is no completion either
+    tally = sample_stage._new_tally(chain)
+    rows = sample_stage.keep_for_prompt([Candidate(" \n", problem), Candidate("", problem)],
+                                        chain, 0, False, tally, opening="<think>\n")
+    assert rows == [] and tally["rejected"]["empty"] == 2

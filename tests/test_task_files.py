@@ -262,3 +262,9 @@ def test_a_hub_dataset_takes_its_configuration_after_a_colon(monkeypatch):
     with pytest.raises(UserError, match=r"openai/gsm8k: name one of its configurations after a "
                                         r"colon, hf:openai/gsm8k:CONFIG"):
         load_hf_dataset("openai/gsm8k", prompt_key="question")
+    # a folder whose path has a colon: the configuration is after the last one, if any
+    asked.clear()
+    load_hf_dataset("/data/a:b/ds:main", prompt_key="question")
+    with pytest.raises(UserError, match="name one of its configurations"):
+        load_hf_dataset("/data/a:b/ds", prompt_key="question")
+    assert asked == [("/data/a:b/ds", "main", "train"), ("/data/a:b/ds", None, "train")]

@@ -220,7 +220,8 @@ def keep_for_prompt(candidates: list[Candidate], chain: FilterChain, max_per_pro
             row["completion"] = to_cold_start(c.text, extract_answer(c.text) or c.problem.answer,
                                               task)
             row["original"] = c.text
-        if not row["completion"].strip():  # (if no filter asks for an answer) SFT refuses it
+        if not (row["completion"] if cold_start else c.text).strip():  # (no filter asked for an
+            # answer) SFT refuses it, and a prefilled opening alone teaches nothing
             tally["rejected"]["empty"] = tally["rejected"].get("empty", 0) + 1
         elif row["completion"] in seen:
             tally["rejected"]["duplicate"] += 1

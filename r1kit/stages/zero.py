@@ -135,10 +135,10 @@ def main(cfg: ZeroConfig, resume: str | None = None, stage: str = "zero") -> dic
     logged_to = run.rewind_logs(state["step"] if resume_from else None,
                                 ("metrics.jsonl", "eval.jsonl", "completions.jsonl"))
     # vLLM loads the model from its folder, then takes the policy's weights (resumed, LoRA-merged)
-    longest = None  # vLLM's KV cache is sized for the longest prompt and the rollout budget
-    if cfg.rollout.engine == "vllm":
-        longest = max(len(tokenizer(render_prompt(p.prompt, cfg.data.template, tokenizer),
-                                    add_special_tokens=False)["input_ids"]) for p in train_set)
+    longest = None  # a colocated vLLM's KV cache is sized for the longest prompt and the budget
+    if cfg.rollout.engine == "vllm" and cfg.rollout.vllm_mode == "colocate":
+        rendered = [render_prompt(p.prompt, cfg.data.template, tokenizer) for p in train_set]
+        longest = max(map(len, tokenizer(rendered, add_special_tokens=False)["input_ids"]))
     engine = make_engine(cfg.rollout.engine, cfg.model.path, vllm_mode=cfg.rollout.vllm_mode,
                          vllm_server_url=cfg.rollout.vllm_server_url,
                          vllm_gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,

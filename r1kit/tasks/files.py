@@ -181,8 +181,9 @@ def load_hf_dataset(
             data = data[split]
     else:
         config = ""
-        if not path.exists():  # a hub name (none has a colon), maybe with its configuration
-            name, _, config = name.partition(":")
+        before, _, after = name.rpartition(":")  # NAME:CONFIG (no configuration has a /)
+        if not path.exists() and before and after and "/" not in after:
+            name, config = before, after
         try:
             data = datasets.load_dataset(name, config or None, split=split)
         except ValueError as e:
