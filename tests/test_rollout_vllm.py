@@ -469,9 +469,14 @@ class _Stub(http.server.BaseHTTPRequestHandler):
         self._json(200, {"choices": choices[::-1]})
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):  # a client that timed out and left
+        pass
+
+
 @pytest.fixture
 def stub_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+    server = _QuietServer(("127.0.0.1", 0), _Stub)
     server.seen, server.delay = [], 0.0
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
@@ -606,9 +611,8 @@ def test_server_setup_errors_say_what_to_install_or_start(fake_trl, monkeypatch)
     FakeClient.fail = ImportError("vLLM is not installed. Please install it with `pip install "
                                   "trl[vllm]`.")
     sync_error("vLLM is not installed.*pip install 'trl>=1.11.0' 'r1kit\\[vllm\\]'")
-    import requests
-
-    FakeClient.fail = requests.ConnectionError("The vLLM server can't be reached at http://h:1")
+    # (requests' ConnectionError, which TRL raises, is an OSError like this one)
+    FakeClient.fail = ConnectionError("The vLLM server can't be reached at http://h:1")
     sync_error("cannot reach it .*VLLM_SERVER_DEV_MODE=1 vllm serve MODEL")
     FakeClient.fail, FakeClient.fail_init = None, Exception("Request failed: 404, Not Found")
     sync_error("weight-transfer setup failed .*404.*--weight-transfer-config")
