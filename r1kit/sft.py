@@ -12,7 +12,8 @@ Choices the papers leave open, and departures:
 - Every completion ends in EOS, which is a target: the model learns where to stop.
 - A completion is the model's whole turn, reasoning opened by `<think>`; where the stage's template
   prefills `<think>` (DeepSeek-R1-Distill's, Qwen3's), that opening tag is the prompt's, and the
-  completion's own is dropped (`after_prompt`): the tag is never opened twice.
+  completion's own is dropped (`after_prompt`): the tag is never opened twice; a completion with
+  no reasoning (a general row) then starts by closing an empty block, `</think>`.
 - The loss is the token mean over all completion tokens of an optimizer step (not a mean of
   per-example means), with the step's token count passed in as the denominator, so micro-batches
   with gradient accumulation give exactly the full-batch gradient (the TRL #3021 bug class).
@@ -103,8 +104,19 @@ def after_prompt(completion: str, prompt: str) -> str:
     '<think> 1+1=2 </think> 2'
     >>> after_prompt("<think>\\n подожди", "<think>\\n")  # the sampled space stays
     ' подожди'
+
+    A completion without reasoning (a general, non-reasoning row) after a prompt that opened it
+    gets an empty reasoning block closed first, as R1's chat template writes one, rather than
+    teaching an opened block that never closes:
+
+    >>> after_prompt("Hello!", "<|im_start|>assistant\\n<think>\\n")
+    '</think>\\n\\nHello!'
     """
-    if not prefills_think(prompt) or not completion.lstrip().startswith("<think>"):
+    if not prefills_think(prompt):
+        return completion
+    if "<think>" not in completion and "</think>" not in completion:  # no reasoning at all
+        return "</think>\n\n" + completion.lstrip()
+    if not completion.lstrip().startswith("<think>"):
         return completion
     rest = completion.lstrip()[len("<think>"):]
     given = prompt[prompt.rfind("<think>") + len("<think>"):]  # what the prompt put after it
