@@ -793,7 +793,8 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """`tree[a][b]... = value` for the key `a.b...`, making the sections it lacks."""
     keys = dotted.split(".")
     node = tree
     for k in keys[:-1]:
@@ -831,7 +832,7 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
                     problem = getattr(e, "problem", None) or " ".join(str(e).split())
                     raise UserError(f"--set {item}: invalid value ({problem})") from None
                 value = raw
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
         given.append(key)
     try:
         return _build(cls, tree)
@@ -865,7 +866,7 @@ def _field_type(cls, dotted: str):
 def _merge(tree: dict, new: dict, cls) -> None:
     """A file's mapping into `tree`, section by section. Any other value replaces the default
     whole, a mapping too: `rewards.weights: {code: 1.0}` in a file is all the weights, while
-    `--set rewards.weights.NAME=W` changes one (`_set_dotted`)."""
+    `--set rewards.weights.NAME=W` changes one (`set_dotted`)."""
     for k, v in new.items():
         tp = _hints(cls).get(k)
         if dataclasses.is_dataclass(tp) and isinstance(v, dict) and isinstance(tree.get(k), dict):

@@ -22,6 +22,8 @@ import inspect
 
 import torch
 
+from r1kit.models import hf_model
+
 PACK_MAX_WIDTH = 1024  # tokens in a packed group row (prompt + its G completions)
 
 
@@ -149,7 +151,7 @@ def _packed_group_logits(model, prompt_ids, prompt_mask, completion_ids, complet
                & ((key_seg == 0) | (key_seg == seg[:, :, None])) & (key_seg >= 0))  # (B, L, L)
     allowed |= torch.eye(width, dtype=torch.bool, device=dev)  # padding sees itself: no NaN
     mask = allowed[:, None]  # (B, 1, L, L)
-    if _hf_model(model).config._attn_implementation != "sdpa":  # eager adds the mask to the scores
+    if hf_model(model).config._attn_implementation != "sdpa":  # eager adds the mask to the scores
         dtype = next(model.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill_(
             ~mask, torch.finfo(dtype).min)
@@ -176,7 +178,7 @@ def _packable(model, prompt_mask: torch.Tensor, completion_mask: torch.Tensor, g
     c_len = completion_mask.sum(-1, keepdim=True)  # (N, 1)
     prefix = torch.arange(t, device=completion_mask.device) < c_len
     width = int((prompt_mask[::g].sum(-1) + c_len.view(-1, g).sum(-1)).max())
-    config = _hf_model(model).config
+    config = hf_model(model).config
     return (config._attn_implementation in ("sdpa", "eager") and width <= PACK_MAX_WIDTH
             and _packs_exactly(config, width)
             and bool((completion_mask.bool() == prefix).all()))
@@ -204,13 +206,6 @@ def _packs_exactly(config, width: int) -> bool:
     windowed = (any(t != "full_attention" for t in types) if types
                 else window is not None and getattr(config, "use_sliding_window", True))
     return not windowed or (window is not None and width <= window)
-
-
-def _hf_model(model):
-    """The Hugging Face model inside wrappers (DDP, PEFT)."""
-    while hasattr(model, "module") or hasattr(model, "get_base_model"):
-        model = model.module if hasattr(model, "module") else model.get_base_model()
-    return model
 
 
 def prefill_groups(model, p_ids: torch.Tensor, p_mask: torch.Tensor, groups: torch.Tensor):
@@ -247,7 +242,7 @@ def _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, comple
 def cache_kwarg(model) -> str:
     """transformers 5 renamed `past_key_values` to `cache`; support both. Wrappers (DDP, PEFT)
     take **kwargs, so the name is read from the Hugging Face model inside."""
-    forward = _hf_model(model).forward
+    forward = hf_model(model).forward
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 

@@ -103,9 +103,22 @@ def autocast_forward(model, dtype: torch.dtype, device) -> None:
 def compute_dtype(model) -> torch.dtype:
     """The dtype `model`'s forward computes in: its autocast dtype (`autocast_forward`), else its
     weights' (wrappers such as DDP and PEFT looked through)."""
-    while hasattr(model, "module") or hasattr(model, "get_base_model"):
-        model = model.module if hasattr(model, "module") else model.get_base_model()
+    model = hf_model(model)
     return getattr(model, "r1kit_compute_dtype", None) or next(model.parameters()).dtype
+
+
+def hf_model(model):
+    """The transformers model inside wrappers: DDP (`.module`), torch.compile (`._orig_mod`),
+    PEFT (`.get_base_model()`)."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif callable(getattr(model, "get_base_model", None)):
+            model = model.get_base_model()
+        else:
+            return model
 
 
 def check_trainable_dtype(name: str, key: str = "model.dtype") -> None:

@@ -41,18 +41,12 @@ def load_trainable(model_cfg, lora_cfg, resume_from: Path | None, device):
     # the adapters in float32 already)
     mixed = compute == torch.bfloat16 and model_cfg.master_weights and not lora.enabled(lora_cfg)
     weights = "float32" if mixed else model_cfg.dtype
-    if resume_from is not None and lora.has_adapter(resume_from):
-        base, tokenizer = load_model(model_cfg.path, weights, device,
-                                     model_cfg.attn_implementation)
-        if mixed:
-            autocast_forward(base, compute, device)
-        model = lora.load_adapter(base, resume_from)
-    else:
-        model, tokenizer = load_model(str(resume_from or model_cfg.path), weights, device,
-                                      model_cfg.attn_implementation)
-        if mixed:
-            autocast_forward(model, compute, device)
-        model = lora.apply(model, lora_cfg)
+    adapter = resume_from is not None and lora.has_adapter(resume_from)  # into its base model
+    model, tokenizer = load_model(model_cfg.path if adapter else str(resume_from or model_cfg.path),
+                                  weights, device, model_cfg.attn_implementation)
+    if mixed:
+        autocast_forward(model, compute, device)
+    model = lora.load_adapter(model, resume_from) if adapter else lora.apply(model, lora_cfg)
     if model_cfg.gradient_checkpointing:
         memory.enable_gradient_checkpointing(model)
     return model, tokenizer

@@ -57,6 +57,7 @@ from pathlib import Path
 import torch
 
 from r1kit.errors import UserError
+from r1kit.models import hf_model
 from r1kit.rollout.hf import Rollouts, _cut_at_stop, as_strings, pad_id
 
 log = logging.getLogger("r1kit")
@@ -110,21 +111,6 @@ def vllm_weight_names(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[s
     return [(_clean_name(name), tensor) for name, tensor in named
             if not ("lora_" in name or "modules_to_save" in name
                     or ".original_module." in name)]
-
-
-def _hf_model(policy):
-    """The transformers model inside DDP / torch.compile / PEFT wrappers."""
-    model = policy
-    for _ in range(4):
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif callable(getattr(model, "get_base_model", None)):
-            model = model.get_base_model()
-        else:
-            break
-    return model
 
 
 def _revert_conversion(model, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -191,7 +177,7 @@ def merged_weights(policy) -> Iterator[tuple[str, torch.Tensor]]:
     little on every step)."""
     lora = _lora_layers(policy)
     state = dict(vllm_weight_names(policy.state_dict().items()))
-    model = _hf_model(policy)
+    model = hf_model(policy)
     groups: dict[str | None, list[str]] = {}
     for name in state:
         m = _LAYER.search(name)

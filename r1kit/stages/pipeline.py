@@ -70,6 +70,7 @@ from r1kit.config import (
     SFTDataConfig,
     ZeroConfig,
     from_dict,
+    set_dotted,
     to_dict,
 )
 from r1kit.errors import UserError
@@ -294,7 +295,7 @@ def missed_edits(name: str, cfg: PipelineConfig, started_with: dict | None, root
     reaching = []  # the edited keys that alone change the stage's config
     for key, (old, new) in config_changes(started_with, cfg).items():
         one = copy.deepcopy(started_with)
-        _set_nested(one, key, new)
+        set_dotted(one, key, new)
         try:
             alone = stage(from_dict(PipelineConfig, one)) != stage(before)
         except UserError:  # valid only with another edit (rl.lr with rl.min_lr): say it
@@ -315,13 +316,6 @@ def warn_missed(missed: dict[str, list[str]], root: Path) -> None:
                     f"{them}: a started stage goes on with {its} config.yaml "
                     f"({', '.join(str(root / n / 'config.yaml') for n in names)}; edit that to "
                     f"change an unfinished stage); the edits apply to the stages not started yet")
-
-
-def _set_nested(tree: dict, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    for part in parents:
-        tree = tree.setdefault(part, {})
-    tree[last] = value
 
 
 def run_stage(name: str, kind: str, cfg, folder: Path) -> dict:
